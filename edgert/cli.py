@@ -1,0 +1,216 @@
+"""The ``edgert`` command line: plugins, export, info, run, bench.
+
+User errors (:class:`EdgertError`) print one line on stderr and exit 1, without a traceback;
+argparse's usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edgert.runtime.errors import EdgertError
+
+
+def _parse_opts(pairs: list[str]) -> dict[str, str]:
+    opts = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EdgertError(f"--opt {pair!r}: expected key=value")
+        opts[key.strip()] = value.strip()
+    return opts
+
+
+def cmd_plugins(args) -> int:
+    from edgert.runtime.host import get_host
+
+    host = get_host()
+    rows = [(r.name, r.kind, f"{r.plugin.package} {r.plugin.version}".strip(), getattr(r.obj, "description", ""))
+            for r in host.all()]
+    widths = [max(len(str(row[i])) for row in rows + [("name", "kind", "package", "")]) for i in range(3)]
+    print(f"{'name':<{widths[0]}}  {'kind':<{widths[1]}}  {'package':<{widths[2]}}  description")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    for name, error in host.failures:
+        print(f"(failed) plugin {name}: {error}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from edgert.exporters.driver import export
+
+    print(f"exporting {args.model} to {args.out}", file=sys.stderr)
+    out = export(args.model, args.out, _parse_opts(args.opt), checkpoint=args.checkpoint, precision=args.precision,
+                 tolerance=args.tolerance, force=args.force, seed=args.seed)
+    from edgert.runtime.bundle import Bundle
+
+    bundle = Bundle.load(out)
+    for gname, report in bundle.manifest["parity"]["graphs"].items():
+        for oname, r in report["outputs"].items():
+            print(f"parity {gname}/{oname}: max_abs {r['max_abs']:.3g}, max_rel {r['max_rel']:.3g} "
+                  f"(tolerance {report['tolerance']:g}) ok")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from edgert.runtime.bundle import Bundle
+
+    bundle = Bundle.load(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"bundle     {bundle.root}")
+    print(f"kind       {m['kind']}: {m['plugin']['name']} ({m['plugin']['package']} {m['plugin']['version']})")
+    if m["model"].get("paper"):
+        print(f"paper      {m['model']['paper']}")
+    print(f"options    {', '.join(f'{k}={v}' for k, v in m['model']['options'].items())}")
+    ckpt = m["model"].get("checkpoint")
+    print(f"weights    {ckpt['path'] if ckpt else 'random init (seed %d)' % m['model']['seed']}")
+    print(f"precision  {m['precision']}")
+    for name, g in bundle.graphs.items():
+        print(f"graph      {name}: {g.file}" + (f" + engine {g.engine}" if g.engine else ""))
+        for t in g.inputs:
+            print(f"  input    {t.name:<12} {t.dtype:<8} {t.shape_text()}")
+        for t in g.outputs:
+            print(f"  output   {t.name:<12} {t.dtype:<8} {t.shape_text()}")
+    if m["preprocessing"]:
+        print("preprocess " + ", ".join(f"{k}={v}" for k, v in m["preprocessing"].items()))
+    labels = m["labels"]
+    if labels:
+        print(f"labels     {len(labels)}: {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}")
+    p = m["provenance"]
+    print("provenance " + ", ".join(f"{k} {p[k]}" for k in ("edgert", "torch", "onnx", "onnxruntime", "opset") if k in p)
+          + f", created {p.get('created', '?')}")
+    for gname, report in m["parity"]["graphs"].items():
+        for oname, r in report["outputs"].items():
+            print(f"parity     {gname}/{oname}: max_rel {r['max_rel']:.3g}, max_abs {r['max_abs']:.3g} "
+                  f"(tolerance {report['tolerance']:g}, {report['backend']})")
+    for rel in m["files"]:
+        print(f"file       {rel} ({(bundle.root / rel).stat().st_size / 1e6:.1f} MB, sha256 verified)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from edgert.runtime.model import load
+
+    model = load(args.bundle, backend=args.backend, device=args.device, threads=args.threads)
+    if not hasattr(model.plugin, "prepare"):
+        raise EdgertError(f"{args.bundle}: a {model.bundle.kind} bundle; use 'edgert generate'")
+    for source in args.input:
+        prediction = model.predict(source, top_k=args.top_k)
+        timing = model.last_timing
+        if args.json:
+            print(json.dumps({"input": source, "top": prediction.top,
+                              "prepare_ms": timing.prepare_s * 1e3, "infer_ms": timing.infer_s * 1e3}))
+            continue
+        print(source)
+        for rank, (label, prob) in enumerate(prediction.top, 1):
+            print(f"  {rank}. {label:<32} {prob * 100:6.2f}%")
+        total = (timing.prepare_s + timing.infer_s) * 1e3
+        print(f"  time per clip: {total:.1f} ms (decode + preprocess {timing.prepare_s * 1e3:.1f} ms, "
+              f"inference {timing.infer_s * 1e3:.1f} ms; {model.describe()})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+
+    from edgert.runtime.bench import measure
+    from edgert.runtime.model import load
+
+    threads = args.threads or os.cpu_count() or 1
+    model = load(args.bundle, backend=args.backend, device=args.device, threads=threads)
+    graph = model.graph()
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in graph.inputs:
+        shape = [d if isinstance(d, int) else args.batch for d in spec.dims]
+        feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    print(f"{model.bundle.plugin_name} {graph.name}: inputs "
+          + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + f"; {threads} threads")
+    ours = measure(f"{args.backend} ({args.device})", lambda: model.run(feeds), args.iters, args.warmup, args.batch)
+    print(ours.line())
+    if args.compare == "torch":
+        from edgert.exporters.compare import torch_runner
+
+        run_torch, note = torch_runner(model.bundle, graph, feeds, threads)
+        theirs = measure("pytorch eager", run_torch, args.iters, args.warmup, args.batch)
+        print(theirs.line())
+        print(f"ratio {args.backend}/pytorch: throughput {ours.throughput / theirs.throughput:.2f}x, "
+              f"p50 latency {theirs.p50_ms / ours.p50_ms:.2f}x faster  ({note})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgert", description="Export PyTorch video models and LLM decoders to "
+                                     "ONNX / TensorRT and run them at the edge.")
+    parser.add_argument("--version", action="version", version=f"edgert {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list detectors, decoders and backends, and where they come from")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("export", help="export a model to a bundle (needs edgert[export])")
+    p.add_argument("model", help="model name, see 'edgert plugins'")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--tolerance", type=float, help="parity tolerance, max error relative to the output's scale "
+                   "(default 1e-4 for fp32, 1e-2 for fp16)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="show a bundle's manifest")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    for name, func, text in (("run", cmd_run, "run a detector bundle on clips"),
+                             ("bench", cmd_bench, "measure latency and throughput")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("bundle")
+        p.add_argument("--backend", default="onnxruntime")
+        p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+        p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+        p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--input", action="append", required=True, help="video file, frame folder or .npy (repeatable)")
+            p.add_argument("--top-k", type=int, default=5)
+            p.add_argument("--json", action="store_true", help="one JSON line per input")
+        else:
+            p.add_argument("--compare", choices=["torch"], help="also time PyTorch eager in the same run")
+            p.add_argument("--iters", type=int, default=20)
+            p.add_argument("--warmup", type=int, default=3)
+            p.add_argument("--batch", type=int, default=1)
+    return parser
+
+
+def _version() -> str:
+    from edgert import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgertError as err:
+        print(f"edgert: error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        if err.name in ("torch", "onnx", "onnxscript", "safetensors"):
+            print(f"edgert: error: '{args.command}' needs {err.name}: pip install 'edgert[export]'", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        print("edgert: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,64 @@
+"""Reading users' checkpoints into our modules, strictly.
+
+Accepts ``.pt/.pth/.tar`` (torch.load with ``weights_only=True``: no arbitrary code from a
+downloaded file) and ``.safetensors``; unwraps the usual containers (``state_dict``, ``model``,
+``model_state_dict``) and DataParallel's ``module.`` prefix. Loading is all or nothing: any
+missing, unexpected or mis-shaped key is an error that lists them, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from edgert.runtime.errors import EdgertError
+
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def read_state_dict(path: str | Path) -> dict:
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(str(path))
+        else:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EdgertError(f"{path}: cannot read checkpoint: {first}") from None
+    for key in CONTAINER_KEYS:
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise EdgertError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
+    if data and all(k.startswith("module.") for k in data):
+        data = {k[len("module."):]: v for k, v in data.items()}
+    return dict(data)
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_strict(module, state: Mapping, source: str | Path) -> None:
+    """Load ``state`` into ``module``; every key must match by name and shape."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        raise EdgertError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
+    wrong = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+    if wrong:
+        raise EdgertError(f"{source}: checkpoint shapes do not fit the model: {_listing(wrong, 4)}")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,187 @@
+"""The export driver: plugin model -> ONNX -> checks -> parity -> bundle.
+
+For every graph a plugin declares: ``torch.onnx.export(dynamo=True)`` with the plugin's
+dynamic dims and its onnxscript ``custom_translation_table`` (custom ops plug in there),
+``onnx.checker`` (full check) and shape inference, optional fp16 conversion, then the parity
+check against the PyTorch module on ONNX Runtime. Everything is written into a staging
+directory that becomes the bundle only when all of it succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, sha256_file, staged_bundle, write_manifest
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.host import get_host
+from edgert.runtime.progress import step
+
+from .parity import DEFAULT_TOLERANCE, compare
+
+# Symbolic dims get this size in the tracing / parity inputs: 2 rather than 1, because
+# torch.export specialises size-1 dims to constants and the parity check should exercise
+# a batch > 1 through the dynamic axis.
+EXAMPLE_DIM = 2
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "edgert": version("edgert"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": version("onnxscript"),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: Path, translations: dict) -> int:
+    """Export one graph with the dynamo exporter; returns the ONNX opset used."""
+    import onnx
+    import torch
+
+    dims: dict[str, Any] = {}
+    dynamic_shapes = {}
+    for spec in graph.inputs:
+        axes = {}
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, str):
+                axes[axis] = dims.setdefault(dim, torch.export.Dim(dim.replace(" ", "_"), min=1))
+        dynamic_shapes[spec.name] = axes or None
+    args = tuple(torch.from_numpy(feeds[t.name]) for t in graph.inputs)
+    # The exporter logs a line per torchvision op it cannot register (torchvision is not a
+    # dependency) and pytree deprecation warnings: noise to a user, not information.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                module, args, dynamo=True, input_names=[t.name for t in graph.inputs],
+                output_names=[t.name for t in graph.outputs], dynamic_shapes=dynamic_shapes,
+                custom_translation_table=translations or None, optimize=True, verbose=False,
+            )
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EdgertError(f"torch.onnx.export failed for graph {graph.name!r}: {first}") from err
+    model = program.model_proto
+    # Name the symbolic dims as the spec does, on inputs and outputs, so the ONNX file and
+    # the manifest tell the same story (the exporter invents names like 's0' or 'batch*8').
+    for values, specs in ((model.graph.input, graph.inputs), (model.graph.output, graph.outputs)):
+        by_name = {t.name: t for t in specs}
+        for value in values:
+            spec = by_name.get(value.name)
+            if spec is None:
+                raise EdgertError(f"graph {graph.name!r}: exported tensor {value.name!r} is not in the plugin's spec")
+            shape = value.type.tensor_type.shape
+            if len(shape.dim) != len(spec.dims):
+                raise EdgertError(f"graph {graph.name!r}: {value.name!r} exported with rank {len(shape.dim)}, spec says {spec.shape_text()}")
+            for d, want in zip(shape.dim, spec.dims):
+                if isinstance(want, str):
+                    d.ClearField("dim_value")
+                    d.dim_param = want
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
+    return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def _to_fp16(path: Path) -> None:
+    """fp16 weights and activations; I/O stay fp32 and normalisation/softmax stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(
+        onnx.load(str(path)), keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["Softmax", "LayerNormalization", "RMSNormalization"],
+    )
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def find_exportable(name: str):
+    host = get_host()
+    for kind in ("detector", "decoder"):
+        registered = host.registry[kind].get(name)
+        if registered is not None and hasattr(registered.obj, "build"):
+            return registered
+    exportable = sorted(r.name for r in host.all() if hasattr(r.obj, "build"))
+    raise EdgertError(f"no exportable model named {name!r} (installed: {', '.join(exportable) or 'none'})")
+
+
+def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
+           precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0) -> Path:
+    """Export model ``name`` into the bundle directory ``out``; returns its path."""
+    import torch
+
+    if precision not in DEFAULT_TOLERANCE:
+        raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise EdgertError(f"{checkpoint}: checkpoint file not found")
+    registered = find_exportable(name)
+    plugin = registered.obj
+    opts = plugin.resolve_options(options or {})
+    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
+
+    torch.manual_seed(seed)
+    with step(f"building {name} ({', '.join(f'{k}={v}' for k, v in opts.items())})"):
+        built = plugin.build(opts, checkpoint)
+    graphs = plugin.graphs(opts)
+    modules = built if isinstance(built, dict) else {graphs[0].name: built}
+    rng = np.random.default_rng(seed)
+    parity: dict[str, Any] = {}
+    with staged_bundle(out, overwrite=force) as stage:
+        opset = 0
+        for graph in graphs:
+            module = modules[graph.name].eval()
+            feeds = plugin.example_inputs(opts, graph, rng, dims=dict.fromkeys(
+                [d for t in graph.inputs for d in t.dims if isinstance(d, str)], EXAMPLE_DIM))
+            with step(f"exporting graph {graph.name!r} to {graph.file} (torch.onnx, dynamo)"):
+                opset = _export_graph(module, graph, feeds, stage / graph.file, plugin.onnx_translations())
+            if precision == "fp16":
+                with step("converting to fp16"):
+                    _to_fp16(stage / graph.file)
+            with step(f"checking parity of {graph.file} against PyTorch"):
+                report = compare(stage / graph.file, module, graph, feeds, tolerance)
+            parity[graph.name] = report
+            if not report["passed"]:
+                worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
+                raise EdgertError(
+                    f"parity check failed for {name}, graph {graph.name!r}, output {worst[0]!r}: max relative error "
+                    f"{worst[1]['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst[1]['finite'] else ' (non-finite values)'}"
+                    f"; no bundle was written"
+                )
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": registered.kind,
+            "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
+            "model": {
+                "name": plugin.name, "paper": plugin.paper, "options": opts, "seed": seed,
+                "checkpoint": None if checkpoint is None else
+                {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(Path(checkpoint))},
+            },
+            "graphs": {g.name: g.to_json() for g in graphs},
+            "preprocessing": plugin.preprocessing(opts),
+            "labels": plugin.labels(opts),
+            "precision": precision,
+            "provenance": {
+                **_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+            "parity": {"passed": True, "graphs": parity},
+        }
+        write_manifest(stage, manifest)
+    return Path(out)
+

@@ -1,0 +1,1 @@
+"""edgert's built-in plugins, each registered through the ``edgert`` entry-point group."""

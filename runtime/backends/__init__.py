@@ -1,0 +1,1 @@
+"""Backends execute one exported graph. See :mod:`edgert.runtime.backends.base`."""

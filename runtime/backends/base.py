@@ -1,0 +1,32 @@
+"""The one interface every backend implements (in the manner of Polygraphy's runners)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class Backend:
+    """Runs one graph file. Subclasses set ``name`` and ``file_key`` and implement ``run``.
+
+    ``file_key`` says which file of a manifest graph entry the backend consumes: ``"file"``
+    (the ONNX model) or ``"engine"`` (a serialized TensorRT engine). Inputs reach ``run``
+    already checked against the manifest, so a backend only executes.
+    """
+
+    name: str = ""
+    file_key: str = "file"
+    description: str = ""
+
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short line for logs and ``bench``: backend, device/provider, threads."""
+        return self.name

@@ -1,0 +1,70 @@
+"""ONNX Runtime, the embedded default backend.
+
+``device`` selects execution providers: ``cpu``; ``cuda`` (CUDA EP, then CPU); ``trt``
+(ORT's TensorRT EP, then CUDA, then CPU). A provider missing from the installed onnxruntime
+build is a warning and a fallback, not an error, so the same app runs on a laptop and a board.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError, EdgertError
+from .base import Backend
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    file_key = "file"
+    description = "ONNX Runtime (CPU, or CUDA / TensorRT execution providers)"
+
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None):
+        super().__init__(path, device=device, threads=threads)
+        import onnxruntime as ort
+
+        if device not in PROVIDERS:
+            raise EdgertError(f"unknown device {device!r} for onnxruntime; expected one of {list(PROVIDERS)}")
+        available = set(ort.get_available_providers())
+        wanted = PROVIDERS[device]
+        providers = [p for p in wanted if p in available]
+        if providers != wanted:
+            missing = [p for p in wanted if p not in available]
+            print(f"edgert: warning: {', '.join(missing)} not available in this onnxruntime build "
+                  f"(available: {', '.join(sorted(available))}); falling back to {providers[0]}", file=sys.stderr)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # ORT's own warnings go to its log, not the user's terminal
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BundleError(f"{self.path}: onnxruntime cannot load this graph: {_first_line(err)}") from None
+        self.providers = self.session.get_providers()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self.output_names, feeds)
+        except Exception as err:
+            raise EdgertError(f"{self.path.name}: onnxruntime failed to run the graph: {_first_line(err)}") from None
+        return dict(zip(self.output_names, values))
+
+    def describe(self) -> str:
+        threads = self.threads or "default"
+        return f"onnxruntime {__import__('onnxruntime').__version__} [{self.providers[0]}], intra-op threads: {threads}"

@@ -1,0 +1,221 @@
+"""Bundles: the directory an export writes and the runtime loads.
+
+Layout::
+
+    my-bundle/
+      manifest.json     what the graphs are, how to feed them, where they came from
+      model.onnx        one file per graph (plus model.plan when a TensorRT engine is built)
+
+The manifest (schema version 1) holds: ``kind`` and ``plugin`` (name, package, version);
+``model`` (the export options, seed and checkpoint they were built from); ``graphs``, each
+with its file(s) and its inputs and outputs (name, dtype, dims; a dim is an int or a symbolic
+name such as ``"batch"``); ``preprocessing``; ``labels``; ``precision``; ``provenance``
+(edgert, torch, onnx, opset and onnxruntime versions); ``files`` (sha256 of every file) and
+``parity`` (the export's check against PyTorch).
+
+Loading checks the schema and every hash, so a missing, truncated or tampered file, or a
+manifest from a future edgert, is refused with a message naming the file. Writing is atomic:
+files are staged in a sibling temporary directory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
+KINDS = ("detector", "decoder")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``dims`` mixes ints (static) and names (dynamic)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+
+    def shape_text(self) -> str:
+        return "[" + ", ".join(str(d) for d in self.dims) + "]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
+        return cls(data["name"], data["dtype"], tuple(data["dims"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    engine: str | None = None  # serialized TensorRT engine beside the ONNX file, if built
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"file": self.file, "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs]}
+        if self.engine:
+            data["engine"] = self.engine
+        return data
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _require(cond: bool, where: Path, what: str) -> None:
+    if not cond:
+        raise BundleError(f"{where}: invalid manifest: {what}")
+
+
+def validate_manifest(data: Any, where: Path) -> None:
+    """Check the manifest's structure; every message names ``where`` and the field at fault."""
+    _require(isinstance(data, dict), where, "top level is not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: unknown manifest schema_version {version!r}; this edgert reads version {SCHEMA_VERSION}"
+            + (" (the bundle was written by a newer edgert: upgrade edgert)" if isinstance(version, int) and version > SCHEMA_VERSION else "")
+        )
+    for key, typ in (("kind", str), ("plugin", dict), ("model", dict), ("graphs", dict), ("preprocessing", dict),
+                     ("labels", list), ("precision", str), ("provenance", dict), ("files", dict), ("parity", dict)):
+        _require(key in data, where, f"missing field {key!r}")
+        _require(isinstance(data[key], typ), where, f"field {key!r} must be a {typ.__name__}")
+    _require(data["kind"] in KINDS, where, f"kind {data['kind']!r} is not one of {list(KINDS)}")
+    for key in ("name", "package", "version"):
+        _require(isinstance(data["plugin"].get(key), str), where, f"plugin.{key} must be a string")
+    _require(bool(data["graphs"]), where, "no graphs")
+    for gname, graph in data["graphs"].items():
+        _require(isinstance(graph, dict) and isinstance(graph.get("file"), str), where, f"graphs.{gname}.file missing")
+        for side in ("inputs", "outputs"):
+            tensors = graph.get(side)
+            _require(isinstance(tensors, list) and tensors, where, f"graphs.{gname}.{side} must be a non-empty list")
+            for t in tensors:
+                _require(isinstance(t, dict) and isinstance(t.get("name"), str), where, f"graphs.{gname}.{side}: tensor without a name")
+                _require(t.get("dtype") in DTYPES, where, f"graphs.{gname}.{side}.{t['name']}: dtype {t.get('dtype')!r} not in {list(DTYPES)}")
+                dims = t.get("dims")
+                _require(isinstance(dims, list) and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in dims),
+                         where, f"graphs.{gname}.{side}.{t['name']}: dims must be a list of ints and names")
+        for key in ("file", "engine"):
+            if key in graph:
+                _require(graph[key] in data["files"], where, f"graphs.{gname}.{key} {graph[key]!r} has no sha256 in 'files'")
+
+
+class Bundle:
+    """A verified bundle on disk. ``Bundle.load`` is the only way in."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self.graphs = {
+            name: GraphSpec(name, g["file"], tuple(map(TensorSpec.from_json, g["inputs"])),
+                            tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"))
+            for name, g in manifest["graphs"].items()
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{manifest_path}: missing; {root} is not an edgert bundle")
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
+        validate_manifest(data, manifest_path)
+        if verify:
+            for rel, expected in data["files"].items():
+                file = root / rel
+                if not file.is_file():
+                    raise BundleError(f"{file}: listed in the manifest but missing from the bundle")
+                if sha256_file(file) != expected:
+                    raise BundleError(f"{file}: sha256 does not match the manifest (the file is corrupt or was modified)")
+        return cls(root, data)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def plugin_name(self) -> str:
+        return self.manifest["plugin"]["name"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return self.manifest["preprocessing"]
+
+    def graph(self, name: str | None = None) -> GraphSpec:
+        if name is None:
+            if len(self.graphs) != 1:
+                raise BundleError(f"{self.root}: bundle has graphs {sorted(self.graphs)}; name one")
+            return next(iter(self.graphs.values()))
+        if name not in self.graphs:
+            raise BundleError(f"{self.root}: no graph {name!r} (graphs: {sorted(self.graphs)})")
+        return self.graphs[name]
+
+
+@contextmanager
+def staged_bundle(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it atomically becomes ``dest``.
+
+    If anything raises inside the block the staging directory is deleted and ``dest`` is left
+    exactly as it was: a failed export never leaves a half bundle behind.
+    """
+    dest = Path(dest).absolute()
+    if dest.exists() and not overwrite:
+        raise BundleError(f"{dest}: already exists (pass --force to replace it)")
+    if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
+        raise BundleError(f"{dest}: exists and is not an edgert bundle; refusing to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield stage
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+            os.rename(stage, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(stage, dest)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file in ``stage`` into ``manifest['files']`` and write manifest.json."""
+    manifest = dict(manifest)
+    manifest["files"] = {
+        p.relative_to(stage).as_posix(): sha256_file(p)
+        for p in sorted(stage.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    validate_manifest(manifest, stage / MANIFEST)
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["Bundle", "GraphSpec", "TensorSpec", "SCHEMA_VERSION", "staged_bundle", "write_manifest", "sha256_file"]

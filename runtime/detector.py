@@ -1,0 +1,130 @@
+"""The detector interface plugin authors implement (see :mod:`edgert.runtime.hookspecs`).
+
+A detector has two halves that never meet in one process on an edge device:
+
+* the **export half** (``build``, ``graphs``, ``example_inputs``, ``preprocessing``,
+  ``labels``) runs where torch is installed, inside ``edgert export``; import torch inside
+  these methods, never at module level;
+* the **runtime half** (``prepare``, ``postprocess``) runs with numpy and the backend only,
+  driven by what the export wrote into the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .bundle import Bundle, GraphSpec
+from .errors import EdgertError
+
+
+@dataclass(frozen=True)
+class Option:
+    """An ``--opt key=value`` export option: default, parser, help, allowed values."""
+
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple = ()
+
+    def convert(self, key: str, raw: Any) -> Any:
+        try:
+            value = self.parse(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            raise EdgertError(f"--opt {key}={raw}: expected {self.parse.__name__}") from None
+        if self.choices and value not in self.choices:
+            raise EdgertError(f"--opt {key}={raw}: expected one of {list(self.choices)}")
+        return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+positive_int.__name__ = "a positive integer"
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+boolean.__name__ = "true or false"
+
+
+@dataclass
+class Prediction:
+    """What ``postprocess`` returns: ranked (label, probability) pairs plus raw outputs."""
+
+    top: list[tuple[str, float]]
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Detector:
+    """Base class for detector plugins. Override what your model needs."""
+
+    name: str = ""
+    kind = "detector"
+    description: str = ""
+    paper: str = ""
+    options: dict[str, Option] = {}
+
+    # ---- option handling (shared) ------------------------------------------------------
+    def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise EdgertError(f"{self.name}: unknown option {unknown[0]!r}; options are {sorted(self.options)}")
+        return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in self.options.items()}
+
+    # ---- export half (torch available) ---------------------------------------------------
+    def build(self, opts: dict[str, Any], checkpoint: str | None):
+        """Return the ``torch.nn.Module`` to export, in eval mode, weights loaded."""
+        raise NotImplementedError
+
+    def graphs(self, opts: dict[str, Any]) -> list[GraphSpec]:
+        """Describe the graph(s) to export: names, files, inputs and outputs with dims."""
+        raise NotImplementedError
+
+    def example_inputs(self, opts: dict[str, Any], graph: GraphSpec, rng: np.random.Generator,
+                       dims: dict[str, int]) -> dict[str, np.ndarray]:
+        """Inputs for tracing and the parity check. The default draws standard-normal floats
+        (and zeros for integer inputs), with symbolic dims taken from ``dims``."""
+        feeds = {}
+        for spec in graph.inputs:
+            shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec.dims]
+            dtype = np.dtype(spec.dtype)
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+        return feeds
+
+    def preprocessing(self, opts: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def labels(self, opts: dict[str, Any]) -> list[str]:
+        return []
+
+    def onnx_translations(self) -> dict:
+        """torch op -> onnxscript function, for custom ops (``custom_translation_table``)."""
+        return {}
+
+    # ---- runtime half (numpy only) -------------------------------------------------------
+    def prepare(self, bundle: Bundle, source: str) -> dict[str, np.ndarray]:
+        """Turn a video file, frame folder or .npy array into the graph's inputs."""
+        raise NotImplementedError
+
+    def postprocess(self, bundle: Bundle, outputs: dict[str, np.ndarray], top_k: int = 5) -> Prediction:
+        """Default: softmax over the first output's last axis, the top-k labels of batch item 0."""
+        scores = next(iter(outputs.values()))[0].astype(np.float64)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        labels = bundle.labels or [f"class_{i}" for i in range(len(probs))]
+        order = np.argsort(-probs)[:top_k]
+        return Prediction([(labels[i], float(probs[i])) for i in order], outputs)

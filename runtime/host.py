@@ -1,0 +1,138 @@
+"""The plugin host: finds plugins through entry points and collects what they register.
+
+Discovery is pluggy's, with one difference: pluggy's ``load_setuptools_entrypoints`` stops at
+the first plugin that fails to import, and a hook call stops at the first implementation
+that raises. Here each plugin is imported and each implementation called on its own, so a
+broken third-party plugin is reported (name, error) and skipped while the rest keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+ENTRY_POINT_GROUP = "edgert"
+KINDS = {
+    "detector": "edgert_register_detectors",
+    "decoder": "edgert_register_decoders",
+    "backend": "edgert_register_backends",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a plugin came from: entry-point name, distribution and its version."""
+
+    name: str
+    package: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One thing a plugin registered: a detector, a decoder strategy or a backend class."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: PluginInfo
+
+
+@dataclass
+class Host:
+    pm: pluggy.PluginManager
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    registry: dict[str, dict[str, Registered]] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> Registered:
+        items = self.registry[kind]
+        if name not in items:
+            known = ", ".join(sorted(items)) or "none"
+            raise PluginError(f"no {kind} named {name!r} (installed {kind}s: {known})")
+        return items[name]
+
+    def all(self) -> list[Registered]:
+        return [r for kind in KINDS for r in sorted(self.registry[kind].values(), key=lambda r: r.name)]
+
+
+def _warn(msg: str) -> None:
+    print(f"edgert: warning: {msg}", file=sys.stderr)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
+    """Load every ``edgert`` entry point (plus ``extra_plugins``, name -> module/object, which
+    tests and embedding apps use) and collect detectors, decoders and backends."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    host = Host(pm=pm, registry={kind: {} for kind in KINDS})
+
+    sources: list[tuple[PluginInfo, Any]] = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        info = PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?")
+        try:
+            sources.append((info, ep.load()))
+        except Exception as err:  # a third party's import error must not stop the host
+            host.failures.append((ep.name, _one_line(err)))
+            _warn(f"plugin {ep.name!r} ({info.package}) failed to load and was skipped: {_one_line(err)}")
+    for name, module in (extra_plugins or {}).items():
+        sources.append((PluginInfo(name, "<in-process>", ""), module))
+
+    for info, module in sources:
+        if info.name in host.plugins:
+            continue  # the same entry point seen twice (e.g. an editable and a normal install)
+        try:
+            pm.register(module, name=info.name)
+        except Exception as err:
+            host.failures.append((info.name, _one_line(err)))
+            _warn(f"plugin {info.name!r} ({info.package}) was rejected: {_one_line(err)}")
+            continue
+        host.plugins[info.name] = info
+
+    for kind, hook_name in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            info = host.plugins[impl.plugin_name]
+            try:
+                items = list(impl.function() or [])
+            except Exception as err:
+                host.failures.append((info.name, _one_line(err)))
+                _warn(f"plugin {info.name!r} ({info.package}) raised in {hook_name} and was skipped: {_one_line(err)}")
+                continue
+            for obj in items:
+                name = getattr(obj, "name", None)
+                if not isinstance(name, str) or not name:
+                    host.failures.append((info.name, f"{kind} without a name: {obj!r}"))
+                    _warn(f"plugin {info.name!r} registered a {kind} without a name; skipped")
+                    continue
+                previous = host.registry[kind].get(name)
+                if previous is not None:
+                    raise PluginError(
+                        f"{kind} name {name!r} is claimed by two plugins: "
+                        f"{previous.plugin.name!r} ({previous.plugin.package}) and {info.name!r} ({info.package})"
+                    )
+                host.registry[kind][name] = Registered(kind, name, obj, info)
+    return host
+
+
+_HOST: Host | None = None
+
+
+def get_host() -> Host:
+    """The process-wide host, built on first use."""
+    global _HOST
+    if _HOST is None:
+        _HOST = build_host()
+    return _HOST

@@ -1,0 +1,47 @@
+"""Inputs are checked against the manifest before any backend sees them.
+
+Backends give cryptic errors for a wrong shape (or, worse, broadcast silently); the manifest
+knows each input's name, dtype and dims, so the mistake is reported here, naming the input and
+what was expected against what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .bundle import GraphSpec
+from .errors import InputError
+
+
+def check_inputs(graph: GraphSpec, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Return ``feeds`` as numpy arrays, or raise :class:`InputError` with one clear line."""
+    expected = {t.name: t for t in graph.inputs}
+    unknown = sorted(set(feeds) - set(expected))
+    if unknown:
+        raise InputError(f"unknown input {unknown[0]!r} for graph {graph.name!r}; its inputs are {sorted(expected)}")
+    missing = [name for name in expected if name not in feeds]
+    if missing:
+        raise InputError(f"missing input {missing[0]!r} for graph {graph.name!r} (expected {sorted(expected)})")
+    checked: dict[str, np.ndarray] = {}
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, spec in expected.items():
+        value = feeds[name]
+        if not isinstance(value, np.ndarray):
+            raise InputError(f"input {name!r}: expected a numpy array, given {type(value).__name__}")
+        if value.dtype != np.dtype(spec.dtype):
+            raise InputError(f"input {name!r}: expected dtype {spec.dtype}, given {value.dtype}")
+        if value.ndim != len(spec.dims):
+            raise InputError(f"input {name!r}: expected rank {len(spec.dims)} {spec.shape_text()}, given shape {list(value.shape)}")
+        for axis, (dim, size) in enumerate(zip(spec.dims, value.shape)):
+            if isinstance(dim, int) and dim != size:
+                raise InputError(f"input {name!r}: expected shape {spec.shape_text()}, given {list(value.shape)} (dim {axis} must be {dim})")
+            if isinstance(dim, str):
+                if size == 0:
+                    raise InputError(f"input {name!r}: dim {axis} ({dim}) is 0 in shape {list(value.shape)}")
+                seen = symbols.setdefault(dim, (size, name))
+                if seen[0] != size:
+                    raise InputError(f"input {name!r}: dim {axis} ({dim}) is {size} but input {seen[1]!r} has {dim}={seen[0]}")
+        checked[name] = value
+    return checked

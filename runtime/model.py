@@ -1,0 +1,74 @@
+"""Loading a bundle and running it: the entry point for apps embedding edgert.
+
+    from edgert.runtime import load
+    model = load("tsn-bundle")               # verifies the manifest and every file hash
+    prediction = model.predict("clip.mp4")   # decode, sample, preprocess, run, rank
+    outputs = model.run({"video": array})    # or feed arrays yourself (checked first)
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend
+from .bundle import Bundle, GraphSpec
+from .errors import BundleError
+from .host import get_host
+from .inputs import check_inputs
+
+
+@dataclass
+class Timing:
+    prepare_s: float
+    infer_s: float
+
+
+class Model:
+    def __init__(self, bundle: Bundle, backends: dict[str, Backend], plugin):
+        self.bundle = bundle
+        self.backends = backends
+        self.plugin = plugin
+        self.last_timing: Timing | None = None
+
+    def graph(self, name: str | None = None) -> GraphSpec:
+        return self.bundle.graph(name)
+
+    def run(self, feeds: dict[str, np.ndarray], graph: str | None = None) -> dict[str, np.ndarray]:
+        spec = self.bundle.graph(graph)
+        return self.backends[spec.name].run(check_inputs(spec, feeds))
+
+    def predict(self, source: str | os.PathLike, top_k: int = 5):
+        """Run a detector on a video file / frame folder / .npy clip; returns a Prediction."""
+        t0 = time.perf_counter()
+        feeds = self.plugin.prepare(self.bundle, str(source))
+        t1 = time.perf_counter()
+        outputs = self.run(feeds)
+        t2 = time.perf_counter()
+        self.last_timing = Timing(t1 - t0, t2 - t1)
+        return self.plugin.postprocess(self.bundle, outputs, top_k=top_k)
+
+    def describe(self) -> str:
+        return "; ".join(b.describe() for b in self.backends.values())
+
+
+def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu",
+         threads: int | None = None, verify: bool = True) -> Model:
+    """Verify and open a bundle on a backend. ``threads``: intra-op threads (None: backend default)."""
+    bundle = Bundle.load(path, verify=verify)
+    host = get_host()
+    backend_cls = host.get("backend", backend).obj
+    plugin = host.get(bundle.kind, bundle.plugin_name).obj
+    backends = {}
+    for name, spec in bundle.graphs.items():
+        rel = getattr(spec, backend_cls.file_key, None)
+        if not rel:
+            raise BundleError(f"{bundle.root}: graph {name!r} has no {backend_cls.file_key} for the {backend} backend"
+                              + (" (export with --trt-engine where TensorRT is installed)" if backend_cls.file_key == "engine" else ""))
+        backends[name] = backend_cls(bundle.root / rel, device=device, threads=threads)
+    return Model(bundle, backends, plugin)
