@@ -1,0 +1,29 @@
+# Two commands on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first and pinned: its CPU wheel is on local disk; an unpinned torch pulls a CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test venv bench clean
+
+$(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[export,dev]' -e tests/example_plugin
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_tsn.py
+
+clean:
+	rm -rf build .pytest_cache
