@@ -45,7 +45,8 @@ def cmd_export(args) -> int:
 
     print(f"exporting {args.model} to {args.out}", file=sys.stderr)
     out = export(args.model, args.out, _parse_opts(args.opt), checkpoint=args.checkpoint, precision=args.precision,
-                 tolerance=args.tolerance, force=args.force, seed=args.seed)
+                 tolerance=args.tolerance, force=args.force, seed=args.seed, trt_engine=args.trt_engine,
+                 trt_max_batch=args.trt_max_batch)
     from edgert.runtime.bundle import Bundle
 
     bundle = Bundle.load(out)
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1e-4 for fp32, 1e-2 for fp16)")
     p.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--trt-engine", action="store_true", help="also build a TensorRT engine (needs edgert[trt])")
+    p.add_argument("--trt-max-batch", type=int, default=8, help="largest batch of the engine's profile")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="show a bundle's manifest")

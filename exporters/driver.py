@@ -13,6 +13,7 @@ import datetime as _dt
 import logging
 import platform
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
 
 from .parity import DEFAULT_TOLERANCE, compare
+from .tensorrt import build_engine, require_tensorrt
 
 # Symbolic dims get this size in the tracing / parity inputs: 2 rather than 1, because
 # torch.export specialises size-1 dims to constants and the parity check should exercise
@@ -101,13 +103,17 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
 def _to_fp16(path: Path) -> None:
     """fp16 weights and activations; I/O stay fp32 and normalisation/softmax stay fp32."""
     import onnx
+    import onnx_ir
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = convert_float_to_float16(
         onnx.load(str(path)), keep_io_types=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["Softmax", "LayerNormalization", "RMSNormalization"],
     )
-    onnx.save(model, str(path))
+    # The converter appends the input Casts after their consumers; ONNX requires topological order.
+    ir_model = onnx_ir.from_proto(model)
+    ir_model.graph.sort()
+    onnx.save(onnx_ir.to_proto(ir_model), str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -122,14 +128,19 @@ def find_exportable(name: str):
 
 
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
-           precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0) -> Path:
-    """Export model ``name`` into the bundle directory ``out``; returns its path."""
+           precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
+           trt_engine: bool = False, trt_max_batch: int = 8) -> Path:
+    """Export model ``name`` into the bundle directory ``out``; returns its path.
+
+    ``trt_engine``: also build a TensorRT engine per graph (needs the tensorrt package)."""
     import torch
 
     if precision not in DEFAULT_TOLERANCE:
         raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
+    if trt_engine:
+        require_tensorrt()  # fail before minutes of export, not after
     registered = find_exportable(name)
     plugin = registered.obj
     opts = plugin.resolve_options(options or {})
@@ -163,6 +174,11 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                     f"{worst[1]['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst[1]['finite'] else ' (non-finite values)'}"
                     f"; no bundle was written"
                 )
+            if trt_engine:
+                engine = graph.file.rsplit(".", 1)[0] + ".plan"
+                with step(f"building TensorRT engine {engine}"):
+                    build_engine(stage / graph.file, graph, stage / engine, precision == "fp16", trt_max_batch)
+                graphs[graphs.index(graph)] = replace(graph, engine=engine)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "kind": registered.kind,

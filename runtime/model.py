@@ -63,6 +63,7 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "c
     bundle = Bundle.load(path, verify=verify)
     host = get_host()
     backend_cls = host.get("backend", backend).obj
+    backend_cls.check_available()
     plugin = host.get(bundle.kind, bundle.plugin_name).obj
     backends = {}
     for name, spec in bundle.graphs.items():

@@ -19,6 +19,10 @@ class Backend:
     file_key: str = "file"
     description: str = ""
 
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise EdgertError (one line) when the backend's library is not installed."""
+
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None):
         self.path = Path(path)
         self.device = device

@@ -20,16 +20,21 @@ class TensorRTBackend(Backend):
     file_key = "engine"
     description = "TensorRT engine (.plan) through Polygraphy's TrtRunner; needs edgert[trt]"
 
-    def __init__(self, path: Path, *, device: str = "cuda", threads: int | None = None):
-        super().__init__(path, device=device, threads=threads)
+    @classmethod
+    def check_available(cls) -> None:
         try:
+            import polygraphy  # noqa: F401
             import tensorrt  # noqa: F401
-            from polygraphy.backend.common import BytesFromPath
-            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
         except ImportError as err:
             raise EdgertError(
                 f"the tensorrt backend needs the 'tensorrt' and 'polygraphy' packages (pip install 'edgert[trt]'): {err}"
             ) from None
+
+    def __init__(self, path: Path, *, device: str = "cuda", threads: int | None = None):
+        super().__init__(path, device=device, threads=threads)
+        self.check_available()
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
         if not self.path.is_file():
             raise BundleError(f"{self.path}: TensorRT engine missing")
         self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(self.path))))

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
+
+
+def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "edgert", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=600)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A user error: non-zero exit, exactly one 'edgert: error:' line, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edgert: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A TSN-ResNet18 bundle (3 segments, 32x32, 5 classes) exported through the CLI."""
+    out = tmp_path_factory.mktemp("bundles") / "tsn-tiny"
+    result = edgert("export", "tsn", "--out", out, *TINY_TSN)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy, for tests that damage it."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="session")
+def clip_npy(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clips") / "clip.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (10, 48, 64, 3), dtype=np.uint8))
+    return path

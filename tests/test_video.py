@@ -1,0 +1,94 @@
+"""Clip sources, TSN sampling and preprocessing (numpy) against their references."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgert.exporters.synthetic import render_clip, write_video
+from edgert.runtime.errors import InputError
+from edgert.runtime.video import center_crop, open_clip, preprocess, resize, resize_shorter, segment_indices
+
+
+def tsn_pytorch_test_indices(num_frames, num_segments, new_length=1):
+    """tsn-pytorch's TSNDataSet._get_test_indices, 1-based there, made 0-based."""
+    tick = (num_frames - new_length + 1) / float(num_segments)
+    return np.array([int(tick / 2.0 + tick * x) for x in range(num_segments)])
+
+
+@pytest.mark.parametrize("frames,segments", [(300, 8), (25, 3), (8, 8), (7, 8), (1, 3), (100, 25)])
+def test_segment_indices_match_tsn(frames, segments):
+    idx = segment_indices(frames, segments)
+    assert len(idx) == segments
+    np.testing.assert_array_equal(idx, tsn_pytorch_test_indices(frames, segments))
+    assert idx.min() >= 0 and idx.max() < frames
+    assert (np.diff(idx) >= 0).all()
+
+
+def test_short_clip_repeats_frames():
+    assert list(segment_indices(3, 8)) == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("size", [(73, 97), (240, 320), (31, 200), (120, 160)])
+def test_resize_matches_torch_antialiased_bilinear(size):
+    x = np.random.default_rng(0).integers(0, 256, (2, 120, 160, 3)).astype(np.uint8)
+    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=size, mode="bilinear",
+                        antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(resize(x, *size), ref, atol=2e-3)
+
+
+def test_resize_shorter_and_crop():
+    x = np.zeros((1, 120, 160, 3), np.uint8)
+    assert resize_shorter(x, 60).shape == (1, 60, 80, 3)
+    assert resize_shorter(np.zeros((1, 160, 120, 3), np.uint8), 60).shape == (1, 80, 60, 3)
+    y = np.arange(10 * 12).reshape(1, 10, 12, 1)
+    np.testing.assert_array_equal(center_crop(y, 4)[0, :, :, 0], y[0, 3:7, 4:8, 0])
+
+
+def test_preprocess_normalises_rgb_nchw():
+    frames = np.full((2, 40, 50, 3), (255, 0, 128), np.uint8)
+    pre = {"scale_size": 20, "crop_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.25, 0.5], "input_scale": 1 / 255}
+    out = preprocess(frames, pre)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[:, 1], -2.0, atol=1e-5)
+    bgr = preprocess(frames, {**pre, "channel_order": "BGR"})
+    np.testing.assert_allclose(bgr[:, 2], (1.0 - 0.5) / 0.5, atol=1e-5)
+
+
+def test_video_file_decodes_the_sampled_frames(tmp_path):
+    clip = render_clip(2, np.random.default_rng(1), frames=30)
+    path = tmp_path / "clip.mp4"
+    write_video(path, clip)
+    source = open_clip(path)
+    assert source.num_frames == 30
+    idx = [0, 7, 7, 29]
+    frames = source.frames(idx)
+    assert frames.shape == (4, 120, 160, 3) and frames.dtype == np.uint8
+    # lossy codec: close to the rendered frames, and frame 7 twice is the same frame
+    assert np.abs(frames.astype(int) - clip[idx].astype(int)).mean() < 12
+    np.testing.assert_array_equal(frames[1], frames[2])
+
+
+def test_frame_folder(tmp_path):
+    import cv2
+
+    clip = render_clip(0, np.random.default_rng(2), frames=5)
+    for i, frame in enumerate(clip):
+        cv2.imwrite(str(tmp_path / f"img_{i + 1:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    source = open_clip(tmp_path)
+    assert source.num_frames == 5
+    np.testing.assert_array_equal(source.frames([4, 0]), clip[[4, 0]])
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p / "missing.mp4", "no such file"),
+    (lambda p: (p / "junk.mp4").write_bytes(b"\x00garbage" * 100) and p / "junk.mp4", "cannot decode video"),
+    (lambda p: np.save(p / "f.npy", np.zeros((4, 8, 8, 3), np.float32)) or p / "f.npy", "uint8"),
+    (lambda p: np.save(p / "g.npy", np.zeros((4, 8, 8), np.uint8)) or p / "g.npy", "T x H x W x 3"),
+    (lambda p: np.save(p / "e.npy", np.zeros((0, 8, 8, 3), np.uint8)) or p / "e.npy", "no frames"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "holds no frames"),
+])
+def test_bad_sources(tmp_path, make, message):
+    with pytest.raises(InputError, match=message):
+        open_clip(make(tmp_path))
