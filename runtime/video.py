@@ -186,3 +186,13 @@ def preprocess(frames: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     x = x * float(pre.get("input_scale", 1.0 / 255.0))
     x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def load_segments(source: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
+    """A clip source -> ``(1, segments, 3, crop, crop)`` float32: TSN sampling, then ``preprocess``.
+
+    ``pre`` is a manifest's preprocessing (``segments``, ``new_length``, sizes, mean/std...).
+    """
+    clip = open_clip(source)
+    indices = segment_indices(clip.num_frames, int(pre["segments"]), int(pre.get("new_length", 1)))
+    return preprocess(clip.frames(indices), pre)[None]

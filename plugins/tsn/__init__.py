@@ -16,7 +16,7 @@ from edgert.runtime.bundle import Bundle, GraphSpec, TensorSpec
 from edgert.runtime.detector import Detector, Option, positive_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.video import open_clip, preprocess, segment_indices
+from edgert.runtime.video import load_segments
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -93,10 +93,7 @@ class TSNDetector(Detector):
 
     # ---- runtime half ----
     def prepare(self, bundle: Bundle, source: str) -> dict[str, np.ndarray]:
-        pre = bundle.preprocessing
-        clip = open_clip(source)
-        frames = clip.frames(segment_indices(clip.num_frames, int(pre["segments"]), int(pre["new_length"])))
-        return {"video": preprocess(frames, pre)[None]}
+        return {"video": load_segments(source, bundle.preprocessing)}
 
 
 @hookimpl

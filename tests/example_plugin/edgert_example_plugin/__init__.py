@@ -10,7 +10,7 @@ from __future__ import annotations
 from edgert import hookimpl
 from edgert.runtime.bundle import GraphSpec, TensorSpec
 from edgert.runtime.detector import Detector, Option, positive_int
-from edgert.runtime.video import open_clip, preprocess, segment_indices
+from edgert.runtime.video import load_segments
 
 
 class FrameMeanDetector(Detector):
@@ -54,10 +54,7 @@ class FrameMeanDetector(Detector):
         return [f"pattern-{i}" for i in range(opts["classes"])]
 
     def prepare(self, bundle, source):
-        pre = bundle.preprocessing
-        clip = open_clip(source)
-        frames = clip.frames(segment_indices(clip.num_frames, pre["segments"]))
-        return {"video": preprocess(frames, pre)[None]}
+        return {"video": load_segments(source, bundle.preprocessing)}
 
 
 @hookimpl
