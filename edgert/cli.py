@@ -103,6 +103,8 @@ def cmd_run(args) -> int:
     model = load(args.bundle, backend=args.backend, device=args.device, threads=args.threads)
     if not hasattr(model.plugin, "prepare"):
         raise EdgertError(f"{args.bundle}: a {model.bundle.kind} bundle; use 'edgert generate'")
+    if args.stream:
+        return _run_stream(model, args)
     for source in args.input:
         prediction = model.predict(source, top_k=args.top_k)
         timing = model.last_timing
@@ -116,6 +118,31 @@ def cmd_run(args) -> int:
         total = (timing.prepare_s + timing.infer_s) * 1e3
         print(f"  time per clip: {total:.1f} ms (decode + preprocess {timing.prepare_s * 1e3:.1f} ms, "
               f"inference {timing.infer_s * 1e3:.1f} ms; {model.describe()})")
+    return 0
+
+
+def _run_stream(model, args) -> int:
+    import time
+
+    from edgert.runtime.video import iter_frames
+
+    session = model.stream(window=args.window)
+    for source in args.input:
+        session.reset()
+        latencies = []
+        print(f"{source} (streaming, scores averaged over the last {session.window} frames)")
+        for index, frame in enumerate(iter_frames(source)):
+            t0 = time.perf_counter()
+            prediction = session.push(frame, top_k=args.top_k)
+            latencies.append(time.perf_counter() - t0)
+            label, prob = prediction.top[0]
+            if args.json:
+                print(json.dumps({"input": source, "frame": index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
+            else:
+                print(f"  frame {index:6d}  {label:<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
+        if not args.json:
+            print(f"  {len(latencies)} frames, {sum(latencies) / len(latencies) * 1e3:.1f} ms per frame "
+                  f"(preprocess + inference; {model.describe()})")
     return 0
 
 
@@ -187,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--input", action="append", required=True, help="video file, frame folder or .npy (repeatable)")
             p.add_argument("--top-k", type=int, default=5)
-            p.add_argument("--json", action="store_true", help="one JSON line per input")
+            p.add_argument("--json", action="store_true", help="one JSON line per input (per frame with --stream)")
+            p.add_argument("--stream", action="store_true", help="feed the frames one by one to a streaming bundle")
+            p.add_argument("--window", type=int, help="--stream: average scores over this many frames "
+                           "(default: the bundle's)")
         else:
             p.add_argument("--compare", choices=["torch"], help="also time PyTorch eager in the same run")
             p.add_argument("--iters", type=int, default=20)

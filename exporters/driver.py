@@ -10,8 +10,10 @@ directory that becomes the bundle only when all of it succeeded.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import logging
 import platform
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -56,14 +58,20 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
     import torch
 
     dims: dict[str, Any] = {}
-    dynamic_shapes = {}
+    dynamic_shapes = []  # positional, like the args: works for any forward signature, *args too
     for spec in graph.inputs:
         axes = {}
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, str):
                 axes[axis] = dims.setdefault(dim, torch.export.Dim(dim.replace(" ", "_"), min=1))
-        dynamic_shapes[spec.name] = axes or None
+        dynamic_shapes.append(axes or None)
     args = tuple(torch.from_numpy(feeds[t.name]) for t in graph.inputs)
+    # torch.export wants dynamic_shapes shaped like forward's parameters: a *args parameter
+    # (e.g. the online TSM's shift buffers) takes one tuple for all the values it collects.
+    params = list(inspect.signature(module.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    if star is not None:
+        dynamic_shapes = dynamic_shapes[:star] + [tuple(dynamic_shapes[star:])]
     # The exporter logs a line per torchvision op it cannot register (torchvision is not a
     # dependency) and pytree deprecation warnings: noise to a user, not information.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -72,12 +80,16 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=[t.name for t in graph.inputs],
-                output_names=[t.name for t in graph.outputs], dynamic_shapes=dynamic_shapes,
+                output_names=[t.name for t in graph.outputs], dynamic_shapes=tuple(dynamic_shapes),
                 custom_translation_table=translations or None, optimize=True, verbose=False,
             )
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EdgertError(f"torch.onnx.export failed for graph {graph.name!r}: {first}") from err
+        root = err
+        while root.__cause__ is not None:  # torch wraps the real reason in "step 1/3" errors
+            root = root.__cause__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip()
+        first = text.splitlines()[0] if text else type(root).__name__
+        raise EdgertError(f"torch.onnx.export failed for graph {graph.name!r}: {type(root).__name__}: {first}") from err
     model = program.model_proto
     # Name the symbolic dims as the spec does, on inputs and outputs, so the ONNX file and
     # the manifest tell the same story (the exporter invents names like 's0' or 'batch*8').

@@ -64,12 +64,17 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     engine: str | None = None  # serialized TensorRT engine beside the ONNX file, if built
+    # Streaming graphs: (input, output) pairs whose output is fed back as the input at the
+    # next step (shift buffers, recurrent state). Empty for clip graphs.
+    state: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs]}
         if self.engine:
             data["engine"] = self.engine
+        if self.state:
+            data["state"] = [list(pair) for pair in self.state]
         return data
 
 
@@ -114,6 +119,12 @@ def validate_manifest(data: Any, where: Path) -> None:
                 dims = t.get("dims")
                 _require(isinstance(dims, list) and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in dims),
                          where, f"graphs.{gname}.{side}.{t['name']}: dims must be a list of ints and names")
+        names = {side: {t["name"]: t for t in graph[side]} for side in ("inputs", "outputs")}
+        for pair in graph.get("state", []):
+            _require(isinstance(pair, list) and len(pair) == 2 and pair[0] in names["inputs"] and pair[1] in names["outputs"],
+                     where, f"graphs.{gname}.state: {pair!r} is not an [input, output] pair of the graph")
+            _require(names["inputs"][pair[0]]["dims"] == names["outputs"][pair[1]]["dims"], where,
+                     f"graphs.{gname}.state: {pair[0]} and {pair[1]} have different dims")
         for key in ("file", "engine"):
             if key in graph:
                 _require(graph[key] in data["files"], where, f"graphs.{gname}.{key} {graph[key]!r} has no sha256 in 'files'")
@@ -127,7 +138,8 @@ class Bundle:
         self.manifest = manifest
         self.graphs = {
             name: GraphSpec(name, g["file"], tuple(map(TensorSpec.from_json, g["inputs"])),
-                            tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"))
+                            tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"),
+                            tuple(tuple(pair) for pair in g.get("state", [])))
             for name, g in manifest["graphs"].items()
         }
 

@@ -120,6 +120,10 @@ class Detector:
         """Turn a video file, frame folder or .npy array into the graph's inputs."""
         raise NotImplementedError
 
+    def prepare_frame(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """Streaming detectors: one (H, W, 3) uint8 RGB frame -> the step graph's non-state inputs."""
+        raise EdgertError(f"detector {self.name!r} does not stream")
+
     def postprocess(self, bundle: Bundle, outputs: dict[str, np.ndarray], top_k: int = 5) -> Prediction:
         """Default: softmax over the first output's last axis, the top-k labels of batch item 0."""
         scores = next(iter(outputs.values()))[0].astype(np.float64)

@@ -53,6 +53,12 @@ class Model:
         self.last_timing = Timing(t1 - t0, t2 - t1)
         return self.plugin.postprocess(self.bundle, outputs, top_k=top_k)
 
+    def stream(self, graph: str | None = None, window: int | None = None):
+        """A :class:`~edgert.runtime.stream.StreamSession` on this bundle's streaming graph."""
+        from .stream import StreamSession
+
+        return StreamSession(self, graph, window)
+
     def describe(self) -> str:
         return "; ".join(b.describe() for b in self.backends.values())
 

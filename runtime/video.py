@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -135,6 +135,32 @@ def open_clip(source: str | os.PathLike) -> Clip:
             raise InputError(f"{path}: array holds no frames")
         return ArrayClip(path, array)
     return VideoClip(path)
+
+
+def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Frames (H, W, 3) uint8 RGB one at a time, in order, for streaming: a video is read
+    in a single pass, never counted or held in memory."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() not in (".npy",):
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
+        count = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        capture.release()
+        if count == 0:
+            raise InputError(f"{path}: video has no decodable frames")
+        return
+    clip = open_clip(path)
+    for i in range(clip.num_frames):
+        yield clip.frames([i])[0]
 
 
 # ---- image transforms -------------------------------------------------------------------

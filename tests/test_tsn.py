@@ -8,7 +8,7 @@ import torch
 
 from edgert.exporters.backbones.resnet import ResNet
 from edgert.plugins.tsn import TSNDetector
-from edgert.plugins.tsn.model import TSN, load_tsn_checkpoint
+from edgert.exporters.video import SegmentNet as TSN, load_checkpoint as load_tsn_checkpoint
 from edgert.runtime.errors import EdgertError
 
 from conftest import assert_user_error, edgert
@@ -36,7 +36,7 @@ def test_loads_tsn_pytorch_checkpoint_with_module_prefix(tmp_path):
     torch.save({"epoch": 80, "arch": "resnet18", "best_prec1": 85.0,
                 "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
     target = TSN(5, 3, "resnet18")
-    assert load_tsn_checkpoint(target, str(path)) == "tsn"
+    assert load_tsn_checkpoint(target, str(path)) == "edgert/official"
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value)
 
@@ -47,7 +47,7 @@ def test_loads_torchvision_resnet_backbone(tmp_path):
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(imagenet.state_dict(), path)
     target = TSN(5, 3, "resnet18")
-    assert load_tsn_checkpoint(target, str(path)) == "torchvision-resnet"
+    assert load_tsn_checkpoint(target, str(path)) == "torchvision"
     torch.testing.assert_close(target.base_model.layer3[1].conv2.weight, imagenet.layer3[1].conv2.weight)
 
 

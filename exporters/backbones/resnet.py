@@ -33,9 +33,11 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, branch_input: torch.Tensor | None = None) -> torch.Tensor:
+        # branch_input: what the residual branch sees instead of x (online TSM feeds the
+        # shifted tensor here while the identity path keeps x).
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x if branch_input is None else branch_input)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
@@ -54,9 +56,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, branch_input: torch.Tensor | None = None) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x if branch_input is None else branch_input)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
@@ -71,7 +73,13 @@ ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
 
 
 class ResNet(nn.Module):
-    """torchvision-compatible ResNet. ``forward_features`` returns the pooled feature vector."""
+    """torchvision-compatible ResNet. ``forward_features`` returns the pooled feature vector.
+
+    ``head`` names the classifier attribute ("fc") that video models replace with Dropout;
+    ``stem``/``blocks``/``pool`` let temporal models walk the network block by block.
+    """
+
+    head = "fc"
 
     def __init__(self, arch: str = "resnet50", num_classes: int = 1000):
         super().__init__()
@@ -114,10 +122,18 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.layer1, *self.layer2, *self.layer3, *self.layer4]
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.avgpool(x), 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))

@@ -1,0 +1,95 @@
+"""Runtime-side base of the TSN-family detectors (TSN, TSM, TRN, TDN, TAM, Two-Stream).
+
+Shared options (``backbone``, ``segments``, ``size``, ``num_classes``, ``labels``,
+``dropout``), the graph spec, TSN's preprocessing and the clip -> input path. Subclasses
+set their name, paper and allowed backbones and implement ``build`` (torch, lazily).
+No torch at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgert.runtime.bundle import Bundle, GraphSpec, TensorSpec
+from edgert.runtime.detector import Detector, Option, positive_int
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.video import load_segments, preprocess
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+KINETICS_CLASSES = 400
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def read_labels(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise EdgertError(f"{file}: labels file not found")
+    labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise EdgertError(f"{file}: labels file is empty")
+    return labels
+
+
+def common_options(backbones: tuple[str, ...], default_backbone: str = "resnet50") -> dict[str, Option]:
+    return {
+        "backbone": Option(default_backbone, "2D backbone (torchvision key names)", str, backbones),
+        "segments": Option(8, "K, number of segments (one frame each)", positive_int),
+        "size": Option(224, "crop size; frames are first scaled to size*256/224", positive_int),
+        "num_classes": Option(0, "classes (default: from labels, else 400 as Kinetics)", int),
+        "labels": Option("", "text file, one label per line", str),
+        "dropout": Option(0.8, "dropout before the class head (training only)", float),
+    }
+
+
+class SegmentRecognizer(Detector):
+    """A clip classifier fed K segment frames ``(batch, K, 3, size, size)``."""
+
+    options = common_options(RESNETS)
+    new_length = 1  # frames per segment
+
+    def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
+        opts = super().resolve_options(given)
+        if opts["labels"]:
+            opts["labels"] = str(Path(opts["labels"]).resolve())
+            count = len(read_labels(opts["labels"]))
+            if opts["num_classes"] not in (0, count):
+                raise EdgertError(f"--opt num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
+            opts["num_classes"] = count
+        elif opts["num_classes"] == 0:
+            opts["num_classes"] = KINETICS_CLASSES
+        if opts["num_classes"] < 1:
+            raise EdgertError(f"--opt num_classes={opts['num_classes']}: expected a positive integer")
+        return opts
+
+    def input_spec(self, opts) -> TensorSpec:
+        size, k = opts["size"], opts["segments"]
+        return TensorSpec("video", "float32", ("batch", k, 3, size, size))
+
+    def graphs(self, opts) -> list[GraphSpec]:
+        return [GraphSpec("main", "model.onnx", inputs=(self.input_spec(opts),),
+                          outputs=(TensorSpec("scores", "float32", ("batch", opts["num_classes"])),))]
+
+    def preprocessing(self, opts):
+        return {
+            "sampling": "tsn-segments", "segments": opts["segments"], "new_length": self.new_length,
+            "scale_size": opts["size"] * 256 // 224, "crop_size": opts["size"],
+            "channel_order": "RGB", "input_scale": 1.0 / 255.0, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "layout": "NTCHW",
+        }
+
+    def labels(self, opts):
+        if opts["labels"]:
+            return read_labels(opts["labels"])
+        return [f"class_{i}" for i in range(opts["num_classes"])]
+
+    def prepare(self, bundle: Bundle, source: str) -> dict[str, np.ndarray]:
+        if bundle.graph().state:
+            raise EdgertError(f"{bundle.root}: a streaming bundle; run it with --stream")
+        return {"video": load_segments(source, bundle.preprocessing)}
+
+    def prepare_frame(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
+        return {"frame": preprocess(frame[None], bundle.preprocessing)}

@@ -1,0 +1,73 @@
+"""Built-in detector plugin: TSM (Temporal Shift Module), offline and online."""
+
+from __future__ import annotations
+
+from edgert.runtime.bundle import GraphSpec, TensorSpec
+from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.hookspecs import hookimpl
+
+from ..recognizer import RESNETS, SegmentRecognizer, common_options
+
+
+class TSMDetector(SegmentRecognizer):
+    """Temporal Shift Module (Lin et al., ICCV 2019).
+
+    Choices: residual shift ('blockres', every released model) of 1/``shift_div`` channels
+    each way (default 8) before each residual branch; ResNet-18/34/50/101 or MobileNetV2;
+    average consensus; TSN's sampling and preprocessing. The shift is exported as slices
+    and concatenation (no ScatterND). ``online=true`` exports the per-frame graph of TSM's
+    online demo: uni-directional shift (the first 1/``shift_div`` channels from the previous
+    frame) with one explicit shift buffer per shifted block as state; run it with
+    ``edgert run --stream`` or ``edgert.load(...).stream()``. A checkpoint trained with the
+    uni-directional shift (``shift=unidirectional``) is what the online graph expects, as the
+    TSM authors advise for online models.
+    """
+
+    name = "tsm"
+    description = "Temporal Shift Module: channel shift in the residual branches (offline or online)"
+    paper = "Lin et al., TSM: Temporal Shift Module for Efficient Video Understanding, ICCV 2019"
+    options = {
+        **common_options(RESNETS + ("mobilenetv2",)),
+        "shift_div": Option(8, "1/shift_div of the channels shift each way", positive_int),
+        "shift": Option("bidirectional", "offline shift direction", str, ("bidirectional", "unidirectional")),
+        "online": Option(False, "export the per-frame streaming graph with shift-buffer state", boolean),
+    }
+
+    def build(self, opts, checkpoint):
+        from edgert.exporters.video import load_checkpoint
+
+        from .model import TSM, OnlineTSM
+
+        shift = "unidirectional" if opts["online"] else opts["shift"]
+        model = TSM(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"], opts["shift_div"], shift)
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
+        return OnlineTSM(model.eval()).eval() if opts["online"] else model.eval()
+
+    def graphs(self, opts) -> list[GraphSpec]:
+        if not opts["online"]:
+            return super().graphs(opts)
+        from .model import TSM, OnlineTSM
+
+        size = opts["size"]
+        shapes = OnlineTSM(TSM(1, 1, opts["backbone"], 0.0, opts["shift_div"])).buffer_shapes(size)
+        buffers_in = tuple(TensorSpec(f"shift_buffer.{i}", "float32", ("batch", *s)) for i, s in enumerate(shapes))
+        buffers_out = tuple(TensorSpec(f"new_shift_buffer.{i}", "float32", ("batch", *s)) for i, s in enumerate(shapes))
+        return [GraphSpec(
+            "main", "model.onnx",
+            inputs=(TensorSpec("frame", "float32", ("batch", 3, size, size)), *buffers_in),
+            outputs=(TensorSpec("scores", "float32", ("batch", opts["num_classes"])), *buffers_out),
+            state=tuple((i.name, o.name) for i, o in zip(buffers_in, buffers_out)),
+        )]
+
+    def preprocessing(self, opts):
+        pre = super().preprocessing(opts)
+        if opts["online"]:
+            # one frame per step; predictions average the scores of the last `segments` frames
+            pre.update(sampling="stream", window=opts["segments"], layout="NCHW")
+        return pre
+
+
+@hookimpl
+def edgert_register_detectors():
+    return [TSMDetector()]

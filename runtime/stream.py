@@ -1,0 +1,55 @@
+"""Streaming sessions: feed frames (or feature chunks) one at a time, get a prediction each.
+
+A streaming graph declares its state in the manifest as (input, output) pairs — TSM's shift
+buffers, a recurrent network's hidden state. The session starts them at zero, feeds each
+output back as the next step's input, and ``reset()`` starts over (a new stream, a cut).
+
+    session = edgert.load("tsm-online").stream()
+    for frame in frames:                       # (H, W, 3) uint8 RGB
+        prediction = session.push(frame)       # top-k of the scores averaged over `window` steps
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .errors import EdgertError
+
+
+class StreamSession:
+    def __init__(self, model, graph: str | None = None, window: int | None = None, batch: int = 1):
+        self.model = model
+        self.spec = model.graph(graph)
+        if not self.spec.state:
+            raise EdgertError(f"{model.bundle.root}: graph {self.spec.name!r} is not a streaming graph (it has no state); "
+                              "export the model's online variant (e.g. --opt online=true)")
+        inputs = {t.name: t for t in self.spec.inputs}
+        self._state_specs = [(inputs[i], o) for i, o in self.spec.state]
+        self.batch = batch
+        self.window = int(window or model.bundle.preprocessing.get("window", 1))
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the state and forget the score history: the next step starts a new stream."""
+        self.state = {spec.name: np.zeros([d if isinstance(d, int) else self.batch for d in spec.dims], spec.dtype)
+                      for spec, _ in self._state_specs}
+        self.history: deque[dict[str, np.ndarray]] = deque(maxlen=self.window)
+        self.steps = 0
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph run on ``feeds`` (the non-state inputs); returns the non-state outputs."""
+        outputs = self.model.run({**feeds, **self.state}, graph=self.spec.name)
+        for spec, out in self._state_specs:
+            self.state[spec.name] = outputs.pop(out)
+        self.history.append(outputs)
+        self.steps += 1
+        return outputs
+
+    def push(self, frame: np.ndarray, top_k: int = 5):
+        """Preprocess one frame with the detector, step, and rank the scores averaged over the
+        last ``window`` steps (TSM's online demo averages its recent logits the same way)."""
+        self.step(self.model.plugin.prepare_frame(self.model.bundle, frame))
+        averaged = {name: np.mean([h[name] for h in self.history], axis=0) for name in self.history[-1]}
+        return self.model.plugin.postprocess(self.model.bundle, averaged, top_k=top_k)
