@@ -130,7 +130,8 @@ def _run_stream(model, args) -> int:
     for source in args.input:
         session.reset()
         latencies = []
-        print(f"{source} (streaming, scores averaged over the last {session.window} frames)")
+        if not args.json:
+            print(f"{source} (streaming, scores averaged over the last {session.window} frames)")
         for index, frame in enumerate(iter_frames(source)):
             t0 = time.perf_counter()
             prediction = session.push(frame, top_k=args.top_k)

@@ -50,7 +50,7 @@ class TSMDetector(SegmentRecognizer):
         from .model import TSM, OnlineTSM
 
         size = opts["size"]
-        shapes = OnlineTSM(TSM(1, 1, opts["backbone"], 0.0, opts["shift_div"])).buffer_shapes(size)
+        shapes = OnlineTSM(TSM(1, 1, opts["backbone"], 0.0, opts["shift_div"]).eval()).buffer_shapes(size)
         buffers_in = tuple(TensorSpec(f"shift_buffer.{i}", "float32", ("batch", *s)) for i, s in enumerate(shapes))
         buffers_out = tuple(TensorSpec(f"new_shift_buffer.{i}", "float32", ("batch", *s)) for i, s in enumerate(shapes))
         return [GraphSpec(
