@@ -46,11 +46,10 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_strict(module, state: Mapping, source: str | Path) -> None:
-    """Load ``state`` into ``module``; every key must match by name and shape."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def check_keys(expected: Mapping, state: Mapping, source: str | Path) -> None:
+    """Raise, listing them, unless ``state`` has exactly ``expected``'s names and shapes."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
@@ -58,7 +57,12 @@ def load_strict(module, state: Mapping, source: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected keys: {_listing(unexpected)}")
         raise EdgertError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
-    wrong = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+    wrong = [f"{k} {list(state[k].shape)} vs model {list(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise EdgertError(f"{source}: checkpoint shapes do not fit the model: {_listing(wrong, 4)}")
+
+
+def load_strict(module, state: Mapping, source: str | Path) -> None:
+    """Load ``state`` into ``module``; every key must match by name and shape."""
+    check_keys(module.state_dict(), state, source)
     module.load_state_dict(state, strict=True)

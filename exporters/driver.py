@@ -196,7 +196,7 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
             "kind": registered.kind,
             "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
             "model": {
-                "name": plugin.name, "paper": plugin.paper, "options": opts, "seed": seed,
+                "name": plugin.name, "paper": plugin.paper, "options": opts, "details": plugin.details(opts), "seed": seed,
                 "checkpoint": None if checkpoint is None else
                 {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(Path(checkpoint))},
             },

@@ -11,13 +11,23 @@ from typing import Callable
 
 import numpy as np
 
-from edgert.runtime.video import preprocess
+from edgert.runtime.video import preprocess, snippet_indices
 
 
-def train_indices(num_frames: int, segments: int, rng: np.random.Generator) -> np.ndarray:
-    """TSN's training sampler: a random frame inside each of ``segments`` equal segments."""
-    edges = np.linspace(0, num_frames, segments + 1)
-    return np.minimum(np.floor(edges[:-1] + rng.uniform(size=segments) * np.diff(edges)).astype(np.int64), num_frames - 1)
+def train_indices(num_frames: int, segments: int, rng: np.random.Generator, new_length: int = 1) -> np.ndarray:
+    """TSN's training sampler: a random start inside each of ``segments`` equal segments (of the
+    frames where a ``new_length`` snippet fits)."""
+    span = max(num_frames - new_length + 1, 1)
+    edges = np.linspace(0, span, segments + 1)
+    return np.minimum(np.floor(edges[:-1] + rng.uniform(size=segments) * np.diff(edges)).astype(np.int64), span - 1)
+
+
+def sample_clip(clip: np.ndarray, segments: int, pre: dict, rng: np.random.Generator) -> np.ndarray:
+    """One training input from a (T, H, W, 3) clip, shaped as the runtime's ``load_segments``."""
+    new_length = int(pre.get("new_length", 1))
+    starts = train_indices(len(clip), segments, rng, new_length)
+    frames = preprocess(clip[snippet_indices(starts, new_length, len(clip))], pre)
+    return frames if new_length == 1 else frames.reshape(segments, new_length, *frames.shape[1:])
 
 
 def train(model, make_clip: Callable[[int, np.random.Generator], np.ndarray], num_classes: int, segments: int,
@@ -33,8 +43,7 @@ def train(model, make_clip: Callable[[int, np.random.Generator], np.ndarray], nu
         labels = rng.integers(0, num_classes, size=batch)
         clips = []
         for y in labels:
-            clip = make_clip(int(y), rng)
-            clips.append(preprocess(clip[train_indices(len(clip), segments, rng)], pre))
+            clips.append(sample_clip(make_clip(int(y), rng), segments, pre, rng))
         x = torch.from_numpy(np.stack(clips))
         loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels))
         optimizer.zero_grad()

@@ -17,7 +17,7 @@ from torch import nn
 from edgert.runtime.errors import EdgertError
 
 from .backbones import make_backbone
-from .checkpoints import load_strict, read_state_dict
+from .checkpoints import check_keys, load_strict, read_state_dict
 
 
 class SegmentNet(nn.Module):
@@ -26,6 +26,7 @@ class SegmentNet(nn.Module):
     def __init__(self, num_classes: int, segments: int, backbone: str = "resnet50", dropout: float = 0.8):
         super().__init__()
         self.segments = segments
+        self.backbone_name = backbone
         self.base_model = make_backbone(backbone)
         feature_dim = self.base_model.feature_dim
         setattr(self.base_model, self.base_model.head, nn.Dropout(p=dropout))
@@ -91,10 +92,22 @@ def load_checkpoint(model: nn.Module, path: str) -> str:
     if any(k.startswith("backbone.") for k in state):
         load_strict(model, _from_mmaction2(state), path)
         return "mmaction2"
-    head = model.base_model.head
     if any(k.startswith(("layer1.", "features.")) for k in state):
-        backbone = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-        load_strict(model.base_model, backbone, path)  # its head is a Dropout now: no keys
+        _load_torchvision_backbone(model, state, path)
         return "torchvision"
     raise EdgertError(f"{path}: unrecognised checkpoint layout (expected 'base_model.*', mmaction2 'backbone.*' or "
                       f"torchvision backbone keys); first keys: {', '.join(list(state)[:4])}")
+
+
+def _load_torchvision_backbone(model: nn.Module, state: dict, path: str) -> None:
+    """An ImageNet backbone into a video model's ``base_model``. Temporal models wrap convs or
+    blocks (TSM ``conv1.net``, TAM ``layer1.0.net``) and add modules (TAM, L-TDM...): wrapped
+    keys are matched by their name without the ``.net`` segments, added modules keep their
+    initialisation, and the backbone's own classifier is dropped."""
+    plain = make_backbone(model.backbone_name)
+    head = plain.head + "."
+    expected = {k: v for k, v in plain.state_dict().items() if not k.startswith(head)}
+    given = {k: v for k, v in state.items() if not k.startswith(head)}
+    check_keys(expected, given, path)
+    targets = {re.sub(r"\.net(?=\.)", "", k): k for k in model.base_model.state_dict()}
+    model.base_model.load_state_dict({targets[k]: v for k, v in given.items()}, strict=False)

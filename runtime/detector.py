@@ -111,6 +111,10 @@ class Detector:
     def labels(self, opts: dict[str, Any]) -> list[str]:
         return []
 
+    def details(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """Choices fixed at export that a user should see (written to manifest model.details)."""
+        return {}
+
     def onnx_translations(self) -> dict:
         """torch op -> onnxscript function, for custom ops (``custom_translation_table``)."""
         return {}

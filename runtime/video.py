@@ -214,11 +214,23 @@ def preprocess(frames: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def snippet_indices(starts: np.ndarray, new_length: int, num_frames: int) -> np.ndarray:
+    """Frame indices of each segment's snippet: ``new_length`` consecutive frames from each
+    start (TSN's snippets; TDN uses 5), clamped to the clip, so a short clip repeats its end."""
+    return np.minimum(starts[:, None] + np.arange(new_length)[None, :], num_frames - 1).reshape(-1)
+
+
 def load_segments(source: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
-    """A clip source -> ``(1, segments, 3, crop, crop)`` float32: TSN sampling, then ``preprocess``.
+    """A clip source -> graph input: TSN sampling of ``segments`` snippets, then ``preprocess``.
 
     ``pre`` is a manifest's preprocessing (``segments``, ``new_length``, sizes, mean/std...).
+    Returns ``(1, segments, 3, crop, crop)``, or ``(1, segments, new_length, 3, crop, crop)``
+    when a segment is a snippet of several frames.
     """
     clip = open_clip(source)
-    indices = segment_indices(clip.num_frames, int(pre["segments"]), int(pre.get("new_length", 1)))
-    return preprocess(clip.frames(indices), pre)[None]
+    segments, new_length = int(pre["segments"]), int(pre.get("new_length", 1))
+    starts = segment_indices(clip.num_frames, segments, new_length)
+    frames = preprocess(clip.frames(snippet_indices(starts, new_length, clip.num_frames)), pre)
+    if new_length == 1:
+        return frames[None]
+    return frames.reshape(1, segments, new_length, *frames.shape[1:])

@@ -21,8 +21,17 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
+def _after_conv1(block: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Apply the modules a video model inserted after a block's first conv-BN-ReLU (named in
+    ``block.inserted``; TDN puts its L-TDM and temporal conv there). None by default."""
+    for name in block.inserted:
+        out = getattr(block, name)(out)
+    return out
+
+
 class BasicBlock(nn.Module):
     expansion = 1
+    inserted: tuple[str, ...] = ()
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -38,12 +47,13 @@ class BasicBlock(nn.Module):
         # shifted tensor here while the identity path keeps x).
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x if branch_input is None else branch_input)))
-        out = self.bn2(self.conv2(out))
+        out = self.bn2(self.conv2(_after_conv1(self, out)))
         return self.relu(out + identity)
 
 
 class Bottleneck(nn.Module):
     expansion = 4
+    inserted: tuple[str, ...] = ()
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -59,7 +69,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor, branch_input: torch.Tensor | None = None) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x if branch_input is None else branch_input)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn2(self.conv2(_after_conv1(self, out))))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
