@@ -66,3 +66,35 @@ def write_video(path, clip: np.ndarray, fps: float = 24.0) -> None:
     for frame in clip:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
+
+
+DIRECTIONS = ("moving right", "moving left", "moving down", "moving up")
+
+
+def render_direction_clip(label: int, rng: np.random.Generator, frames: int = 8, size: int = 32) -> np.ndarray:
+    """A square moving one of four ways (index into DIRECTIONS) at constant speed.
+
+    The classes differ only in temporal order: a clip of one class played backwards is a clip
+    of its opposite class, and start points are drawn so that every class covers the same
+    positions. Any single frame, and any orderless set of frames, is equally likely under
+    every class, so a model that averages per-frame evidence (TSN) is at chance by design.
+    """
+    import cv2
+
+    side = max(size // 6, 3)
+    step = (size - 2 * side) / max(frames - 1, 1) * rng.uniform(0.6, 1.0)
+    travel = step * (frames - 1)
+    along = rng.uniform(side, size - side - travel)      # start of a forward (right/down) move
+    across = rng.uniform(side, size - side)
+    colour = tuple(int(c) for c in rng.integers(150, 256, size=3))
+    background = rng.integers(20, 90, size=3)
+    clip = np.empty((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        pos = along + step * (t if label in (0, 2) else frames - 1 - t)
+        x, y = (pos, across) if label in (0, 1) else (across, pos)
+        img = np.empty((size, size, 3), np.uint8)
+        img[:] = background
+        cv2.rectangle(img, (int(x - side / 2), int(y - side / 2)), (int(x + side / 2), int(y + side / 2)), colour, -1)
+        noise = rng.integers(-10, 11, size=img.shape)
+        clip[t] = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return clip
