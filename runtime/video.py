@@ -114,6 +114,14 @@ class VideoClip(Clip):
         return np.stack([got[int(i)] for i in indices])
 
 
+def as_rgb(frames: np.ndarray) -> np.ndarray:
+    """(..., 1|3|4) uint8 -> (..., 3): grayscale replicated, alpha dropped (OpenCV does the
+    same when it decodes grayscale or RGBA video and images)."""
+    if frames.shape[-1] == 1:
+        return np.repeat(frames, 3, axis=-1)
+    return frames[..., :3] if frames.shape[-1] == 4 else frames
+
+
 def open_clip(source: str | os.PathLike) -> Clip:
     """Open a video file, a folder of frames or a .npy array, checking what it holds."""
     path = Path(source)
@@ -129,11 +137,14 @@ def open_clip(source: str | os.PathLike) -> Clip:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:
             raise InputError(f"{path}: not a readable .npy array ({err})") from None
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-            raise InputError(f"{path}: expected a T x H x W x 3 uint8 RGB array, given {array.dtype} {list(array.shape)}")
+        if array.ndim == 3:  # T x H x W grayscale
+            array = array[..., None]
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+            raise InputError(f"{path}: expected a T x H x W x 3 uint8 RGB array (or grayscale / RGBA), "
+                             f"given {array.dtype} {list(array.shape)}")
         if len(array) == 0:
             raise InputError(f"{path}: array holds no frames")
-        return ArrayClip(path, array)
+        return ArrayClip(path, as_rgb(array))
     return VideoClip(path)
 
 

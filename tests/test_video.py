@@ -85,10 +85,48 @@ def test_frame_folder(tmp_path):
     (lambda p: p / "missing.mp4", "no such file"),
     (lambda p: (p / "junk.mp4").write_bytes(b"\x00garbage" * 100) and p / "junk.mp4", "cannot decode video"),
     (lambda p: np.save(p / "f.npy", np.zeros((4, 8, 8, 3), np.float32)) or p / "f.npy", "uint8"),
-    (lambda p: np.save(p / "g.npy", np.zeros((4, 8, 8), np.uint8)) or p / "g.npy", "T x H x W x 3"),
+    (lambda p: np.save(p / "g.npy", np.zeros((4, 8, 8, 2), np.uint8)) or p / "g.npy", "T x H x W x 3"),
     (lambda p: np.save(p / "e.npy", np.zeros((0, 8, 8, 3), np.uint8)) or p / "e.npy", "no frames"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "holds no frames"),
 ])
 def test_bad_sources(tmp_path, make, message):
     with pytest.raises(InputError, match=message):
         open_clip(make(tmp_path))
+
+
+def test_grayscale_and_rgba_sources_become_rgb(tmp_path):
+    import cv2
+
+    rgb = render_clip(3, np.random.default_rng(4), frames=6)
+    gray = rgb.mean(axis=-1).astype(np.uint8)
+    np.save(tmp_path / "gray.npy", gray)
+    np.save(tmp_path / "gray1.npy", gray[..., None])
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 128, np.uint8)], axis=-1)
+    np.save(tmp_path / "rgba.npy", rgba)
+    np.testing.assert_array_equal(open_clip(tmp_path / "gray.npy").frames([2])[0], np.repeat(gray[2, ..., None], 3, -1))
+    np.testing.assert_array_equal(open_clip(tmp_path / "gray1.npy").frames([2]), open_clip(tmp_path / "gray.npy").frames([2]))
+    np.testing.assert_array_equal(open_clip(tmp_path / "rgba.npy").frames([0, 5]), rgb[[0, 5]])
+
+    folder = tmp_path / "rgba_frames"
+    folder.mkdir()
+    for i, frame in enumerate(rgba):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(open_clip(folder).frames([1]), rgb[[1]])
+
+    writer = cv2.VideoWriter(str(tmp_path / "gray.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 24, (160, 120), isColor=False)
+    for frame in gray:
+        writer.write(frame)
+    writer.release()
+    decoded = open_clip(tmp_path / "gray.avi").frames([0, 3])
+    assert decoded.shape == (2, 120, 160, 3)
+    assert np.abs(decoded[..., 0].astype(int) - gray[[0, 3]].astype(int)).mean() < 6
+
+
+def test_zero_length_video(tmp_path):
+    import cv2
+
+    path = tmp_path / "empty.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 48))
+    writer.release()
+    with pytest.raises(InputError, match="no decodable frames|cannot decode video"):
+        open_clip(path)
