@@ -33,6 +33,7 @@ CASES = [
     ("tdn", {"backbone": "resnet50"}),
     ("tam", {"backbone": "resnet50"}),
     ("two-stream", {"backbone": "resnet50", "modality": "flow"}),
+    ("two-stream", {"backbone": "mobilenetv2", "modality": "flow"}),
 ]
 COMMON = {"segments": "8", "size": "224"}
 ROOT = Path("build/bench")

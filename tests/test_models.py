@@ -122,5 +122,10 @@ def test_tdn_temporal_conv_starts_as_the_tsm_shift():
     from edgert.plugins.tdn.model import TemporalConv
 
     x = torch.randn(2 * 6, 32, 3, 3)
+    conv = TemporalConv(32, 6)
     with torch.no_grad():
-        torch.testing.assert_close(TemporalConv(32, 6)(x), temporal_shift(x, 6, 8, "bidirectional"))
+        torch.testing.assert_close(conv(x), temporal_shift(x, 6, 8, "bidirectional"))
+        conv.conv.weight.normal_()  # any weights: the same as the depthwise Conv1d over time
+        seq = x.view(2, 6, 32, 3, 3).permute(0, 3, 4, 2, 1).reshape(-1, 32, 6)
+        expected = conv.conv(seq).view(2, 3, 3, 32, 6).permute(0, 4, 3, 1, 2).reshape(12, 32, 3, 3)
+        torch.testing.assert_close(conv(x), expected)

@@ -60,9 +60,10 @@ class LongTermTDM(nn.Module):
 
 
 class TemporalConv(nn.Module):
-    """Depthwise temporal conv (kernel 3) initialised as TSM's shift (the official
-    ``ShiftModule``): channels [0, C/8) take the next segment, [C/8, C/4) the previous, the rest
-    stay; learnable afterwards. Key ``conv.weight`` (Conv1d, groups=C)."""
+    """Depthwise temporal conv (kernel 3, zero padding) initialised as TSM's shift (the
+    official ``ShiftModule``): channels [0, C/8) take the next segment, [C/8, C/4) the
+    previous, the rest stay; learnable afterwards. Parameter kept as a Conv1d's ``conv.weight``
+    (C, 1, 3), the official layout."""
 
     def __init__(self, channels: int, segments: int, fold_div: int = 8):
         super().__init__()
@@ -76,11 +77,15 @@ class TemporalConv(nn.Module):
             self.conv.weight[2 * fold:, 0, 1] = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The depthwise temporal conv written as three weighted time slices in the
+        # (N, T, C, H, W) layout: the official permute to (N*H*W, C, T) and back moves the
+        # whole tensor twice per block, which dominates on a CPU.
         clip = x.unflatten(0, (-1, self.segments))               # (N, T, C, H, W)
-        n, t, c, h, w = clip.shape
-        seq = clip.permute(0, 3, 4, 2, 1).reshape(-1, c, t)      # (N*H*W, C, T)
-        out = self.conv(seq).reshape(n, h, w, c, t)
-        return out.permute(0, 4, 3, 1, 2).flatten(0, 1)
+        zeros = torch.zeros_like(clip[:, :1])
+        previous = torch.cat([zeros, clip[:, :-1]], dim=1)
+        following = torch.cat([clip[:, 1:], zeros], dim=1)
+        w = self.conv.weight[:, 0, :, None, None]                # (C, 3, 1, 1)
+        return (w[:, 0] * previous + w[:, 1] * clip + w[:, 2] * following).flatten(0, 1)
 
 
 class TDN(SegmentNet):
