@@ -2,8 +2,9 @@
 
 The official ``TemporalShift.shift`` writes into a zero tensor with slice assignment, which
 exports as ScatterND (plus Where/ConstantOfShape/Expand) — the pattern behind the TensorRT
-mismatches users report. Here every shift is ``cat`` of slices and zeros, so the graph holds
-only Slice, Concat and ConstantOfShape/Expand-free zeros: no ScatterND, no loops.
+mismatches users report. Here every shift is ``cat`` of slices and a zero step shaped from
+the input, so the graph holds Slice, Concat and Shape/Expand for the zeros: no ScatterND, no
+loops, and the batch stays dynamic.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class SegmentRecognizer(Detector):
             "sampling": "tsn-segments", "segments": opts["segments"], "new_length": self.new_length,
             "scale_size": opts["size"] * 256 // 224, "crop_size": opts["size"],
             "channel_order": "RGB", "input_scale": 1.0 / 255.0, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-            "layout": "NTCHW",
+            "layout": "NTCHW" if self.new_length == 1 else "NTLCHW",  # L: frames per segment snippet
         }
 
     def labels(self, opts):

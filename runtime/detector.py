@@ -5,8 +5,8 @@ A detector has two halves that never meet in one process on an edge device:
 * the **export half** (``build``, ``graphs``, ``example_inputs``, ``preprocessing``,
   ``labels``) runs where torch is installed, inside ``edgert export``; import torch inside
   these methods, never at module level;
-* the **runtime half** (``prepare``, ``postprocess``) runs with numpy and the backend only,
-  driven by what the export wrote into the manifest.
+* the **runtime half** (``prepare``; ``prepare_frame`` for streaming graphs; ``postprocess``)
+  runs with numpy and the backend only, driven by what the export wrote into the manifest.
 """
 
 from __future__ import annotations
