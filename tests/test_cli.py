@@ -95,7 +95,7 @@ def test_run_errors(tiny_bundle, tmp_path):
     assert_user_error(edgert("run", tiny_bundle, "--input", junk), "junk.mp4: cannot decode video")
     floats = tmp_path / "floats.npy"
     np.save(floats, np.zeros((4, 32, 32, 3), np.float32))
-    assert_user_error(edgert("run", tiny_bundle, "--input", floats), "expected a T x H x W x 3 uint8 RGB array, given float32")
+    assert_user_error(edgert("run", tiny_bundle, "--input", floats), "expected a T x H x W x 3 uint8 RGB array", "given float32 [4, 32, 32, 3]")
     assert_user_error(edgert("run", tiny_bundle, "--input", floats, "--backend", "tensorrt"),
                       "the tensorrt backend needs the 'tensorrt' and 'polygraphy' packages")
 
