@@ -65,6 +65,18 @@ class SegmentRecognizer(Detector):
             raise EdgertError(f"--opt num_classes={opts['num_classes']}: expected a positive integer")
         return opts
 
+    def make_model(self, opts):
+        """The PyTorch module for ``opts`` (export side; import torch inside)."""
+        raise NotImplementedError
+
+    def build(self, opts, checkpoint):
+        from edgert.exporters.video import load_checkpoint
+
+        model = self.make_model(opts)
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
+        return model.eval()
+
     def input_spec(self, opts) -> TensorSpec:
         size, k = opts["size"], opts["segments"]
         return TensorSpec("video", "float32", ("batch", k, 3, size, size))

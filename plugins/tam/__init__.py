@@ -23,15 +23,10 @@ class TAMDetector(SegmentRecognizer):
     paper = "Liu et al., TAM: Temporal Adaptive Module for Video Recognition, ICCV 2021"
     options = common_options(RESNETS)
 
-    def build(self, opts, checkpoint):
-        from edgert.exporters.video import load_checkpoint
-
+    def make_model(self, opts):
         from .model import TANet
 
-        model = TANet(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
-        if checkpoint:
-            load_checkpoint(model, checkpoint)
-        return model.eval()
+        return TANet(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
 
 
 @hookimpl

@@ -26,12 +26,15 @@ class TDNDetector(SegmentRecognizer):
         size, k = opts["size"], opts["segments"]
         return TensorSpec("video", "float32", ("batch", k, self.new_length, 3, size, size))
 
+    def make_model(self, opts):
+        from .model import TDN
+
+        return TDN(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
+
     def build(self, opts, checkpoint):
         from edgert.exporters.video import load_checkpoint
 
-        from .model import TDN
-
-        model = TDN(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
+        model = self.make_model(opts)
         if checkpoint and load_checkpoint(model, checkpoint) == "torchvision":
             model.inflate_difference_stem()  # an ImageNet backbone: derive the difference stem from it
         return model.eval()

@@ -25,16 +25,10 @@ class TRNDetector(SegmentRecognizer):
     options = {**common_options(RESNETS + ("mobilenetv2",)),
                "relations": Option(3, "relations per scale below the largest", positive_int)}
 
-    def build(self, opts, checkpoint):
-        from edgert.exporters.video import load_checkpoint
-
+    def make_model(self, opts):
         from .model import TRN
 
-        model = TRN(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"],
-                    subsample=opts["relations"])
-        if checkpoint:
-            load_checkpoint(model, checkpoint)
-        return model.eval()
+        return TRN(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"], subsample=opts["relations"])
 
     def details(self, opts):
         from .model import choose_relations

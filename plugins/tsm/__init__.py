@@ -33,16 +33,17 @@ class TSMDetector(SegmentRecognizer):
         "online": Option(False, "export the per-frame streaming graph with shift-buffer state", boolean),
     }
 
-    def build(self, opts, checkpoint):
-        from edgert.exporters.video import load_checkpoint
-
-        from .model import TSM, OnlineTSM
+    def make_model(self, opts):
+        from .model import TSM
 
         shift = "unidirectional" if opts["online"] else opts["shift"]
-        model = TSM(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"], opts["shift_div"], shift)
-        if checkpoint:
-            load_checkpoint(model, checkpoint)
-        return OnlineTSM(model.eval()).eval() if opts["online"] else model.eval()
+        return TSM(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"], opts["shift_div"], shift)
+
+    def build(self, opts, checkpoint):
+        from .model import OnlineTSM
+
+        model = super().build(opts, checkpoint)
+        return OnlineTSM(model).eval() if opts["online"] else model
 
     def graphs(self, opts) -> list[GraphSpec]:
         if not opts["online"]:

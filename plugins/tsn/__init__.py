@@ -28,13 +28,10 @@ class TSNDetector(SegmentRecognizer):
     paper = "Wang et al., Temporal Segment Networks, ECCV 2016"
     options = common_options(RESNETS + ("mobilenetv2",))
 
-    def build(self, opts, checkpoint):
-        from edgert.exporters.video import SegmentNet, load_checkpoint
+    def make_model(self, opts):
+        from edgert.exporters.video import SegmentNet
 
-        model = SegmentNet(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
-        if checkpoint:
-            load_checkpoint(model, checkpoint)
-        return model.eval()
+        return SegmentNet(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"])
 
 
 @hookimpl
