@@ -129,3 +129,29 @@ def test_tdn_temporal_conv_starts_as_the_tsm_shift():
         seq = x.view(2, 6, 32, 3, 3).permute(0, 3, 4, 2, 1).reshape(-1, 32, 6)
         expected = conv.conv(seq).view(2, 3, 3, 32, 6).permute(0, 4, 3, 1, 2).reshape(12, 32, 3, 3)
         torch.testing.assert_close(conv(x), expected)
+
+
+@pytest.mark.parametrize("name", ["tsm", "tam", "tdn", "trn"])
+def test_torchvision_backbone_into_temporal_models(name, tmp_path):
+    """An ImageNet ResNet state_dict loads into every temporal model: wrapped convs/blocks get
+    their weights, added modules keep their initialisation (TDN derives its difference stem)."""
+    import torch
+
+    from edgert.exporters.backbones.resnet import ResNet
+    from edgert.runtime.host import get_host
+
+    torch.manual_seed(3)
+    imagenet = ResNet("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(imagenet.state_dict(), path)
+    detector = get_host().get("detector", name).obj
+    opts = detector.resolve_options({"backbone": "resnet18", "segments": "4", "size": "64", "num_classes": "4"})
+    model = detector.build(opts, str(path))
+    state = model.state_dict()
+    conv1 = {"tsm": "base_model.layer2.1.conv1.net.weight", "tam": "base_model.layer2.1.net.conv1.weight",
+             "tdn": "base_model.layer2.1.conv1.weight", "trn": "base_model.layer2.1.conv1.weight"}[name]
+    torch.testing.assert_close(state[conv1], imagenet.layer2[1].conv1.weight)
+    if name == "tdn":
+        torch.testing.assert_close(state["base_model.conv1_5.0.weight"][:, 5],
+                                   imagenet.conv1.weight.mean(dim=1))
+        torch.testing.assert_close(state["base_model.resnext_layer1.1.conv2.weight"], imagenet.layer1[1].conv2.weight)
