@@ -1,7 +1,6 @@
 """The CLI as users meet it: export, info, run, bench, and the errors they get."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest

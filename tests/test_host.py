@@ -1,8 +1,5 @@
 """The plugin host: entry points, failure isolation, name clashes."""
 
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
