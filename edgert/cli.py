@@ -123,25 +123,24 @@ def cmd_run(args) -> int:
 def _run_stream(model, args) -> int:
     import time
 
-    from edgert.runtime.video import iter_frames
-
     session = model.stream(window=args.window)
+    unit = getattr(model.plugin, "step_unit", "frame")
     for source in args.input:
         session.reset()
         latencies = []
         if not args.json:
-            print(f"{source} (streaming, scores averaged over the last {session.window} frames)")
-        for index, frame in enumerate(iter_frames(source)):
+            print(f"{source} (streaming, scores averaged over the last {session.window} {unit}s)")
+        for index, frame in enumerate(model.plugin.iter_steps(model.bundle, source)):
             t0 = time.perf_counter()
             prediction = session.push(frame, top_k=args.top_k)
             latencies.append(time.perf_counter() - t0)
             label, prob = prediction.top[0]
             if args.json:
-                print(json.dumps({"input": source, "frame": index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
+                print(json.dumps({"input": source, unit: index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
             else:
-                print(f"  frame {index:6d}  {label:<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
+                print(f"  {unit} {index:6d}  {label:<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
         if not args.json:
-            print(f"  {len(latencies)} frames, {sum(latencies) / len(latencies) * 1e3:.1f} ms per frame "
+            print(f"  {len(latencies)} {unit}s, {sum(latencies) / len(latencies) * 1e3:.1f} ms per {unit} "
                   f"(preprocess + inference; {model.describe()})")
     return 0
 

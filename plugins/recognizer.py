@@ -103,5 +103,5 @@ class SegmentRecognizer(Detector):
             raise EdgertError(f"{bundle.root}: a streaming bundle; run it with --stream")
         return {"video": load_segments(source, bundle.preprocessing)}
 
-    def prepare_frame(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def prepare_step(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
         return {"frame": preprocess(frame[None], bundle.preprocessing)}

@@ -5,7 +5,7 @@ A detector has two halves that never meet in one process on an edge device:
 * the **export half** (``build``, ``graphs``, ``example_inputs``, ``preprocessing``,
   ``labels``) runs where torch is installed, inside ``edgert export``; import torch inside
   these methods, never at module level;
-* the **runtime half** (``prepare``; ``prepare_frame`` for streaming graphs; ``postprocess``)
+* the **runtime half** (``prepare``; ``prepare_step`` for streaming graphs; ``postprocess``)
   runs with numpy and the backend only, driven by what the export wrote into the manifest.
 """
 
@@ -77,6 +77,7 @@ class Detector:
     description: str = ""
     paper: str = ""
     options: dict[str, Option] = {}
+    step_unit = "frame"  # what one streaming step consumes, for messages
 
     # ---- option handling (shared) ------------------------------------------------------
     def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
@@ -124,8 +125,16 @@ class Detector:
         """Turn a video file, frame folder or .npy array into the graph's inputs."""
         raise NotImplementedError
 
-    def prepare_frame(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """Streaming detectors: one (H, W, 3) uint8 RGB frame -> the step graph's non-state inputs."""
+    def iter_steps(self, bundle: Bundle, source: str):
+        """Streaming detectors: what one step consumes, in order — video frames (H, W, 3) by
+        default; feature-based detectors yield one feature vector per chunk."""
+        from .video import iter_frames
+
+        return iter_frames(source)
+
+    def prepare_step(self, bundle: Bundle, item: np.ndarray) -> dict[str, np.ndarray]:
+        """Streaming detectors: one step's item (a frame, a chunk feature) -> the step graph's
+        non-state inputs."""
         raise EdgertError(f"detector {self.name!r} does not stream")
 
     def postprocess(self, bundle: Bundle, outputs: dict[str, np.ndarray], top_k: int = 5) -> Prediction:

@@ -28,7 +28,7 @@ class StreamSession:
         inputs = {t.name: t for t in self.spec.inputs}
         self._state_specs = [(inputs[i], o) for i, o in self.spec.state]
         self.batch = batch
-        self.window = int(window or model.bundle.preprocessing.get("window", 1))
+        self.window = int(window or model.bundle.preprocessing.get("average_steps", 1))
         self.reset()
 
     def reset(self) -> None:
@@ -47,9 +47,10 @@ class StreamSession:
         self.steps += 1
         return outputs
 
-    def push(self, frame: np.ndarray, top_k: int = 5):
-        """Preprocess one frame with the detector, step, and rank the scores averaged over the
-        last ``window`` steps (TSM's online demo averages its recent logits the same way)."""
-        self.step(self.model.plugin.prepare_frame(self.model.bundle, frame))
+    def push(self, item: np.ndarray, top_k: int = 5):
+        """Prepare one frame (or chunk feature) with the detector, step, and rank the scores
+        averaged over the last ``window`` steps (TSM's online demo averages its recent logits
+        the same way; window 1 ranks the current step alone)."""
+        self.step(self.model.plugin.prepare_step(self.model.bundle, item))
         averaged = {name: np.mean([h[name] for h in self.history], axis=0) for name in self.history[-1]}
         return self.model.plugin.postprocess(self.model.bundle, averaged, top_k=top_k)

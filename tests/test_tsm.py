@@ -99,7 +99,7 @@ def test_exported_online_stream_equals_offline(tsm_checkpoint, tmp_path):
     result = edgert("export", "tsm", "--out", tmp_path / "online", "--opt", "online=true", *opts)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "online" / "manifest.json").read_text())
-    assert len(manifest["graphs"]["main"]["state"]) == 8 and manifest["preprocessing"]["window"] == 4
+    assert len(manifest["graphs"]["main"]["state"]) == 8 and manifest["preprocessing"]["average_steps"] == 4
 
     video = np.random.default_rng(0).standard_normal((1, 9, 3, 48, 48)).astype(np.float32)
     reference = TSM(5, 9, "resnet18", shift_mode="unidirectional").eval()

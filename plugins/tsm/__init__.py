@@ -65,7 +65,7 @@ class TSMDetector(SegmentRecognizer):
         pre = super().preprocessing(opts)
         if opts["online"]:
             # one frame per step; predictions average the scores of the last `segments` frames
-            pre.update(sampling="stream", window=opts["segments"], layout="NCHW")
+            pre.update(sampling="stream", average_steps=opts["segments"], layout="NCHW")
         return pre
 
 
