@@ -145,6 +145,61 @@ def _run_stream(model, args) -> int:
     return 0
 
 
+def _load_array(path: str, what: str):
+    import numpy as np
+
+    from edgert.runtime.errors import InputError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file ({what})") from None
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({what}: {err})") from None
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from edgert.runtime.metrics import perframe_metrics, softmax, timeline_png
+
+    labels = _load_array(args.labels, "labels")
+    names: list[str] = []
+    background, ambiguous = args.background, args.ambiguous
+    if args.bundle:
+        from edgert.runtime.model import load
+
+        if not args.features:
+            raise EdgertError("eval with a detector bundle needs --features FILE.npy")
+        model = load(args.bundle, threads=args.threads)
+        pre, names = model.bundle.preprocessing, model.bundle.labels
+        ambiguous = int(pre.get("ambiguous", -1)) if ambiguous is None else ambiguous
+        features = list(model.plugin.iter_steps(model.bundle, args.features))
+        if len(labels) != len(features):
+            raise EdgertError(f"{args.labels} has {len(labels)} labels but {args.features} has {len(features)} chunks")
+        session = model.stream(window=1)
+        scores = softmax(np.stack([session.step(model.plugin.prepare_step(model.bundle, f))["scores"][0]
+                                   for f in features]))
+    else:
+        if not args.scores:
+            raise EdgertError("eval needs --scores FILE.npy (or a detector bundle with --features)")
+        scores = _load_array(args.scores, "scores")
+        ambiguous = -1 if ambiguous is None else ambiguous
+    result = perframe_metrics(scores, labels, background=background, ambiguous=ambiguous)
+    names = names or [f"class {c}" for c in range(scores.shape[1])]
+    print(f"frames: {result.frames} evaluated, {result.ignored_frames} ambiguous left out")
+    print(f"{'class':<24} {'positives':>9} {'AP':>8} {'cAP':>8}")
+    for c, positives, ap, cap in result.per_class:
+        shown = "no positives" if positives == 0 else f"{ap * 100:8.2f} {cap * 100:8.2f}"
+        print(f"{names[c][:24]:<24} {positives:>9} {shown}")
+    print(f"mAP  {result.map * 100:.2f}   (THUMOS'14 per-frame, background{'' if ambiguous < 0 else ' and ambiguous'} left out)")
+    print(f"mcAP {result.mcap * 100:.2f}   (TVSeries calibrated)")
+    if args.plot:
+        timeline_png(args.plot, scores, labels, names, background, ambiguous)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import numpy as np
 
@@ -201,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="per-frame mAP / mcAP of online detection (scores file, or a detector bundle)")
+    p.add_argument("bundle", nargs="?", help="detector bundle to run over --features")
+    p.add_argument("--features", help="T x D chunk features (.npy) for the bundle")
+    p.add_argument("--scores", help="T x C scores (.npy), instead of a bundle")
+    p.add_argument("--labels", required=True, help="T class indices or T x C one-hot (.npy)")
+    p.add_argument("--background", type=int, default=0, help="background class, left out of the mean")
+    p.add_argument("--ambiguous", type=int, help="ambiguous class: its frames are dropped (default: the bundle's, else none)")
+    p.add_argument("--plot", help="write a PNG timeline of scores and ground truth")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_eval)
 
     for name, func, text in (("run", cmd_run, "run a detector bundle on clips"),
                              ("bench", cmd_bench, "measure latency and throughput")):
