@@ -98,3 +98,35 @@ def render_direction_clip(label: int, rng: np.random.Generator, frames: int = 8,
         noise = rng.integers(-10, 11, size=img.shape)
         clip[t] = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return clip
+
+
+def untrimmed_stream(rng: np.random.Generator, length: int = 400, num_classes: int = 4, dim: int = 32,
+                     ambiguous: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk features of an untrimmed stream: background with embedded action segments.
+
+    Class ``k`` (1..num_classes-1; 0 is background) has its own pattern that unfolds over
+    the segment: a fixed signature direction plus a direction that rotates with the phase of
+    the action, both faint (amplitude below the noise), so single chunks are ambiguous and a
+    detector gains from integrating over time. With ``ambiguous``, the chunks bordering each
+    segment get the extra last class, as THUMOS marks uncertain boundaries.
+    Returns features (T, dim) float32 and labels (T,) int.
+    """
+    signatures = np.random.default_rng(12345).standard_normal((num_classes, 3, dim))  # fixed per class
+    signatures /= np.linalg.norm(signatures, axis=-1, keepdims=True)
+    features = rng.standard_normal((length, dim)) * 1.0
+    labels = np.zeros(length, np.int64)
+    t = int(rng.integers(5, 25))
+    last_action = num_classes - (2 if ambiguous else 1)
+    while t < length - 10:
+        k = int(rng.integers(1, last_action + 1))
+        span = int(rng.integers(12, 30))
+        end = min(t + span, length)
+        phase = np.linspace(0, 1, end - t)[:, None]
+        pattern = (signatures[k, 0] * 0.8 + signatures[k, 1] * np.cos(np.pi * phase) * 0.8
+                   + signatures[k, 2] * np.sin(np.pi * phase) * 0.8)
+        features[t:end] += pattern * np.sqrt(dim) * 0.25
+        labels[t:end] = k
+        if ambiguous:
+            labels[t] = labels[end - 1] = num_classes - 1
+        t = end + int(rng.integers(8, 30))
+    return features.astype(np.float32), labels
