@@ -112,6 +112,9 @@ def cmd_run(args) -> int:
                               "prepare_ms": timing.prepare_s * 1e3, "infer_ms": timing.infer_s * 1e3}))
             continue
         print(source)
+        if not prediction.top:  # a feature extractor
+            vector = next(iter(prediction.outputs.values()))[0]
+            print(f"  features: {vector.shape[0]}-d vector, L2 norm {float((vector ** 2).sum() ** 0.5):.3f}")
         for rank, (label, prob) in enumerate(prediction.top, 1):
             print(f"  {rank}. {label:<32} {prob * 100:6.2f}%")
         total = (timing.prepare_s + timing.infer_s) * 1e3
@@ -125,23 +128,37 @@ def _run_stream(model, args) -> int:
 
     session = model.stream(window=args.window)
     unit = getattr(model.plugin, "step_unit", "frame")
+    extractor = None
+    if args.features:
+        from edgert.runtime.chain import check_extractor, feature_chunks
+        from edgert.runtime.model import load
+
+        extractor = load(args.features, backend=args.backend, device=args.device, threads=args.threads)
+        check_extractor(extractor, model)
     for source in args.input:
         session.reset()
         latencies = []
         if not args.json:
             print(f"{source} (streaming, scores averaged over the last {session.window} {unit}s)")
-        for index, frame in enumerate(model.plugin.iter_steps(model.bundle, source)):
-            t0 = time.perf_counter()
-            prediction = session.push(frame, top_k=args.top_k)
+        steps = (feature_chunks(extractor, source, int(model.bundle.preprocessing["chunk_frames"])) if extractor
+                 else model.plugin.iter_steps(model.bundle, source))
+        steps, index = iter(steps), -1
+        while True:
+            t0 = time.perf_counter()  # the step's decoding (and feature extraction) counts too
+            item = next(steps, None)
+            if item is None:
+                break
+            index += 1
+            prediction = session.push(item, top_k=args.top_k)
             latencies.append(time.perf_counter() - t0)
             label, prob = prediction.top[0]
             if args.json:
                 print(json.dumps({"input": source, unit: index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
             else:
                 print(f"  {unit} {index:6d}  {label:<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
-        if not args.json:
+        if latencies and not args.json:
             print(f"  {len(latencies)} {unit}s, {sum(latencies) / len(latencies) * 1e3:.1f} ms per {unit} "
-                  f"(preprocess + inference; {model.describe()})")
+                  f"(decode + preprocess + inference; {model.describe()})")
     return 0
 
 
@@ -283,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stream", action="store_true", help="feed the frames one by one to a streaming bundle")
             p.add_argument("--window", type=int, help="--stream: average scores over this many frames "
                            "(default: the bundle's)")
+            p.add_argument("--features", metavar="EXTRACTOR", help="--stream with an online detector: a recognizer "
+                           "bundle exported with --opt output=features turns the video's chunks into features")
         else:
             p.add_argument("--compare", choices=["torch"], help="also time PyTorch eager in the same run")
             p.add_argument("--iters", type=int, default=20)

@@ -47,6 +47,19 @@ class SegmentNet(nn.Module):
         return self.frame_scores(video).mean(dim=1)  # average consensus
 
 
+class SegmentFeatures(nn.Module):
+    """A recognizer as feature extractor: its per-frame pooled backbone features (after the
+    temporal modules) averaged over the segments, ``(N, D)`` — what online detectors consume
+    per chunk. Two-stream models provide their own (both streams concatenated)."""
+
+    def __init__(self, model: SegmentNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model.features(video).unflatten(0, (-1, self.model.segments)).mean(dim=1)
+
+
 # ---- checkpoint layouts --------------------------------------------------------------------
 # mmaction2's ResNet wraps each conv and its BN in a ConvModule (``conv1.conv``/``conv1.bn``);
 # its heads are ``cls_head.fc_cls``. These rules map that layout onto torchvision's names.

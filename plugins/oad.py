@@ -47,6 +47,8 @@ def load_features(source: str, feature_dim: int) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({err})") from None
     if features.ndim != 2 or features.dtype.kind != "f":
         raise InputError(f"{path}: expected a T x {feature_dim} float array, given {features.dtype} {list(features.shape)}")
+    if len(features) == 0:
+        raise InputError(f"{path}: holds no chunks")
     if features.shape[1] != feature_dim:
         raise InputError(f"{path}: feature dimension {features.shape[1]}, the bundle expects {feature_dim}")
     bad = np.flatnonzero(~np.isfinite(features).all(axis=1))

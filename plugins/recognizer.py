@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import Bundle, GraphSpec, TensorSpec
-from edgert.runtime.detector import Detector, Option, positive_int
+from edgert.runtime.detector import Detector, Option, Prediction, positive_int
 from edgert.runtime.errors import EdgertError
-from edgert.runtime.video import load_segments, preprocess
+from edgert.runtime.video import Clip, clip_segments, open_clip, preprocess
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -42,6 +42,8 @@ def common_options(backbones: tuple[str, ...], default_backbone: str = "resnet50
         "num_classes": Option(0, "classes (default: from labels, else 400 as Kinetics)", int),
         "labels": Option("", "text file, one label per line", str),
         "dropout": Option(0.8, "dropout before the class head (training only)", float),
+        "output": Option("scores", "graph output: class scores, or pooled backbone features (a feature "
+                         "extractor for online detectors)", str, ("scores", "features")),
     }
 
 
@@ -75,15 +77,32 @@ class SegmentRecognizer(Detector):
         model = self.make_model(opts)
         if checkpoint:
             load_checkpoint(model, checkpoint)
-        return model.eval()
+        return self.finish(model.eval(), opts)
+
+    def finish(self, model, opts):
+        """The module to export: the model, or its feature extractor (``output=features``)."""
+        if opts.get("output") != "features":
+            return model
+        from edgert.exporters.video import SegmentFeatures
+
+        return SegmentFeatures(model).eval()
+
+    def feature_dim(self, opts) -> int:
+        from edgert.exporters.backbones import make_backbone
+
+        return make_backbone(opts["backbone"]).feature_dim
 
     def input_spec(self, opts) -> TensorSpec:
         size, k = opts["size"], opts["segments"]
         return TensorSpec("video", "float32", ("batch", k, 3, size, size))
 
+    def output_spec(self, opts) -> TensorSpec:
+        if opts.get("output") == "features":
+            return TensorSpec("features", "float32", ("batch", self.feature_dim(opts)))
+        return TensorSpec("scores", "float32", ("batch", opts["num_classes"]))
+
     def graphs(self, opts) -> list[GraphSpec]:
-        return [GraphSpec("main", "model.onnx", inputs=(self.input_spec(opts),),
-                          outputs=(TensorSpec("scores", "float32", ("batch", opts["num_classes"])),))]
+        return [GraphSpec("main", "model.onnx", inputs=(self.input_spec(opts),), outputs=(self.output_spec(opts),))]
 
     def preprocessing(self, opts):
         return {
@@ -93,7 +112,14 @@ class SegmentRecognizer(Detector):
             "layout": "NTCHW" if self.new_length == 1 else "NTLCHW",  # L: frames per segment snippet
         }
 
+    def postprocess(self, bundle, outputs, top_k=5):
+        if "features" in outputs:  # a feature extractor: nothing to rank
+            return Prediction([], outputs)
+        return super().postprocess(bundle, outputs, top_k)
+
     def labels(self, opts):
+        if opts.get("output") == "features":
+            return []
         if opts["labels"]:
             return read_labels(opts["labels"])
         return [f"class_{i}" for i in range(opts["num_classes"])]
@@ -101,7 +127,11 @@ class SegmentRecognizer(Detector):
     def prepare(self, bundle: Bundle, source: str) -> dict[str, np.ndarray]:
         if bundle.graph().state:
             raise EdgertError(f"{bundle.root}: a streaming bundle; run it with --stream")
-        return {"video": load_segments(source, bundle.preprocessing)}
+        return self.prepare_clip(bundle, open_clip(source))
+
+    def prepare_clip(self, bundle: Bundle, clip: Clip) -> dict[str, np.ndarray]:
+        """Graph inputs from an opened clip (a file, or a chunk of frames in memory)."""
+        return {"video": clip_segments(clip, bundle.preprocessing)}
 
     def prepare_step(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
         return {"frame": preprocess(frame[None], bundle.preprocessing)}

@@ -231,17 +231,21 @@ def snippet_indices(starts: np.ndarray, new_length: int, num_frames: int) -> np.
     return np.minimum(starts[:, None] + np.arange(new_length)[None, :], num_frames - 1).reshape(-1)
 
 
-def load_segments(source: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
-    """A clip source -> graph input: TSN sampling of ``segments`` snippets, then ``preprocess``.
+def clip_segments(clip: Clip, pre: dict[str, Any]) -> np.ndarray:
+    """A clip -> graph input: TSN sampling of ``segments`` snippets, then ``preprocess``.
 
     ``pre`` is a manifest's preprocessing (``segments``, ``new_length``, sizes, mean/std...).
     Returns ``(1, segments, 3, crop, crop)``, or ``(1, segments, new_length, 3, crop, crop)``
     when a segment is a snippet of several frames.
     """
-    clip = open_clip(source)
     segments, new_length = int(pre["segments"]), int(pre.get("new_length", 1))
     starts = segment_indices(clip.num_frames, segments, new_length)
     frames = preprocess(clip.frames(snippet_indices(starts, new_length, clip.num_frames)), pre)
     if new_length == 1:
         return frames[None]
     return frames.reshape(1, segments, new_length, *frames.shape[1:])
+
+
+def load_segments(source: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
+    """``clip_segments`` of a video file, frame folder or .npy clip."""
+    return clip_segments(open_clip(source), pre)

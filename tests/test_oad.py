@@ -195,3 +195,51 @@ def test_detection_is_real(name, tmp_path):
                  "--plot", tmp_path / "timeline.png")
     assert cli.returncode == 0, cli.stderr
     assert f"mAP  {result.map * 100:.2f}" in cli.stdout and (tmp_path / "timeline.png").stat().st_size > 1000
+
+
+def test_video_to_features_to_detector(tmp_path):
+    """A recognizer exported as feature extractor feeds an online detector chunk by chunk."""
+    from edgert.exporters.synthetic import render_clip, write_video
+    from edgert.runtime.chain import feature_chunks
+
+    extractor = tmp_path / "extractor"
+    result = edgert("export", "tsn", "--out", extractor, "--opt", "backbone=resnet18", "--opt", "segments=2",
+                    "--opt", "size=48", "--opt", "output=features")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((extractor / "manifest.json").read_text())
+    assert manifest["graphs"]["main"]["outputs"] == [{"name": "features", "dtype": "float32", "dims": ["batch", 512]}]
+    assert manifest["labels"] == []
+
+    detector = tmp_path / "detector"
+    opts = [o.replace(f"feature_dim={D}", "feature_dim=512") for o in OADTR_OPTS]
+    assert edgert("export", "oadtr", "--out", detector, "--opt", "chunk_frames=4", *opts).returncode == 0
+    write_video(tmp_path / "v.mp4", render_clip(0, np.random.default_rng(0), frames=14))
+    ran = edgert("run", detector, "--input", tmp_path / "v.mp4", "--stream", "--features", extractor, "--json")
+    assert ran.returncode == 0, ran.stderr
+    rows = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert [r["chunk"] for r in rows] == [0, 1, 2, 3]  # 14 frames in chunks of 4: the last one partial
+
+    # the same numbers through the Python API, step by step
+    ext, det = load(extractor), load(detector)
+    session = det.stream()
+    for row, feature in zip(rows, feature_chunks(ext, str(tmp_path / "v.mp4"), 4)):
+        assert feature.shape == (512,)
+        top = session.push(feature).top
+        assert top[0][0] == row["top"][0][0] and abs(top[0][1] - row["top"][0][1]) < 1e-5
+
+    wrong = tmp_path / "wrong"
+    assert edgert("export", "oad-trn", "--out", wrong, *TRN_OPTS).returncode == 0
+    assert_user_error(edgert("run", wrong, "--input", tmp_path / "v.mp4", "--stream", "--features", extractor),
+                      "extracts 512-d features", f"expects {D}")
+    assert_user_error(edgert("export", "tsm", "--out", tmp_path / "z", "--opt", "online=true", "--opt", "output=features"),
+                      "use output=features offline")
+
+
+def test_two_stream_features_concatenate_both_streams(tmp_path, clip_npy):
+    out = tmp_path / "ts"
+    result = edgert("export", "two-stream", "--out", out, "--opt", "backbone=resnet18", "--opt", "segments=2",
+                    "--opt", "size=48", "--opt", "output=features", "--opt", "flow_length=2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "manifest.json").read_text())["graphs"]["main"]["outputs"][0]["dims"] == ["batch", 1024]
+    ran = edgert("run", out, "--input", clip_npy)
+    assert ran.returncode == 0 and "features: 1024-d vector" in ran.stdout

@@ -37,7 +37,7 @@ class TDNDetector(SegmentRecognizer):
         model = self.make_model(opts)
         if checkpoint and load_checkpoint(model, checkpoint) == "torchvision":
             model.inflate_difference_stem()  # an ImageNet backbone: derive the difference stem from it
-        return model.eval()
+        return self.finish(model.eval(), opts)
 
 
 @hookimpl

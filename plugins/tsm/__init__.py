@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgert.runtime.bundle import GraphSpec, TensorSpec
 from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.hookspecs import hookimpl
 
 from ..recognizer import RESNETS, SegmentRecognizer, common_options
@@ -38,6 +39,12 @@ class TSMDetector(SegmentRecognizer):
 
         shift = "unidirectional" if opts["online"] else opts["shift"]
         return TSM(opts["num_classes"], opts["segments"], opts["backbone"], opts["dropout"], opts["shift_div"], shift)
+
+    def resolve_options(self, given):
+        opts = super().resolve_options(given)
+        if opts["online"] and opts["output"] == "features":
+            raise EdgertError("--opt online=true exports per-frame class scores; use output=features offline")
+        return opts
 
     def build(self, opts, checkpoint):
         from .model import OnlineTSM

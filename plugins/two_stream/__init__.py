@@ -9,7 +9,7 @@ from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.flow import METHODS, optical_flow, rgb_difference
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.video import open_clip, preprocess, segment_indices, snippet_indices
+from edgert.runtime.video import Clip, preprocess, segment_indices, snippet_indices
 
 from ..recognizer import RESNETS, SegmentRecognizer, common_options
 
@@ -51,14 +51,24 @@ class TwoStreamDetector(SegmentRecognizer):
                           self.motion_channels(opts), opts["rgb_weight"], opts["motion_weight"])
         if checkpoint:
             load_strict(model, read_state_dict(checkpoint), checkpoint)
-        return model.eval()
+        return self.finish(model.eval(), opts)
+
+    def finish(self, model, opts):
+        if opts["output"] != "features":
+            return model
+        from .model import TwoStreamFeatures
+
+        return TwoStreamFeatures(model).eval()
+
+    def feature_dim(self, opts) -> int:
+        return 2 * super().feature_dim(opts)
 
     def graphs(self, opts) -> list[GraphSpec]:
         size, k = opts["size"], opts["segments"]
         return [GraphSpec("main", "model.onnx", inputs=(
             TensorSpec("video", "float32", ("batch", k, 3, size, size)),
             TensorSpec("motion", "float32", ("batch", k, self.motion_channels(opts), size, size))),
-            outputs=(TensorSpec("scores", "float32", ("batch", opts["num_classes"])),))]
+            outputs=(self.output_spec(opts),))]
 
     def preprocessing(self, opts):
         pre = super().preprocessing(opts)
@@ -67,12 +77,11 @@ class TwoStreamDetector(SegmentRecognizer):
                    else "[rgb2-rgb1, rgb3-rgb2, ...] of normalised frames")
         return pre
 
-    def prepare(self, bundle: Bundle, source: str) -> dict[str, np.ndarray]:
+    def prepare_clip(self, bundle: Bundle, clip: Clip) -> dict[str, np.ndarray]:
         pre = bundle.preprocessing
-        clip = open_clip(source)
         segments, snippet = int(pre["segments"]), int(pre["new_length"])
         if clip.num_frames < 2:
-            raise EdgertError(f"{source}: {clip.num_frames} frame; the temporal stream needs at least 2")
+            raise EdgertError(f"{clip.path}: {clip.num_frames} frame; the temporal stream needs at least 2")
         starts = segment_indices(clip.num_frames, segments, snippet)
         frames = clip.frames(snippet_indices(starts, snippet, clip.num_frames))
         frames = frames.reshape(segments, snippet, *frames.shape[1:])

@@ -38,3 +38,17 @@ class TwoStream(nn.Module):
 
     def forward(self, video: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         return self.rgb_weight * self.rgb(video) + self.motion_weight * self.temporal(motion)
+
+
+class TwoStreamFeatures(nn.Module):
+    """Feature extractor: [RGB stream features ‖ temporal stream features], each averaged over
+    the segments — the layout of THUMOS'14 features (RGB then flow)."""
+
+    def __init__(self, model: TwoStream):
+        super().__init__()
+        self.model = model
+
+    def forward(self, video: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        rgb, temporal = self.model.rgb, self.model.temporal
+        return torch.cat([rgb.features(video).unflatten(0, (-1, rgb.segments)).mean(dim=1),
+                          temporal.features(motion).unflatten(0, (-1, temporal.segments)).mean(dim=1)], dim=1)
