@@ -78,6 +78,9 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # Two inputs sharing a symbolic dim: the exporter keeps one name and says so; the
+            # spec's names are written back below anyway.
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=[t.name for t in graph.inputs],
                 output_names=[t.name for t in graph.outputs], dynamic_shapes=tuple(dynamic_shapes),
