@@ -18,7 +18,7 @@ from edgert.runtime.bundle import Bundle
 from edgert.runtime.detector import Detector, Option, positive_int
 from edgert.runtime.errors import EdgertError, InputError
 
-from .recognizer import read_labels
+from .recognizer import read_labels, resolve_classes
 
 
 def oad_options(**defaults) -> dict[str, Option]:
@@ -65,16 +65,7 @@ class OnlineDetector(Detector):
 
     def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
         opts = super().resolve_options(given)
-        if opts["labels"]:
-            opts["labels"] = str(Path(opts["labels"]).resolve())
-            count = len(read_labels(opts["labels"]))
-            if opts["num_classes"] not in (0, count):
-                raise EdgertError(f"--opt num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
-            opts["num_classes"] = count
-        elif opts["num_classes"] == 0:
-            opts["num_classes"] = self.THUMOS_CLASSES
-        if opts["num_classes"] < 2:
-            raise EdgertError(f"--opt num_classes={opts['num_classes']}: expected at least 2 (background and an action)")
+        resolve_classes(opts, self.THUMOS_CLASSES, minimum=2)  # background and at least one action
         if not -1 <= opts["ambiguous"] < opts["num_classes"] or opts["ambiguous"] == 0:
             raise EdgertError(f"--opt ambiguous={opts['ambiguous']}: expected -1 or a class index in 1..{opts['num_classes'] - 1}")
         return opts

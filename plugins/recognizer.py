@@ -34,6 +34,21 @@ def read_labels(path: str) -> list[str]:
     return labels
 
 
+def resolve_classes(opts: dict[str, Any], default: int, minimum: int = 1) -> None:
+    """Fill ``num_classes`` from ``labels`` (a file, made absolute) or ``default``, and check
+    the two agree; in place."""
+    if opts["labels"]:
+        opts["labels"] = str(Path(opts["labels"]).resolve())
+        count = len(read_labels(opts["labels"]))
+        if opts["num_classes"] not in (0, count):
+            raise EdgertError(f"--opt num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
+        opts["num_classes"] = count
+    elif opts["num_classes"] == 0:
+        opts["num_classes"] = default
+    if opts["num_classes"] < minimum:
+        raise EdgertError(f"--opt num_classes={opts['num_classes']}: expected at least {minimum}")
+
+
 def common_options(backbones: tuple[str, ...], default_backbone: str = "resnet50") -> dict[str, Option]:
     return {
         "backbone": Option(default_backbone, "2D backbone (torchvision key names)", str, backbones),
@@ -55,16 +70,7 @@ class SegmentRecognizer(Detector):
 
     def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
         opts = super().resolve_options(given)
-        if opts["labels"]:
-            opts["labels"] = str(Path(opts["labels"]).resolve())
-            count = len(read_labels(opts["labels"]))
-            if opts["num_classes"] not in (0, count):
-                raise EdgertError(f"--opt num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
-            opts["num_classes"] = count
-        elif opts["num_classes"] == 0:
-            opts["num_classes"] = KINETICS_CLASSES
-        if opts["num_classes"] < 1:
-            raise EdgertError(f"--opt num_classes={opts['num_classes']}: expected a positive integer")
+        resolve_classes(opts, KINETICS_CLASSES)
         return opts
 
     def make_model(self, opts):
