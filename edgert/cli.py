@@ -79,6 +79,8 @@ def cmd_info(args) -> int:
             print(f"  input    {t.name:<12} {t.dtype:<8} {t.shape_text()}")
         for t in g.outputs:
             print(f"  output   {t.name:<12} {t.dtype:<8} {t.shape_text()}")
+        if g.state:
+            print("  state    " + ", ".join(f"{o} -> {i}" for i, o in g.state) + "  (streaming: run with --stream)")
     if m["preprocessing"]:
         print("preprocess " + ", ".join(f"{k}={v}" for k, v in m["preprocessing"].items()))
     labels = m["labels"]
