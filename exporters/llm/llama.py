@@ -1,0 +1,260 @@
+"""Llama-family decoders (Llama, Qwen2, Mistral) in plain PyTorch, loaded from a local
+Hugging Face checkpoint directory (config.json + model.safetensors or sharded safetensors with
+its index). transformers is not needed here; it is the reference the tests compare against.
+
+Architecture, as the configs describe it: token embedding; N pre-norm decoder layers of
+grouped-query self-attention with rotary position embeddings (rope_scaling: none/default or
+llama3) and a SwiGLU MLP; RMSNorm (statistics in fp32); an LM head, tied to the embedding when
+``tie_word_embeddings``. Qwen2 adds biases to q/k/v. Mistral's sliding window only matters
+beyond ``sliding_window`` tokens and is not applied (contexts longer than it are refused).
+Parameter names are the checkpoints' own (``model.layers.0.self_attn.q_proj.weight``...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgert.runtime.errors import EdgertError
+
+SUPPORTED = ("llama", "qwen2", "mistral")
+
+
+@dataclass
+class DecoderConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    mlp_bias: bool
+    sliding_window: int | None
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "DecoderConfig":
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise EdgertError(f"{path}: missing; a checkpoint directory needs config.json")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise EdgertError(f"{path}: not valid JSON ({err})") from None
+        model_type = cfg.get("model_type")
+        if model_type not in SUPPORTED:
+            raise EdgertError(f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
+        try:
+            heads = cfg["num_attention_heads"]
+            rope_scaling = cfg.get("rope_scaling") or None
+            if rope_scaling is None and isinstance(cfg.get("rope_parameters"), dict):  # transformers >= 5 naming
+                params = cfg["rope_parameters"]
+                rope_scaling = params if params.get("rope_type", "default") != "default" else None
+            theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+            return cls(
+                model_type=model_type, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
+                num_kv_heads=cfg.get("num_key_value_heads") or heads,
+                head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+                rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope_scaling,
+                max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+                mlp_bias=bool(cfg.get("mlp_bias", False)),
+                sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", model_type == "mistral") else None,
+            )
+        except KeyError as err:
+            raise EdgertError(f"{path}: missing field {err.args[0]!r}") from None
+
+
+def rope_inverse_frequencies(cfg: DecoderConfig) -> torch.Tensor:
+    """Rotary inverse frequencies, with Llama 3's frequency-dependent scaling when configured."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = cfg.rope_scaling
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq.float()
+    if kind != "llama3":
+        raise EdgertError(f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled).float()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=cfg.model_type == "llama" and cfg.qkv_bias)
+
+    def forward(self, x, cos, sin, mask, past_key=None, past_value=None):
+        """x (B, S, H); mask (B or 1, 1, S, P+S) bool, True = visible; past (B, kvH, P, D).
+        Returns output and the new key/value cache (past + these S positions)."""
+        b, s, _ = x.shape
+        hd, cfg = self.cfg.head_dim, self.cfg
+        q = self.q_proj(x).view(b, s, cfg.num_heads, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if past_key is not None:
+            k, v = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+        rep = cfg.num_heads // cfg.num_kv_heads  # grouped-query: each kv head serves `rep` query heads
+        kk = k.repeat_interleave(rep, dim=1) if rep > 1 else k
+        vv = v.repeat_interleave(rep, dim=1) if rep > 1 else v
+        scores = (q.float() @ kk.float().transpose(-2, -1)) / math.sqrt(hd)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)  # softmax in fp32
+        out = (probs @ vv).transpose(1, 2).reshape(b, s, cfg.num_heads * hd)
+        return self.o_proj(out), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, past_key=None, past_value=None):
+        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaDecoder(nn.Module):
+    """``forward(input_ids, position_ids, mask, *past)`` -> (logits, hidden, *present).
+
+    ``mask`` (B, S, P+S) bool: which of the past + new positions each new token sees (causal
+    for prefill/decode, ancestors for a speculation tree). ``past`` is 2 tensors per layer,
+    (B, kv_heads, P, head_dim), key then value.
+    """
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
+
+    def forward(self, input_ids, position_ids, mask, *past):
+        x = self.model.embed_tokens(input_ids)
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]          # (B, 1, S, D)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        mask = mask[:, None]                                        # (B, 1, S, P+S)
+        present = []
+        for i, layer in enumerate(self.model.layers):
+            pk, pv = (past[2 * i], past[2 * i + 1]) if past else (None, None)
+            x, k, v = layer(x, cos, sin, mask, pk, pv)
+            present += [k, v]
+        hidden = self.model.norm(x)
+        return (self.lm_head(hidden), hidden, *present)
+
+
+def causal_mask(batch: int, new: int, past: int) -> torch.Tensor:
+    """(B, new, past + new) bool: token i sees every past position and new tokens j <= i."""
+    i = torch.arange(new)[:, None]
+    j = torch.arange(past + new)[None, :]
+    return (j <= i + past).expand(batch, new, past + new)
+
+
+def load_decoder(directory: str | Path) -> LlamaDecoder:
+    """Build the decoder from ``directory`` and load its safetensors, strictly."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg = DecoderConfig.from_dir(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise EdgertError(f"{directory}: no weights (model.safetensors, or model.safetensors.index.json with its shards)")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        if not (directory / shard).is_file():
+            raise EdgertError(f"{directory / shard}: shard listed in the index is missing")
+        state.update(load_file(str(directory / shard)))
+    with torch.device("meta"):
+        model = LlamaDecoder(cfg)
+    expected = {k: v for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        state.pop("lm_head.weight", None)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    for problem, keys in (("missing tensors", missing), ("unexpected tensors", unexpected), ("tensors of the wrong shape", wrong)):
+        if keys:
+            raise EdgertError(f"{directory}: {problem}: {', '.join(keys[:6])}" + (f", ... ({len(keys)} in all)" if len(keys) > 6 else ""))
+    model = LlamaDecoder(cfg)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
