@@ -144,15 +144,15 @@ def _run_stream(model, args) -> int:
             print(f"{source} (streaming, scores averaged over the last {session.window} {unit}s)")
         steps = (feature_chunks(extractor, source, int(model.bundle.preprocessing["chunk_frames"])) if extractor
                  else model.plugin.iter_steps(model.bundle, source))
-        steps, index = iter(steps), -1
+        steps = iter(steps)
         while True:
             t0 = time.perf_counter()  # the step's decoding (and feature extraction) counts too
             item = next(steps, None)
             if item is None:
                 break
-            index += 1
             prediction = session.push(item, top_k=args.top_k)
             latencies.append(time.perf_counter() - t0)
+            index = len(latencies) - 1
             label, prob = prediction.top[0]
             if args.json:
                 print(json.dumps({"input": source, unit: index, "top": prediction.top, "ms": latencies[-1] * 1e3}))

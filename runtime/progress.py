@@ -7,15 +7,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-QUIET = False
 
 
 @contextmanager
 def step(what: str) -> Iterator[None]:
-    """Print ``what ...`` before and ``done in N s`` after (nothing when QUIET)."""
-    if not QUIET:
-        print(f"  {what} ...", file=sys.stderr, flush=True)
+    """Print ``what ...`` before and ``done in N s`` after, on stderr."""
+    print(f"  {what} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     yield
-    if not QUIET:
-        print(f"  {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    print(f"  {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
