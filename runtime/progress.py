@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-
 @contextmanager
 def step(what: str) -> Iterator[None]:
     """Print ``what ...`` before and ``done in N s`` after, on stderr."""
