@@ -1,4 +1,4 @@
-"""The ``edgert`` command line: plugins, export, info, run, bench.
+"""The ``edgert`` command line: plugins, export, info, run, generate, eval, bench.
 
 User errors (:class:`EdgertError`) print one line on stderr and exit 1, without a traceback;
 argparse's usage errors exit 2.
@@ -57,6 +57,33 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from edgert.runtime.llm.generator import Generator
+    from edgert.runtime.llm.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                            stop=tuple(args.stop))
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    generator = Generator(args.bundle, device=args.device, threads=args.threads)
+    stream = args.stream and not args.json
+    on_text = (lambda piece: print(piece, end="", flush=True)) if stream else None
+    result = generator.generate(prompt, params, strategy=args.strategy, chat=args.chat, system=args.system, on_text=on_text)
+    st = result.stats
+    if args.json:
+        print(json.dumps({"text": result.text, "tokens": result.tokens, "stop_reason": result.stop_reason,
+                          "prompt_tokens": st.prompt_tokens, "new_tokens": st.new_tokens,
+                          "prefill_tokens_per_s": st.prefill_tokens_per_s, "decode_tokens_per_s": st.decode_tokens_per_s,
+                          "ttft_ms": st.ttft_s * 1e3}))
+    else:
+        print("" if stream else result.text, flush=True)
+    print(f"prompt {st.prompt_tokens} tokens, prefill {st.prefill_tokens_per_s:.1f} tokens/s; "
+          f"time to first token {st.ttft_s * 1e3:.0f} ms; {st.new_tokens} new tokens, decode "
+          f"{st.decode_tokens_per_s:.1f} tokens/s; stopped: {result.stop_reason} ({args.strategy}, "
+          f"{generator.session.backend.describe()})", file=sys.stderr)
+    return 0
+
+
 def cmd_info(args) -> int:
     from edgert.runtime.bundle import Bundle
 
@@ -81,6 +108,11 @@ def cmd_info(args) -> int:
             print(f"  output   {t.name:<12} {t.dtype:<8} {t.shape_text()}")
         if g.state:
             print("  state    " + ", ".join(f"{o} -> {i}" for i, o in g.state) + "  (streaming: run with --stream)")
+    dec = m.get("decoder")
+    if dec:
+        print(f"decoder    context {dec['context']} positions, {dec['num_layers']} layers, KV cache {dec['kv_dtype']} "
+              f"[batch, {dec['num_kv_heads']}, positions, {dec['head_dim']}], eos ids {dec['eos_token_ids']}, "
+              f"chat template: {'yes' if dec.get('chat_template') else 'no'}")
     if m["preprocessing"]:
         print("preprocess " + ", ".join(f"{k}={v}" for k, v in m["preprocessing"].items()))
     labels = m["labels"]
@@ -254,13 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgert {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list detectors, decoders and backends, and where they come from")
+    p = sub.add_parser("plugins", help="list detectors, decoders, strategies and backends, and where they come from")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("export", help="export a model to a bundle (needs edgert[export])")
     p.add_argument("model", help="model name, see 'edgert plugins'")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors)")
+    p.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors; for decoders a Hugging Face "
+                   "checkpoint directory)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--tolerance", type=float, help="parity tolerance, max error relative to the output's scale "
@@ -270,6 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-engine", action="store_true", help="also build a TensorRT engine (needs edgert[trt])")
     p.add_argument("--trt-max-batch", type=int, default=8, help="largest batch of the engine's profile")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="generate text with a decoder bundle")
+    p.add_argument("bundle")
+    p.add_argument("--prompt", required=True, help="prompt text ('-' reads it from stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--strategy", default="ar", help="decoding strategy, see 'edgert plugins' (default ar)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", help="--chat: a system message")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--json", action="store_true", help="print one JSON object: text, tokens, stop reason, timings")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="show a bundle's manifest")
     p.add_argument("bundle")

@@ -52,9 +52,19 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: Path, translations: dict) -> int:
-    """Export one graph with the dynamo exporter; returns the ONNX opset used."""
+# Above this many bytes of weights the ONNX file keeps them in a side file (<graph>.onnx.data):
+# protobuf cannot serialise a message over 2 GiB.
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: Path, translations: dict,
+                  opset: int | None = None, derived: tuple[str, ...] = ()) -> int:
+    """Export one graph with the dynamo exporter; returns the ONNX opset used.
+
+    ``derived``: symbolic dims that are functions of others (a decoder's total length = past +
+    new); torch.export infers them (``Dim.AUTO``) and the spec's name is written on afterwards."""
     import onnx
+    import onnx_ir as ir
     import torch
 
     dims: dict[str, Any] = {}
@@ -63,7 +73,8 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
         axes = {}
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, str):
-                axes[axis] = dims.setdefault(dim, torch.export.Dim(dim.replace(" ", "_"), min=1))
+                axes[axis] = (torch.export.Dim.AUTO if dim in derived
+                              else dims.setdefault(dim, torch.export.Dim(dim.replace(" ", "_"), min=1)))
         dynamic_shapes.append(axes or None)
     args = tuple(torch.from_numpy(feeds[t.name]) for t in graph.inputs)
     # torch.export wants dynamic_shapes shaped like forward's parameters: a *args parameter
@@ -84,7 +95,7 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=[t.name for t in graph.inputs],
                 output_names=[t.name for t in graph.outputs], dynamic_shapes=tuple(dynamic_shapes),
-                custom_translation_table=translations or None, optimize=True, verbose=False,
+                custom_translation_table=translations or None, optimize=True, verbose=False, opset_version=opset,
             )
     except Exception as err:
         root = err
@@ -93,26 +104,23 @@ def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: 
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip()
         first = text.splitlines()[0] if text else type(root).__name__
         raise EdgertError(f"torch.onnx.export failed for graph {graph.name!r}: {type(root).__name__}: {first}") from err
-    model = program.model_proto
+    model = program.model
     # Name the symbolic dims as the spec does, on inputs and outputs, so the ONNX file and
     # the manifest tell the same story (the exporter invents names like 's0' or 'batch*8').
-    for values, specs in ((model.graph.input, graph.inputs), (model.graph.output, graph.outputs)):
+    for values, specs in ((model.graph.inputs, graph.inputs), (model.graph.outputs, graph.outputs)):
         by_name = {t.name: t for t in specs}
         for value in values:
             spec = by_name.get(value.name)
             if spec is None:
                 raise EdgertError(f"graph {graph.name!r}: exported tensor {value.name!r} is not in the plugin's spec")
-            shape = value.type.tensor_type.shape
-            if len(shape.dim) != len(spec.dims):
-                raise EdgertError(f"graph {graph.name!r}: {value.name!r} exported with rank {len(shape.dim)}, spec says {spec.shape_text()}")
-            for d, want in zip(shape.dim, spec.dims):
-                if isinstance(want, str):
-                    d.ClearField("dim_value")
-                    d.dim_param = want
-    onnx.save(model, str(path))
+            if value.shape is None or len(value.shape) != len(spec.dims):
+                raise EdgertError(f"graph {graph.name!r}: {value.name!r} exported with shape {value.shape}, spec says {spec.shape_text()}")
+            value.shape = ir.Shape([want if isinstance(want, str) else d for d, want in zip(value.shape, spec.dims)])
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    program.save(str(path), external_data=weights > EXTERNAL_DATA_BYTES)
     onnx.checker.check_model(str(path), full_check=True)
     onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
-    return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+    return max(version for domain, version in model.opset_imports.items() if domain in ("", "ai.onnx"))
 
 
 def _to_fp16(path: Path) -> None:
@@ -132,13 +140,17 @@ def _to_fp16(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def _exportable(registered) -> bool:
+    return registered.kind in ("detector", "decoder") and hasattr(registered.obj, "build" if registered.kind == "detector" else "export")
+
+
 def find_exportable(name: str):
     host = get_host()
     for kind in ("detector", "decoder"):
         registered = host.registry[kind].get(name)
-        if registered is not None and hasattr(registered.obj, "build"):
+        if registered is not None and _exportable(registered):
             return registered
-    exportable = sorted(r.name for r in host.all() if hasattr(r.obj, "build"))
+    exportable = sorted(r.name for r in host.all() if _exportable(r))
     raise EdgertError(f"no exportable model named {name!r} (installed: {', '.join(exportable) or 'none'})")
 
 
@@ -152,11 +164,15 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
 
     if precision not in DEFAULT_TOLERANCE:
         raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
+    registered = find_exportable(name)
+    if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
+        if trt_engine:
+            raise EdgertError(f"{name}: --trt-engine is not available for decoder bundles yet; they run on onnxruntime")
+        return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
     if trt_engine:
         require_tensorrt()  # fail before minutes of export, not after
-    registered = find_exportable(name)
     plugin = registered.obj
     opts = plugin.resolve_options(options or {})
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)

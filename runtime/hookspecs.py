@@ -27,7 +27,7 @@ Rules the host enforces, so one broken plugin never takes the others down:
 
 * A plugin module that raises on import, or a hook that raises, is reported on stderr with the
   plugin's name and error and skipped; the host goes on with the rest.
-* Model names are global: two plugins registering the same detector, decoder or backend name
+* Names are global per kind: two plugins registering the same detector, decoder, strategy or backend name
   is an error that names both plugins.
 * Plugin modules are imported by every edgert process, including edge apps that only run
   bundles and have no torch installed. Import torch (and anything else heavy) inside the
@@ -57,12 +57,33 @@ def edgert_register_detectors():
 
 @hookspec
 def edgert_register_decoders():
-    """Return an iterable of decoding strategies for LLM decoder bundles.
+    """Return an iterable of LLM decoder families (objects), e.g. the built-in ``llama``.
 
-    A strategy is an object with a unique ``name`` (``edgert generate --strategy <name>``)
-    that drives a decoder bundle to produce tokens: plain autoregressive decoding, or a
-    speculative scheme (draft model, Medusa heads, MTP, prompt lookup). Strategies must only
-    use the runtime (numpy and the backend), never torch.
+    A decoder family turns a checkpoint into a decoder bundle: ``name`` (``edgert export
+    <name>``), ``description``, ``paper``, ``options`` (``--opt key=value``, a dict of
+    :class:`edgert.runtime.detector.Option`), ``resolve_options(given)`` and
+    ``export(registered, out, options, checkpoint, precision, tolerance, force, seed)`` which
+    writes the bundle (import torch inside it). The bundle's decoder graph must have the I/O of
+    :func:`edgert.exporters.llm.export.decoder_graph` and a ``decoder`` manifest section, so
+    that every decoding strategy runs on it unchanged.
+    """
+
+
+@hookspec
+def edgert_register_strategies():
+    """Return an iterable of decoding strategies (``edgert generate --strategy <name>``).
+
+    A strategy has a unique ``name``, a ``description`` and ``decode(d)``: a Python generator
+    that proposes and verifies tokens and yields each list of tokens it has decided, in order.
+    ``d`` is a :class:`edgert.runtime.llm.generator.Decoding`: ``d.prefill()`` runs the prompt
+    and returns the first logits, ``d.forward(tokens, mask=..., positions=..., logits_at=...)``
+    runs new tokens (a chain or a tree) over the KV cache ``d.cache`` (``truncate``/``keep``
+    drop rejected positions), ``d.sample(logits)`` applies the user's sampling settings,
+    ``d.tokens`` is the prompt plus everything accepted so far, ``d.stats.accepted`` takes the
+    tokens gained per verify step. The Generator handles stop conditions and text: it stops
+    consuming (and closes the generator) at eos, a stop string, max new tokens or the context,
+    so ``decode`` simply loops. The built-in ``ar`` strategy (edgert.plugins.ar) is the model
+    to copy. Strategies run on numpy and the backend only, never torch.
     """
 
 

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "edgert"
 KINDS = {
     "detector": "edgert_register_detectors",
     "decoder": "edgert_register_decoders",
+    "strategy": "edgert_register_strategies",
     "backend": "edgert_register_backends",
 }
 
@@ -37,7 +38,7 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Registered:
-    """One thing a plugin registered: a detector, a decoder strategy or a backend class."""
+    """One thing a plugin registered: a detector, a decoder family, a decoding strategy or a backend class."""
 
     kind: str
     name: str
@@ -74,7 +75,7 @@ def _one_line(err: BaseException) -> str:
 
 def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
     """Load every ``edgert`` entry point (plus ``extra_plugins``, name -> module/object, which
-    tests and embedding apps use) and collect detectors, decoders and backends."""
+    tests and embedding apps use) and collect detectors, decoders, strategies and backends."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     host = Host(pm=pm, registry={kind: {} for kind in KINDS})

@@ -46,10 +46,12 @@ def test_logits_match_transformers_with_cache(make, tmp_path):
     with torch.no_grad():
         expected = reference(ids).logits
         prefill = 9
-        logits, _, *cache = ours(ids[:, :prefill], torch.arange(prefill).expand(2, -1), causal_mask(2, prefill, 0))
+        every = torch.arange(prefill).expand(2, -1)
+        logits, _, *cache = ours(ids[:, :prefill], every, causal_mask(2, prefill, 0), every, *ours.empty_cache(2))
         torch.testing.assert_close(logits, expected[:, :prefill], atol=1e-4, rtol=1e-4)
         for t in range(prefill, 13):  # decode steps against the cache
-            logits, _, *cache = ours(ids[:, t:t + 1], torch.full((2, 1), t), causal_mask(2, 1, t), *cache)
+            logits, _, *cache = ours(ids[:, t:t + 1], torch.full((2, 1), t), causal_mask(2, 1, t),
+                                     torch.zeros(2, 1, dtype=torch.long), *cache)
             torch.testing.assert_close(logits[:, 0], expected[:, t], atol=1e-4, rtol=1e-4)
     assert cache[0].shape == (2, reference.config.num_key_value_heads, 13, reference.config.hidden_size //
                               reference.config.num_attention_heads)

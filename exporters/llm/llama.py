@@ -23,6 +23,8 @@ from torch.nn import functional as F
 
 from edgert.runtime.errors import EdgertError
 
+from .attention import attention
+
 SUPPORTED = ("llama", "qwen2", "mistral")
 
 
@@ -128,8 +130,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=cfg.model_type == "llama" and cfg.qkv_bias)
 
-    def forward(self, x, cos, sin, mask, past_key=None, past_value=None):
-        """x (B, S, H); mask (B or 1, 1, S, P+S) bool, True = visible; past (B, kvH, P, D).
+    def forward(self, x, cos, sin, mask, past_key, past_value):
+        """x (B, S, H); mask (B, S, P+S) bool, True = visible; past (B, kvH, P, D).
         Returns output and the new key/value cache (past + these S positions)."""
         b, s, _ = x.shape
         hd, cfg = self.cfg.head_dim, self.cfg
@@ -138,15 +140,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if past_key is not None:
-            k, v = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
-        rep = cfg.num_heads // cfg.num_kv_heads  # grouped-query: each kv head serves `rep` query heads
-        kk = k.repeat_interleave(rep, dim=1) if rep > 1 else k
-        vv = v.repeat_interleave(rep, dim=1) if rep > 1 else v
-        scores = (q.float() @ kk.float().transpose(-2, -1)) / math.sqrt(hd)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)  # softmax in fp32
-        out = (probs @ vv).transpose(1, 2).reshape(b, s, cfg.num_heads * hd)
+        out, k, v = attention(q, k, v, mask, past_key, past_value)
+        out = out.transpose(1, 2).reshape(b, s, cfg.num_heads * hd)
         return self.o_proj(out), k, v
 
 
@@ -169,7 +164,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, past_key=None, past_value=None):
+    def forward(self, x, cos, sin, mask, past_key, past_value):
         attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
@@ -184,11 +179,17 @@ class Backbone(nn.Module):
 
 
 class LlamaDecoder(nn.Module):
-    """``forward(input_ids, position_ids, mask, *past)`` -> (logits, hidden, *present).
+    """``forward(input_ids, position_ids, attention_mask, logit_positions, *past)``
+    -> ``(logits, hidden_states, *present)``; the bundle's decoder graph, one for prefill,
+    decode and tree verification.
 
-    ``mask`` (B, S, P+S) bool: which of the past + new positions each new token sees (causal
-    for prefill/decode, ancestors for a speculation tree). ``past`` is 2 tensors per layer,
-    (B, kv_heads, P, head_dim), key then value.
+    ``attention_mask`` (B, S, P+S) bool: which past and new positions each new token sees.
+    ``logit_positions`` (B, K) int64: the new-token positions whose logits are computed (the
+    last one for prefill and decode, every node to verify a tree): a 32k-151k vocabulary head
+    over a whole prompt would cost as much as the layers. ``hidden_states`` (B, S, hidden): the
+    final-norm hidden state of every new token, for speculative heads. ``past``: 2 tensors per
+    layer, (B, kv_heads, P, head_dim), key then value, P >= 0. Outputs are fp32 whatever the
+    weights' dtype; the cache keeps the weights' dtype.
     """
 
     def __init__(self, cfg: DecoderConfig):
@@ -200,19 +201,23 @@ class LlamaDecoder(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
 
-    def forward(self, input_ids, position_ids, mask, *past):
+    def forward(self, input_ids, position_ids, attention_mask, logit_positions, *past):
         x = self.model.embed_tokens(input_ids)
         freqs = position_ids[..., None].float() * self.inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]          # (B, 1, S, D)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]          # (B, 1, S, D), fp32
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        mask = mask[:, None]                                        # (B, 1, S, P+S)
         present = []
         for i, layer in enumerate(self.model.layers):
-            pk, pv = (past[2 * i], past[2 * i + 1]) if past else (None, None)
-            x, k, v = layer(x, cos, sin, mask, pk, pv)
+            x, k, v = layer(x, cos, sin, attention_mask, past[2 * i], past[2 * i + 1])
             present += [k, v]
         hidden = self.model.norm(x)
-        return (self.lm_head(hidden), hidden, *present)
+        picked = hidden.gather(1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        return (self.lm_head(picked).float(), hidden.float(), *present)
+
+    def empty_cache(self, batch: int) -> list[torch.Tensor]:
+        """A zero-length cache, the ``past`` of a prefill."""
+        cfg, dtype = self.cfg, self.lm_head.weight.dtype
+        return [torch.zeros(batch, cfg.num_kv_heads, 0, cfg.head_dim, dtype=dtype) for _ in range(2 * cfg.num_layers)]
 
 
 def causal_mask(batch: int, new: int, past: int) -> torch.Tensor:

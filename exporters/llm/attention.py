@@ -1,0 +1,62 @@
+"""Decoder self-attention over a KV cache as one custom op, ``edgert::attention``.
+
+Why a custom op rather than letting the exporter trace the math: the graph must carry one
+attention node per layer whose contract the runtimes know (past in, present out, explicit
+visibility mask), so that each export flavour can pick its kernel by translation alone. The
+default translation is the ONNX ``Attention`` op of opset 23, which ONNX Runtime runs with its
+own fused CPU/CUDA kernels (grouped-query heads correct from ORT 1.24) and TensorRT >= 10.14
+imports natively. ``benchmarks/bench_attention_op.py`` measured it against ORT's contrib
+``GroupQueryAttention`` on the CPU at decode shape (see docs/benchmarks.md): equal within 5 % at
+512 cached tokens, GQA ahead only beyond that; the standard op wins on portability and on the
+explicit mask that tree verification needs.
+
+Contract, shared by the eager reference below and every translation:
+
+* ``q`` (B, Hq, S, D), ``k``/``v`` (B, Hkv, S, D): the new tokens, RoPE already applied.
+* ``mask`` (B, S, P+S) bool, True = visible: which past and new positions each new token sees
+  (causal for prefill and decode, ancestors-and-self for a speculation tree).
+* ``past_key``/``past_value`` (B, Hkv, P, D); P may be 0.
+* returns ``y`` (B, Hq, S, D) and ``present_key``/``present_value`` = past ‖ new (B, Hkv, P+S, D).
+* scores and softmax in fp32 whatever the input dtype (``softmax_precision`` = FLOAT in ONNX);
+  scale 1/sqrt(D); query head h reads kv head h // (Hq / Hkv) (grouped, not tiled).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ONNX_FLOAT = 1  # TensorProto.FLOAT, the value of Attention's softmax_precision attribute
+
+
+@torch.library.custom_op("edgert::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_key: torch.Tensor,
+              past_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key, value = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+    rep = q.shape[1] // key.shape[1]
+    kk = key.repeat_interleave(rep, dim=1) if rep > 1 else key
+    vv = value.repeat_interleave(rep, dim=1) if rep > 1 else value
+    scores = (q.float() @ kk.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.where(mask[:, None].any(-1, keepdim=True), probs, 0.0)  # a row that sees nothing: 0, not NaN
+    return (probs @ vv.float()).to(q.dtype), key, value
+
+
+@attention.register_fake
+def _(q, k, v, mask, past_key, past_value):
+    return torch.empty_like(q), torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+
+
+def onnx_attention(q, k, v, mask, past_key, past_value):
+    """onnxscript translation: ONNX Attention (opset 23), bool mask broadcast over the heads."""
+    from onnxscript import opset23 as op
+
+    y, present_key, present_value, _ = op.Attention(
+        q, k, v, op.Unsqueeze(mask, [1]), past_key, past_value, softmax_precision=ONNX_FLOAT)
+    return y, present_key, present_value
+
+
+def translations() -> dict:
+    return {torch.ops.edgert.attention.default: onnx_attention}

@@ -1,0 +1,223 @@
+"""Export a Llama-family checkpoint directory into a decoder bundle.
+
+One graph, ``decoder.onnx``, serves prefill, decode and tree verification (see
+:class:`~edgert.exporters.llm.llama.LlamaDecoder` for its I/O). Beside it the bundle carries
+``tokenizer.json`` and, in the manifest's ``decoder`` section, what the runtime needs to drive
+the graph without torch: cache geometry and dtype, context length, eos/bos ids, chat template.
+
+Parity is checked on two calls that cover what the runtime does: a prefill (empty cache,
+causal mask) and a step over a non-empty cache with a tree-shaped mask.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, TensorSpec, staged_bundle, write_manifest
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.llm.tokenizer import check_vocab
+from edgert.runtime.progress import step
+
+from ..parity import DEFAULT_TOLERANCE
+
+GRAPH = "decoder"
+TOTAL = "total_sequence_length"
+
+
+def decoder_graph(cfg, kv_dtype: str) -> GraphSpec:
+    """The decoder graph's I/O, names as Optimum and onnxruntime-genai use them."""
+    kv = ("batch", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim)
+    present = ("batch", cfg.num_kv_heads, TOTAL, cfg.head_dim)
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence_length")),
+              TensorSpec("position_ids", "int64", ("batch", "sequence_length")),
+              TensorSpec("attention_mask", "bool", ("batch", "sequence_length", TOTAL)),
+              TensorSpec("logit_positions", "int64", ("batch", "num_logits"))]
+    outputs = [TensorSpec("logits", "float32", ("batch", "num_logits", cfg.vocab_size)),
+               TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
+    for i in range(cfg.num_layers):
+        for part in ("key", "value"):
+            inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, kv))
+            outputs.append(TensorSpec(f"present.{i}.{part}", kv_dtype, present))
+    return GraphSpec(GRAPH, f"{GRAPH}.onnx", tuple(inputs), tuple(outputs))
+
+
+def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
+    """eos/bos/pad ids, chat template and special-token strings from the checkpoint's files."""
+    def load(name: str) -> dict:
+        path = directory / name
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise EdgertError(f"{path}: not valid JSON ({err})") from None
+
+    config, generation, tok_config = load("config.json"), load("generation_config.json"), load("tokenizer_config.json")
+
+    def ids(key: str) -> list[int]:
+        value = generation.get(key, config.get(key))
+        return [] if value is None else [int(v) for v in (value if isinstance(value, list) else [value])]
+
+    template = tok_config.get("chat_template")
+    if (directory / "chat_template.jinja").is_file():  # transformers >= 4.47 writes it as its own file
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+
+    def token_text(key: str) -> str | None:
+        value = tok_config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+    eos = ids("eos_token_id")
+    if not eos:
+        raise EdgertError(f"{directory}: no eos_token_id in generation_config.json or config.json; generation could not stop")
+    for token in eos + ids("bos_token_id"):
+        if not 0 <= token < cfg.vocab_size:
+            raise EdgertError(f"{directory}: special token id {token} outside the vocabulary (vocab_size {cfg.vocab_size})")
+    return {"eos_token_ids": eos, "bos_token_id": (ids("bos_token_id") or [None])[0],
+            "pad_token_id": (ids("pad_token_id") or [None])[0], "chat_template": template,
+            "bos_token": token_text("bos_token"), "eos_token": token_text("eos_token"),
+            "add_bos_token": bool(tok_config.get("add_bos_token", False))}
+
+
+def _feeds(cfg, batch: int, new: int, past: int, mask: np.ndarray, kv_dtype, rng) -> dict[str, np.ndarray]:
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, new)).astype(np.int64),
+             "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(np.int64).copy(),
+             "attention_mask": np.ascontiguousarray(np.broadcast_to(mask, (batch, new, past + new))),
+             "logit_positions": np.broadcast_to(np.arange(new), (batch, new)).astype(np.int64).copy()}
+    for i in range(cfg.num_layers):
+        for part in ("key", "value"):
+            feeds[f"past_key_values.{i}.{part}"] = rng.standard_normal(
+                (batch, cfg.num_kv_heads, past, cfg.head_dim)).astype(kv_dtype)
+    return feeds
+
+
+def parity_cases(cfg, kv_dtype, rng) -> dict[str, dict[str, np.ndarray]]:
+    """A causal prefill over an empty cache, and a 4-token tree over 6 cached positions
+    (nodes 1 and 2 both children of node 0, node 3 a child of node 2)."""
+    causal = np.tril(np.ones((7, 7), bool))
+    parents = [-1, 0, 0, 2]
+    tree = np.zeros((4, 4), bool)
+    for node, parent in enumerate(parents):
+        tree[node, node] = True
+        while parent >= 0:
+            tree[node, parent], parent = True, parents[parent]
+    tree = np.concatenate([np.ones((4, 6), bool), tree], axis=1)
+    return {"prefill": _feeds(cfg, 1, 7, 0, causal, kv_dtype, rng), "tree": _feeds(cfg, 2, 4, 6, tree, kv_dtype, rng)}
+
+
+def check_parity(path: Path, reference, graph: GraphSpec, cases: dict, tolerance: float) -> dict[str, Any]:
+    """ONNX Runtime against the fp32 PyTorch module on every case; the worst error per output."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [t.name for t in graph.outputs]
+    outputs: dict[str, dict[str, Any]] = {}
+    for case, feeds in cases.items():
+        with torch.inference_mode():
+            expected = reference(*[torch.from_numpy(feeds[t.name]).float() if feeds[t.name].dtype == np.float16
+                                   else torch.from_numpy(feeds[t.name]) for t in graph.inputs])
+        for name, got, ref in zip(names, session.run(names, feeds), expected):
+            ref, got = ref.float().numpy(), got.astype(np.float32)
+            if ref.shape != got.shape:
+                raise EdgertError(f"parity ({case}): output {name!r} has shape {list(got.shape)} in ONNX, {list(ref.shape)} in PyTorch")
+            max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
+            scale = float(np.abs(ref).max()) if ref.size else 0.0
+            row = {"max_abs": max_abs, "max_rel": max_abs / scale if scale else max_abs, "scale": scale,
+                   "finite": bool(np.isfinite(got).all()), "case": case}
+            if name not in outputs or row["max_rel"] > outputs[name]["max_rel"] or not row["finite"]:
+                outputs[name] = row
+    for row in outputs.values():
+        row["passed"] = row["finite"] and row["max_rel"] <= tolerance
+    return {"reference": "pytorch eager, fp32", "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+            "metric": "max_rel = max|onnx - torch| / max|torch| per output, worst over the cases",
+            "tolerance": tolerance, "cases": {c: {k: list(v.shape) for k, v in f.items() if not k.startswith("past_")}
+                                              for c, f in cases.items()},
+            "outputs": outputs, "passed": all(r["passed"] for r in outputs.values())}
+
+
+def export_decoder(registered, checkpoint: str | None, out: str | Path, options: dict[str, str] | None = None,
+                   precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0) -> Path:
+    """Export the checkpoint directory ``checkpoint`` with decoder plugin ``registered``."""
+    import torch
+
+    from edgert.exporters.driver import _export_graph, _versions
+
+    from .attention import translations
+    from .llama import DecoderConfig, load_decoder
+
+    plugin = registered.obj
+    if precision not in DEFAULT_TOLERANCE:
+        raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
+    if checkpoint is None:
+        raise EdgertError(f"{plugin.name}: --checkpoint DIR is required (a Hugging Face checkpoint directory)")
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
+    opts = plugin.resolve_options(options or {})
+    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
+    cfg = DecoderConfig.from_dir(directory)
+    tokenizer = directory / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise EdgertError(f"{tokenizer}: missing; the bundle needs the checkpoint's tokenizer.json to read and write text")
+    check_vocab(tokenizer, cfg.vocab_size)
+    generation = read_generation_info(directory, cfg)
+    context = cfg.max_position_embeddings if cfg.sliding_window is None else min(cfg.max_position_embeddings, cfg.sliding_window)
+    if opts["context"]:
+        if opts["context"] > context:
+            raise EdgertError(f"--opt context={opts['context']}: the model supports at most {context} positions")
+        context = opts["context"]
+
+    with step(f"loading {directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
+        reference = load_decoder(directory)
+    module = reference
+    kv_dtype = "float32"
+    if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
+        import copy
+
+        module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
+    graph = decoder_graph(cfg, kv_dtype)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    # Distinct example sizes, so that the exporter cannot tie two dynamic dims together.
+    trace = _feeds(cfg, 2, 4, 5, np.tril(np.ones((4, 9), bool), k=5), np.dtype(kv_dtype), rng)
+    trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
+    with staged_bundle(out, overwrite=force) as stage:
+        with step(f"exporting graph {GRAPH!r} to {graph.file} (torch.onnx, dynamo, opset 23)"):
+            opset = _export_graph(module, graph, trace, stage / graph.file, translations(), opset=23, derived=(TOTAL,))
+        with step(f"checking parity of {graph.file} against PyTorch (prefill, tree over a cache)"):
+            report = check_parity(stage / graph.file, reference, graph, parity_cases(cfg, np.dtype(kv_dtype), rng), tolerance)
+        if not report["passed"]:
+            name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
+            raise EdgertError(
+                f"parity check failed for {plugin.name}, output {name!r} ({worst['case']}): max relative error "
+                f"{worst['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst['finite'] else ' (non-finite values)'}"
+                "; no bundle was written")
+        shutil.copyfile(tokenizer, stage / "tokenizer.json")
+        details = {"model_type": cfg.model_type, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+                   "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_size": cfg.hidden_size,
+                   "vocab_size": cfg.vocab_size, "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
+                   "parameters": sum(p.numel() for p in reference.parameters())}
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "kind": registered.kind,
+            "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
+            "model": {"name": plugin.name, "paper": plugin.paper, "options": opts, "details": details, "seed": seed,
+                      "checkpoint": {"path": str(directory.resolve())}},
+            "graphs": {GRAPH: graph.to_json()},
+            "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
+                        "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+                        "vocab_size": cfg.vocab_size, **generation},
+            "preprocessing": {}, "labels": [], "precision": precision,
+            "provenance": {**_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+                           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+            "parity": {"passed": True, "graphs": {GRAPH: report}},
+        }
+        write_manifest(stage, manifest)
+    return Path(out)

@@ -1,0 +1,57 @@
+"""Built-in decoder plugin ``llama``: Llama-family Hugging Face checkpoints (model_type llama,
+qwen2, mistral) exported to one ONNX decoder graph with KV cache.
+
+Registered through the ``edgert`` entry-point group like any third-party plugin. Module level
+stays free of torch: ``export`` imports the PyTorch side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgert.runtime.detector import Option
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.hookspecs import hookimpl
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "an integer >= 0"
+
+
+class LlamaFamily:
+    """Decoder-only transformers of the Llama family, from a local checkpoint directory.
+
+    The PyTorch module (edgert.exporters.llm.llama) is written here, not taken from
+    transformers: pre-norm RMSNorm blocks, RoPE (default and llama3 scaling), grouped-query
+    attention, SwiGLU MLP, tied or untied LM head, Qwen2's q/k/v biases; Mistral's sliding
+    window bounds the exported context instead of being masked.
+    """
+
+    name = "llama"
+    description = "Llama-family LLM decoders (llama, qwen2, mistral) with KV cache, from HF checkpoints"
+    paper = ("Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024; "
+             "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023")
+    options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
+                                 non_negative_int)}
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise EdgertError(f"{self.name}: unknown option {unknown[0]!r}; options are {sorted(self.options)}")
+        return {k: opt.convert(k, given[k]) if k in given else opt.default for k, opt in self.options.items()}
+
+    def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0):
+        from edgert.exporters.llm.export import export_decoder
+
+        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed)
+
+
+@hookimpl
+def edgert_register_decoders():
+    return [LlamaFamily()]

@@ -1,0 +1,202 @@
+"""Text generation on a decoder bundle::
+
+    from edgert.runtime.llm.generator import Generator, SamplingParams
+    gen = Generator("qwen-bundle")                       # verifies the bundle, opens the graph
+    result = gen.generate("Once upon a time", SamplingParams(max_new_tokens=64))
+    for piece in gen.stream("Hello", SamplingParams(temperature=0.7, seed=1)):
+        print(piece, end="", flush=True)
+
+The Generator owns what every decoding strategy shares: prompt encoding (and chat
+templates), the KV cache, stop conditions (eos ids, stop strings, max new tokens, the
+bundle's context), streaming text and timing. A strategy (plugin, ``--strategy``) only
+proposes tokens: it is a generator that yields lists of accepted tokens, reading the model
+through :class:`Decoding`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import BundleError, InputError
+from ..host import get_host
+from .sampling import Sampler, SamplingParams
+from .session import DecoderSession
+from .tokenizer import IncrementalDetokenizer, TextTokenizer
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    ttft_s: float = 0.0          # start of generate -> first new token
+    decode_s: float = 0.0        # first new token -> last new token
+    forward_calls: int = 0       # decoder passes after the prefill
+    accepted: list[int] = field(default_factory=list)  # tokens gained per verify step (speculative strategies record it)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s and self.new_tokens > 1 else 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    stop_reason: str  # "eos" | "stop_string" | "max_new_tokens" | "context"
+    stats: GenerationStats
+
+
+class Decoding:
+    """What a strategy sees: the model, the cache, the sampler and the tokens so far.
+
+    ``tokens`` is the prompt plus every token accepted so far (the Generator appends what a
+    strategy yields before resuming it). ``cache.length`` is how many of them are cached.
+    """
+
+    def __init__(self, session: DecoderSession, prompt: list[int], sampler: Sampler, capacity: int, stats: GenerationStats):
+        self.session = session
+        self.sampler = sampler
+        self.tokens = list(prompt)
+        self.cache = session.new_cache(capacity)
+        self.stats = stats
+
+    def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``tokens`` (1-D) after the cache; causal unless a (S, S) ``mask`` among the new
+        tokens is given (a tree: True where token i sees token j); ``positions`` default to
+        consecutive ones; logits at ``logits_at`` (default: the last token). Returns logits
+        (K, vocab) and hidden states (S, hidden) for batch row 0."""
+        tokens = np.asarray(tokens, dtype=np.int64)[None]
+        new, past = tokens.shape[1], self.cache.length
+        if positions is None:
+            positions = np.arange(past, past + new)
+        if mask is None:
+            mask = np.tri(new, dtype=bool)
+        full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
+        at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
+        logits, hidden = self.session.forward(self.cache, tokens, np.asarray(positions, np.int64)[None], full, at)
+        return logits[0], hidden[0]
+
+    def prefill(self) -> np.ndarray:
+        """Run the prompt; the logits (vocab,) for the first new token."""
+        t0 = time.perf_counter()
+        logits, _ = self.forward(self.tokens)
+        self.stats.prefill_s = time.perf_counter() - t0
+        return logits[-1]
+
+    def step(self, token: int) -> np.ndarray:
+        """One token through the cache; the logits (vocab,) for the next."""
+        self.stats.forward_calls += 1
+        logits, _ = self.forward([token])
+        return logits[-1]
+
+    def sample(self, logits: np.ndarray) -> int:
+        return self.sampler(logits, self.tokens)
+
+
+class Generator:
+    def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        info = self.bundle.manifest.get("decoder")
+        if self.bundle.kind != "decoder" or not isinstance(info, dict):
+            raise BundleError(f"{self.bundle.root}: a {self.bundle.kind} bundle, not a decoder; use 'edgert run'")
+        self.info = info
+        self.session = DecoderSession(self.bundle, device=device, threads=threads)
+        self.tokenizer = TextTokenizer(self.bundle.root / info["tokenizer"], info)
+        self.eos = set(info["eos_token_ids"])
+
+    @property
+    def context(self) -> int:
+        return self.session.context
+
+    def encode(self, prompt: str | list[int], chat: bool = False, system: str | None = None) -> list[int]:
+        if not isinstance(prompt, str):
+            ids = [int(t) for t in prompt]
+            if any(not 0 <= t < self.session.vocab_size for t in ids):
+                raise InputError(f"prompt token ids must be in 0..{self.session.vocab_size - 1}")
+            return ids
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            # The template writes the special tokens itself (BOS included).
+            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def stream(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
+               chat: bool = False, system: str | None = None, result: list | None = None) -> Iterator[str]:
+        """Yield text pieces as they are decided; ``result`` (a list), when given, receives the
+        :class:`GenerationResult` at the end."""
+        params = params or SamplingParams()
+        decoder = get_host().get("strategy", strategy).obj
+        prompt_ids = self.encode(prompt, chat, system)
+        if not prompt_ids:
+            raise InputError("empty prompt: give at least one token of text")
+        if len(prompt_ids) >= self.context:
+            raise InputError(f"prompt has {len(prompt_ids)} tokens; the bundle's context is {self.context} "
+                             "(prompt and at least one new token must fit)")
+        budget = min(params.max_new_tokens, self.context - len(prompt_ids))
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        state = Decoding(self.session, prompt_ids, Sampler(params), len(prompt_ids) + budget, stats)
+        detok = IncrementalDetokenizer(self.tokenizer)
+        hold = max((len(s) for s in params.stop), default=1) - 1  # text that could still become a stop string
+        text, emitted, new, reason = "", 0, [], "max_new_tokens" if budget == params.max_new_tokens else "context"
+        start = time.perf_counter()
+        first = last = start
+        proposals = decoder.decode(state)
+        try:
+            for chunk in proposals:
+                done = False
+                for token in chunk:
+                    token = int(token)
+                    last = time.perf_counter()
+                    if not new:
+                        first = last
+                    if token in self.eos:
+                        reason, done = "eos", True
+                        break
+                    new.append(token)
+                    state.tokens.append(token)
+                    text += detok.push(token)
+                    cut = min((i for i in (text.find(s, max(0, emitted - hold)) for s in params.stop) if i >= 0), default=-1)
+                    if cut >= 0:
+                        text, reason, done = text[:cut], "stop_string", True
+                        break
+                    if len(new) >= budget:
+                        done = True
+                        break
+                if not done:
+                    safe = len(text) - hold
+                    if safe > emitted:
+                        yield text[emitted:safe]
+                        emitted = safe
+                if done:
+                    break
+        finally:
+            proposals.close()
+        if reason not in ("stop_string",):
+            text += detok.flush()
+        if len(text) > emitted:
+            yield text[emitted:]
+        stats.new_tokens = len(new)
+        stats.ttft_s = first - start
+        stats.decode_s = last - first
+        if result is not None:
+            result.append(GenerationResult(text, new, reason, stats))
+
+    def generate(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
+                 chat: bool = False, system: str | None = None, on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        """Generate to the end; ``on_text`` is called with each text piece as it is decided."""
+        result: list[GenerationResult] = []
+        for piece in self.stream(prompt, params, strategy, chat, system, result):
+            if on_text is not None:
+                on_text(piece)
+        return result[0]

@@ -1,0 +1,61 @@
+"""One decoder graph on ONNX Runtime, called with IO binding: inputs and the cache's past are
+bound where they lie in memory, and the graph writes its present straight into the cache's
+other buffer (see :mod:`.kvcache`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends.onnxruntime import OnnxRuntimeBackend, _first_line
+from ..bundle import Bundle
+from ..errors import EdgertError
+from .kvcache import KVCache
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class DecoderSession:
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.info = bundle.manifest["decoder"]
+        self.graph = bundle.graph(self.info["graph"])
+        self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads)
+        self.session = self.backend.session
+        outputs = {t.name: t for t in self.graph.outputs}
+        self.vocab_size = int(outputs["logits"].dims[-1])
+        self.hidden_size = int(outputs["hidden_states"].dims[-1])
+        self.context = int(self.info["context"])
+        self.kv_dtype = DTYPES[self.info["kv_dtype"]]
+
+    def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
+        info = self.info
+        return KVCache(info["num_layers"], batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
+
+    def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
+                logit_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run new tokens (B, S) over the cache; returns logits (B, K, vocab) at
+        ``logit_positions`` (B, K) and hidden states (B, S, hidden); the cache grows by S."""
+        batch, new = input_ids.shape
+        if cache.length + new > self.context:
+            raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
+        cache.reserve(cache.length + new)
+        ort = self._ort
+        binding = self.session.io_binding()
+        for name, value in (("input_ids", input_ids), ("position_ids", position_ids),
+                            ("attention_mask", attention_mask), ("logit_positions", logit_positions)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in cache.past().items():
+            binding.bind_cpu_input(name, value)
+        logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
+        hidden = np.empty((batch, new, self.hidden_size), np.float32)
+        outputs = {"logits": logits, "hidden_states": hidden, **cache.present(new)}
+        for name, value in outputs.items():
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as err:
+            raise EdgertError(f"{self.graph.file}: onnxruntime failed to run the decoder: {_first_line(err)}") from None
+        cache.advance(new)
+        return logits, hidden

@@ -1,0 +1,97 @@
+"""The bundle's tokenizer: Hugging Face ``tokenizers`` for the text <-> ids mapping, jinja2 for
+chat templates (the same sandboxed environment transformers renders them in), and an
+incremental detokenizer that streams text correctly across multi-byte characters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import BundleError, InputError
+
+
+def _load(path: Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception with serde's message
+        raise BundleError(f"{path}: not a readable tokenizer.json ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def check_vocab(path: Path, vocab_size: int) -> None:
+    """A tokenizer that can emit ids beyond the model's embedding would index out of range."""
+    size = _load(Path(path)).get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise BundleError(f"{path}: tokenizer has {size} tokens but the model's vocab_size is {vocab_size}; "
+                          "tokenizer and weights do not belong together")
+
+
+class TextTokenizer:
+    def __init__(self, path: Path, decoder: dict):
+        self.path = Path(path)
+        self.tokenizer = _load(self.path)
+        check_vocab(self.path, decoder["vocab_size"])
+        self.info = decoder
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        bos = self.info.get("bos_token_id")
+        # Some checkpoints ask for BOS in tokenizer_config.json rather than in the post-processor.
+        if add_special_tokens and self.info.get("add_bos_token") and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        template = self.info.get("chat_template")
+        if not template:
+            raise InputError("this bundle's checkpoint has no chat template; run without --chat")
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise InputError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            return env.from_string(template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.info.get("bos_token") or "", eos_token=self.info.get("eos_token") or "")
+        except jinja2.TemplateError as err:
+            raise BundleError(f"chat template of this bundle fails to render: {err}") from None
+
+
+class IncrementalDetokenizer:
+    """Text pieces as tokens arrive. A byte-level BPE token can end inside a UTF-8 character;
+    its text is held back (it decodes to U+FFFD) until the character is complete. Only a short
+    window is re-decoded per token (the scheme of vLLM's detokenizer): the window starts at a
+    token already emitted, so tokenizer decoders that strip a leading space treat the old and
+    the new text alike."""
+
+    def __init__(self, tokenizer: TextTokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0    # end of what has been emitted
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], self.skip)
+        text = self.tokenizer.decode(self.ids[self.prefix:], self.skip)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before):]
+
+    def flush(self) -> str:
+        """What is left at the end (an incomplete character shows as U+FFFD, as decode would)."""
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], self.skip)
+        text = self.tokenizer.decode(self.ids[self.prefix:], self.skip)
+        self.prefix = self.read = len(self.ids)
+        return text[len(before):]

@@ -1,0 +1,89 @@
+"""Tiny Hugging Face checkpoints made here (no hub): transformers models with random weights and
+a byte-level BPE tokenizer trained with ``tokenizers`` on a few sentences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Edge devices run small language models next to their vision models.",
+    "Speculative decoding proposes tokens cheaply and verifies them in one pass.",
+    "Grüße aus Köln! Ça va très bien, merci. 日本語のテキストも少し。 ✓ done",
+    "def add(a, b):\n    return a + b\n",
+] * 20
+SPECIAL = ["<s>", "</s>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+                 "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def make_tokenizer(directory: Path, vocab_size: int = 300) -> int:
+    """Byte-level BPE with BOS added by the post-processor; returns the tokenizer's size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}))
+    return tok.get_vocab_size()
+
+
+def make_llama(directory: Path, seed: int = 0):
+    """LlamaForCausalLM: grouped-query attention (8 query / 2 kv heads), llama3 rope scaling,
+    untied head."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(directory)
+    config = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 32},
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    _sharpen(model)
+    model.save_pretrained(directory)
+    return model
+
+
+def make_qwen2(directory: Path, seed: int = 1):
+    """Qwen2ForCausalLM: tied embeddings, q/k/v biases (non-zero), 6 query / 2 kv heads."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(directory)
+    config = transformers.Qwen2Config(
+        vocab_size=304, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=192, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    _sharpen(model)
+    model.save_pretrained(directory)
+    return model
+
+
+def _sharpen(model) -> None:
+    """Random init gives nearly flat next-token distributions, where greedy choices hinge on
+    1e-6 differences; larger embeddings make the logits decisive, as a trained model's are."""
+    import torch
+
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(40)
+        if not model.config.tie_word_embeddings:
+            model.lm_head.weight.mul_(40)

@@ -1,0 +1,261 @@
+"""Decoder bundles against transformers: export, logits with a KV cache, greedy generation,
+cache edits for speculation, sampling, streaming, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers", reason="transformers is the reference (installed by the dev extra)")
+torch = pytest.importorskip("torch")
+
+from conftest import assert_user_error, edgert  # noqa: E402
+from llm_checkpoints import make_llama, make_qwen2  # noqa: E402
+
+from edgert.runtime.llm.generator import Decoding, GenerationStats, Generator  # noqa: E402
+from edgert.runtime.llm.sampling import Sampler, SamplingParams  # noqa: E402
+
+PROMPTS = ["The quick brown fox", "Speculative decoding", "def add(a, b):", "Grüße aus Köln"]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model(request, tmp_path_factory):
+    """(transformers reference, checkpoint dir, fp32 bundle) for each family."""
+    root = tmp_path_factory.mktemp(request.param)
+    reference = (make_llama if request.param == "llama" else make_qwen2)(root / "ckpt")
+    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle")
+    assert result.returncode == 0, result.stderr
+    return reference, root / "ckpt", root / "bundle"
+
+
+def hf_logits(reference, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return reference(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_logits_match_transformers_prefill_and_cached_decode(model):
+    reference, _, bundle = model
+    gen = Generator(bundle)
+    ids = gen.tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    expected = hf_logits(reference, ids)
+    scale = np.abs(expected).max()
+    prefill = len(ids) - 5
+    d = Decoding(gen.session, ids[:prefill], Sampler(SamplingParams()), len(ids), GenerationStats())
+    logits, hidden = d.forward(ids[:prefill], logits_at=range(prefill))
+    np.testing.assert_allclose(logits, expected[:prefill], atol=1e-4 * scale)
+    assert hidden.shape == (prefill, reference.config.hidden_size)
+    for t in range(prefill, len(ids)):  # decode steps over the cache
+        np.testing.assert_allclose(d.step(ids[t]), expected[t], atol=1e-4 * scale)
+    assert d.cache.length == len(ids)
+
+
+def test_greedy_64_tokens_equal_transformers_generate(model):
+    reference, _, bundle = model
+    gen = Generator(bundle)
+    for prompt in PROMPTS:
+        ids = gen.tokenizer.encode(prompt)
+        with torch.no_grad():
+            out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     do_sample=False, max_new_tokens=64, pad_token_id=1)
+        expected = out[0, len(ids):].tolist()
+        if expected and expected[-1] == 1:  # transformers keeps the eos it stopped at
+            expected = expected[:-1]
+        result = gen.generate(prompt, SamplingParams(max_new_tokens=64))
+        assert result.tokens == expected, prompt
+        assert result.stop_reason == ("max_new_tokens" if len(expected) == 64 else "eos")
+
+
+def test_tree_verify_then_compaction_equals_the_linear_run(model):
+    """Two sibling candidates verified in one pass, the second kept: the cache then behaves as
+    if only that branch had ever been run (positions, RoPE and all)."""
+    _, _, bundle = model
+    gen = Generator(bundle)
+    ids = gen.tokenizer.encode("Edge devices run small")
+    x, y, z = 40, 41, 42
+    tree = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids) + 4, GenerationStats())
+    tree.forward(ids)
+    n = len(ids)
+    logits, _ = tree.forward([x, y], mask=np.eye(2, dtype=bool), positions=[n, n], logits_at=[0, 1])
+    tree.cache.keep(list(range(n)) + [n + 1])  # accept y
+    after = tree.step(z)
+    linear = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids) + 4, GenerationStats())
+    linear.forward(ids)
+    np.testing.assert_allclose(logits[1], linear.forward([y])[0][0], atol=1e-4)
+    np.testing.assert_allclose(after, linear.step(z), atol=1e-4)
+    linear.cache.truncate(n)  # and truncation: back to the prompt, the other branch
+    np.testing.assert_allclose(linear.forward([x])[0][0], logits[0], atol=1e-4)
+
+
+def test_fp16_export_close_to_fp32_and_same_greedy_text(model, tmp_path):
+    reference, ckpt, bundle = model
+    result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "fp16", "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "fp16" / "manifest.json").read_text())
+    assert manifest["decoder"]["kv_dtype"] == "float16"
+    assert manifest["parity"]["graphs"]["decoder"]["outputs"]["logits"]["max_rel"] <= 1e-2
+    fp16, fp32 = Generator(tmp_path / "fp16"), Generator(bundle)
+    for prompt in PROMPTS:
+        ids = fp32.tokenizer.encode(prompt)
+        expected = hf_logits(reference, ids)[-1]
+        got = fp16.generate(ids, SamplingParams(max_new_tokens=1)).tokens
+        top2 = np.sort(expected)[-2:]
+        if top2[1] - top2[0] > 0.05 * np.abs(expected).max():  # not a near tie: the choice must agree
+            assert got == [int(expected.argmax())], prompt
+        a = fp32.generate(prompt, SamplingParams(max_new_tokens=24))
+        b = fp16.generate(prompt, SamplingParams(max_new_tokens=24))
+        # Identical until the first position where fp32's own top-2 gap was a near tie.
+        same = next((i for i, (p, q) in enumerate(zip(a.tokens, b.tokens)) if p != q), len(a.tokens))
+        if same < len(a.tokens):
+            ctx = ids + a.tokens[:same]
+            logits = hf_logits(reference, ctx)[-1]
+            gap = np.diff(np.sort(logits)[-2:])[0]
+            assert gap < 0.05 * np.abs(logits).max(), (prompt, same, gap)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(model):
+    _, _, bundle = model
+    gen = Generator(bundle)
+    sampled = SamplingParams(max_new_tokens=20, temperature=4.0, top_p=0.95, seed=7)
+    a, b = gen.generate("The quick", sampled), gen.generate("The quick", sampled)
+    assert a.tokens == b.tokens
+    c = gen.generate("The quick", SamplingParams(max_new_tokens=20, temperature=4.0, top_p=0.95, seed=8))
+    assert c.tokens != a.tokens
+    greedy = gen.generate("The quick", SamplingParams(max_new_tokens=20))
+    assert gen.generate("The quick", SamplingParams(max_new_tokens=20, temperature=0.7, top_k=1, seed=3)).tokens == greedy.tokens
+
+
+def test_sampler_matches_transformers_warpers():
+    """Our distribution after repetition penalty, temperature, top-k and top-p is the one
+    transformers' logits processors leave."""
+    from edgert.runtime.llm.sampling import Sampler
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(200).astype(np.float32) * 3
+    context = [3, 5, 5, 17]
+    params = SamplingParams(temperature=0.8, top_k=50, top_p=0.7, repetition_penalty=1.3)
+    ours = Sampler(params).probabilities(logits, context)
+    from transformers.generation import logits_process as lp
+
+    scores = torch.from_numpy(logits)[None]
+    ids = torch.tensor([context])
+    for proc in (lp.RepetitionPenaltyLogitsProcessor(1.3), lp.TemperatureLogitsWarper(0.8),
+                 lp.TopKLogitsWarper(50), lp.TopPLogitsWarper(0.7)):
+        scores = proc(ids, scores)
+    expected = torch.softmax(scores, -1)[0].numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_stop_strings_eos_and_streaming(model):
+    _, _, bundle = model
+    gen = Generator(bundle)
+    full = gen.generate("The quick", SamplingParams(max_new_tokens=40))
+    pieces = list(gen.stream("The quick", SamplingParams(max_new_tokens=40)))
+    assert "".join(pieces) == full.text == gen.tokenizer.decode(full.tokens)
+    stop = full.text[len(full.text) // 2: len(full.text) // 2 + 2]
+    if stop.strip() and "\ufffd" not in stop:
+        cut = gen.generate("The quick", SamplingParams(max_new_tokens=40, stop=(stop,)))
+        assert cut.stop_reason == "stop_string" and cut.text == full.text[:full.text.find(stop)]
+        streamed = "".join(gen.stream("The quick", SamplingParams(max_new_tokens=40, stop=(stop,))))
+        assert streamed == cut.text
+    # eos: make the first greedy token the eos id and generation stops at once
+    first = full.tokens[0]
+    gen.eos = {first}
+    stopped = gen.generate("The quick", SamplingParams(max_new_tokens=40))
+    assert stopped.tokens == [] and stopped.stop_reason == "eos"
+
+
+def test_incremental_detokenizer_across_multibyte_characters(model):
+    _, _, bundle = model
+    from edgert.runtime.llm.tokenizer import IncrementalDetokenizer
+
+    gen = Generator(bundle)
+    text = " Grüße aus Köln! 日本語のテキストも少し。 ✓ ünïcödé 🙂"
+    ids = gen.tokenizer.encode(text, add_special_tokens=False)
+    assert any("\ufffd" in gen.tokenizer.decode([t]) for t in ids)  # some tokens split a character
+    detok = IncrementalDetokenizer(gen.tokenizer)
+    pieces = [detok.push(t) for t in ids] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_chat_template_and_cli_generate(model):
+    _, _, bundle = model
+    gen = Generator(bundle)
+    ids = gen.encode("Hi", chat=True, system="Be brief.")
+    assert gen.tokenizer.decode(ids, skip_special_tokens=False) == "<s>Be brief.\n<|user|>Hi</s><|assistant|>"
+    result = edgert("generate", bundle, "--prompt", "The quick brown", "--max-new-tokens", "12", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["tokens"] == gen.generate("The quick brown", SamplingParams(max_new_tokens=12)).tokens
+    assert "prefill" in result.stderr and "decode" in result.stderr and "time to first token" in result.stderr
+    streamed = edgert("generate", bundle, "--prompt", "Hi", "--chat", "--stream", "--max-new-tokens", "8",
+                      "--temperature", "0.9", "--top-k", "20", "--seed", "1")
+    assert streamed.returncode == 0, streamed.stderr
+
+
+def test_runtime_never_imports_torch(model):
+    _, _, bundle = model
+    code = (f"import sys; from edgert.runtime.llm.generator import Generator, SamplingParams; "
+            f"g = Generator({str(bundle)!r}); g.generate('The', SamplingParams(max_new_tokens=3)); "
+            "bad = [m for m in ('torch', 'transformers', 'onnxscript') if m in sys.modules]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--top-p", "0"], ["top_p must be in (0, 1]"]),
+    (["--top-p", "1.5"], ["top_p must be in (0, 1]"]),
+    (["--temperature", "-1"], ["temperature must be >= 0"]),
+    (["--max-new-tokens", "0"], ["max_new_tokens must be a positive integer"]),
+    (["--strategy", "nope"], ["no strategy named 'nope'", "ar"]),
+])
+def test_generate_bad_values(model, args, fragments):
+    _, _, bundle = model
+    assert_user_error(edgert("generate", bundle, "--prompt", "hi", *args), *fragments)
+
+
+def test_prompt_longer_than_context(model, tmp_path):
+    _, ckpt, _ = model
+    result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "short", "--opt", "context=16")
+    assert result.returncode == 0, result.stderr
+    assert_user_error(edgert("generate", tmp_path / "short", "--prompt", "The quick brown fox jumps over the lazy dog. " * 3),
+                      "prompt has", "tokens; the bundle's context is 16")
+    capped = Generator(tmp_path / "short").generate("The quick", SamplingParams(max_new_tokens=100))
+    assert capped.stop_reason in ("context", "eos") and len(capped.tokens) <= 16
+
+
+def test_export_bad_checkpoints(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    make_qwen2(ckpt)
+    out = tmp_path / "bundle"
+
+    def export(*extra):
+        return edgert("export", "llama", "--checkpoint", ckpt, "--out", out, *extra)
+
+    assert_user_error(edgert("export", "llama", "--out", out), "--checkpoint DIR is required")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    assert_user_error(export(), "model_type 'gpt2' is not supported (supported: llama, qwen2, mistral)")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(ckpt / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "model.layers.1.mlp.up_proj.weight"}, str(ckpt / "model.safetensors"))
+    assert_user_error(export(), "missing tensors: model.layers.1.mlp.up_proj.weight")
+    save_file({**weights, "model.norm.weight": torch.ones(7)}, str(ckpt / "model.safetensors"))
+    assert_user_error(export(), "wrong shape: model.norm.weight [7] (expected [48])")
+    save_file(weights, str(ckpt / "model.safetensors"))
+    (ckpt / "config.json").write_text(json.dumps({**config, "vocab_size": 200}))
+    save_file({**weights, "model.embed_tokens.weight": weights["model.embed_tokens.weight"][:200]}, str(ckpt / "model.safetensors"))
+    assert_user_error(export(), "tokenizer has 300 tokens but the model's vocab_size is 200")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    save_file(weights, str(ckpt / "model.safetensors"))
+    (ckpt / "model.safetensors").unlink()
+    assert_user_error(export(), "no weights")
+    (ckpt / "config.json").unlink()
+    assert_user_error(export(), "config.json: missing")
+    assert not out.exists()
