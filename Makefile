@@ -18,6 +18,7 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
+	$(PY) examples/demo_llm.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -102,10 +102,10 @@ def cmd_info(args) -> int:
     print(f"precision  {m['precision']}")
     for name, g in bundle.graphs.items():
         print(f"graph      {name}: {g.file}" + (f" + engine {g.engine}" if g.engine else ""))
-        for t in g.inputs:
-            print(f"  input    {t.name:<12} {t.dtype:<8} {t.shape_text()}")
-        for t in g.outputs:
-            print(f"  output   {t.name:<12} {t.dtype:<8} {t.shape_text()}")
+        width = max(12, *(len(t.name) for t in g.inputs + g.outputs))
+        for side, tensors in (("input ", g.inputs), ("output", g.outputs)):
+            for t in tensors:
+                print(f"  {side}   {t.name:<{width}} {t.dtype:<8} {t.shape_text()}")
         if g.state:
             print("  state    " + ", ".join(f"{o} -> {i}" for i, o in g.state) + "  (streaming: run with --stream)")
     dec = m.get("decoder")
@@ -251,6 +251,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _bench_decoder(bundle, args, threads: int) -> int:
+    """Generation speed: a random prompt of up to 128 tokens, 64 new tokens, eos ignored."""
+    import numpy as np
+
+    from edgert.runtime.llm.generator import Generator
+    from edgert.runtime.llm.sampling import SamplingParams
+
+    if args.compare:
+        raise EdgertError("--compare torch times detector bundles; for a decoder, benchmarks/bench_llm.py "
+                          "compares it with transformers")
+    if args.backend != "onnxruntime":
+        raise EdgertError(f"decoder bundles run on onnxruntime, not {args.backend!r}")
+    gen = Generator(bundle, device=args.device, threads=threads)
+    gen.eos = set()  # time a fixed number of tokens
+    prompt_len = min(128, gen.context // 2)
+    new = min(64, gen.context - prompt_len)
+    prompt = np.random.default_rng(0).integers(0, gen.session.vocab_size, prompt_len).tolist()
+    print(f"{bundle.plugin_name} decoder: prompt {prompt_len} tokens, {new} new tokens, greedy; {threads} threads")
+    for _ in range(args.warmup and 1):
+        gen.generate(prompt[:8], SamplingParams(max_new_tokens=2))
+    runs = [gen.generate(prompt, SamplingParams(max_new_tokens=new)).stats for _ in range(args.iters or 3)]
+    med = lambda values: float(np.median(values))  # noqa: E731
+    print(f"prefill {med([r.prefill_tokens_per_s for r in runs]):.1f} tokens/s, time to first token "
+          f"{med([r.ttft_s for r in runs]) * 1e3:.1f} ms, decode {med([r.decode_tokens_per_s for r in runs]):.1f} tokens/s "
+          f"(median of {len(runs)} runs; {gen.session.backend.describe()})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import numpy as np
 
@@ -258,7 +286,13 @@ def cmd_bench(args) -> int:
     from edgert.runtime.model import load
 
     threads = args.threads or os.cpu_count() or 1
-    model = load(args.bundle, backend=args.backend, device=args.device, threads=threads)
+    from edgert.runtime.bundle import Bundle
+
+    bundle = Bundle.load(args.bundle)
+    if bundle.kind == "decoder":
+        return _bench_decoder(bundle, args, threads)
+    args.iters = args.iters or 20
+    model = load(bundle.root, backend=args.backend, device=args.device, threads=threads)
     graph = model.graph()
     rng = np.random.default_rng(0)
     feeds = {}
@@ -358,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "bundle exported with --opt output=features turns the video's chunks into features")
         else:
             p.add_argument("--compare", choices=["torch"], help="also time PyTorch eager in the same run")
-            p.add_argument("--iters", type=int, default=20)
+            p.add_argument("--iters", type=int, help="timed runs (default 20; 3 generations for a decoder)")
             p.add_argument("--warmup", type=int, default=3)
             p.add_argument("--batch", type=int, default=1)
     return parser

@@ -197,6 +197,14 @@ def test_chat_template_and_cli_generate(model):
     assert streamed.returncode == 0, streamed.stderr
 
 
+def test_bench_and_run_on_a_decoder_bundle(model):
+    _, _, bundle = model
+    result = edgert("bench", bundle, "--iters", "1")
+    assert result.returncode == 0, result.stderr
+    assert "prefill" in result.stdout and "decode" in result.stdout and "tokens/s" in result.stdout
+    assert_user_error(edgert("run", bundle, "--input", "clip.npy"), "a decoder bundle; use 'edgert generate'")
+
+
 def test_runtime_never_imports_torch(model):
     _, _, bundle = model
     code = (f"import sys; from edgert.runtime.llm.generator import Generator, SamplingParams; "

@@ -89,7 +89,7 @@ def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
 def _feeds(cfg, batch: int, new: int, past: int, mask: np.ndarray, kv_dtype, rng) -> dict[str, np.ndarray]:
     feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, new)).astype(np.int64),
              "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(np.int64).copy(),
-             "attention_mask": np.ascontiguousarray(np.broadcast_to(mask, (batch, new, past + new))),
+             "attention_mask": np.broadcast_to(mask, (batch, new, past + new)).copy(),
              "logit_positions": np.broadcast_to(np.arange(new), (batch, new)).astype(np.int64).copy()}
     for i in range(cfg.num_layers):
         for part in ("key", "value"):
