@@ -69,6 +69,19 @@ def test_greedy_64_tokens_equal_transformers_generate(model):
         assert result.stop_reason == ("max_new_tokens" if len(expected) == 64 else "eos")
 
 
+def test_batch_with_padding_equals_one_prompt_at_a_time(model):
+    _, _, bundle = model
+    gen = Generator(bundle)
+    params = SamplingParams(max_new_tokens=24)
+    prompts = PROMPTS + ["x"]  # different lengths: up to several padding positions per row
+    batched = gen.generate_batch(prompts, params)
+    for prompt, result in zip(prompts, batched):
+        alone = gen.generate(prompt, params)
+        assert (result.tokens, result.text, result.stop_reason) == (alone.tokens, alone.text, alone.stop_reason), prompt
+    sampled = SamplingParams(max_new_tokens=12, temperature=3.0, seed=5)
+    assert [r.tokens for r in gen.generate_batch(prompts[:2], sampled)] == [gen.generate(p, sampled).tokens for p in prompts[:2]]
+
+
 def test_tree_verify_then_compaction_equals_the_linear_run(model):
     """Two sibling candidates verified in one pass, the second kept: the cache then behaves as
     if only that branch had ever been run (positions, RoPE and all)."""

@@ -104,6 +104,54 @@ class Decoding:
         return self.sampler(logits, self.tokens)
 
 
+class Completion:
+    """One sequence's new tokens and text, and why it ended: eos, a stop string (the text is
+    cut before it), the token budget. ``ready()`` gives the text that can be shown now: a
+    multi-byte character is held until complete, and the tail that could still grow into a
+    stop string is held until it cannot."""
+
+    def __init__(self, tokenizer: TextTokenizer, eos: set[int], params: SamplingParams, budget: int):
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.eos, self.stop, self.budget = eos, params.stop, budget
+        # the budget is max_new_tokens, or less where the bundle's context ends first
+        self.budget_reason = "max_new_tokens" if budget == params.max_new_tokens else "context"
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+        self.tokens: list[int] = []
+        self.text, self.emitted = "", 0
+        self.reason: str | None = None
+
+    def add(self, token: int) -> bool:
+        """Take one token; True when the sequence is finished (the token may not be kept)."""
+        if token in self.eos:
+            self.reason = "eos"
+            return True
+        self.tokens.append(token)
+        self.text += self.detok.push(token)
+        cut = min((i for i in (self.text.find(s, max(0, self.emitted - self.hold)) for s in self.stop) if i >= 0),
+                  default=-1)
+        if cut >= 0:
+            self.text, self.reason = self.text[:cut], "stop_string"
+            return True
+        if len(self.tokens) >= self.budget:
+            self.reason = self.budget_reason
+            return True
+        return False
+
+    def ready(self) -> str:
+        safe = len(self.text) - self.hold
+        if safe <= self.emitted:
+            return ""
+        piece, self.emitted = self.text[self.emitted:safe], safe
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text, once the sequence has ended."""
+        if self.reason != "stop_string":
+            self.text += self.detok.flush()
+        piece, self.emitted = self.text[self.emitted:], len(self.text)
+        return piece
+
+
 class Generator:
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -131,6 +179,13 @@ class Generator:
             return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
         return self.tokenizer.encode(prompt)
 
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise InputError("empty prompt: give at least one token of text")
+        if len(prompt_ids) >= self.context:
+            raise InputError(f"prompt has {len(prompt_ids)} tokens; the bundle's context is {self.context} "
+                             "(prompt and at least one new token must fit)")
+
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
                chat: bool = False, system: str | None = None, result: list | None = None) -> Iterator[str]:
         """Yield text pieces as they are decided; ``result`` (a list), when given, receives the
@@ -138,59 +193,95 @@ class Generator:
         params = params or SamplingParams()
         decoder = get_host().get("strategy", strategy).obj
         prompt_ids = self.encode(prompt, chat, system)
-        if not prompt_ids:
-            raise InputError("empty prompt: give at least one token of text")
-        if len(prompt_ids) >= self.context:
-            raise InputError(f"prompt has {len(prompt_ids)} tokens; the bundle's context is {self.context} "
-                             "(prompt and at least one new token must fit)")
+        self._check_prompt(prompt_ids)
         budget = min(params.max_new_tokens, self.context - len(prompt_ids))
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         state = Decoding(self.session, prompt_ids, Sampler(params), len(prompt_ids) + budget, stats)
-        detok = IncrementalDetokenizer(self.tokenizer)
-        hold = max((len(s) for s in params.stop), default=1) - 1  # text that could still become a stop string
-        text, emitted, new, reason = "", 0, [], "max_new_tokens" if budget == params.max_new_tokens else "context"
+        out = Completion(self.tokenizer, self.eos, params, budget)
         start = time.perf_counter()
         first = last = start
         proposals = decoder.decode(state)
         try:
             for chunk in proposals:
-                done = False
                 for token in chunk:
-                    token = int(token)
                     last = time.perf_counter()
-                    if not new:
+                    if not out.tokens and out.reason is None:
                         first = last
-                    if token in self.eos:
-                        reason, done = "eos", True
+                    if out.add(int(token)):
                         break
-                    new.append(token)
-                    state.tokens.append(token)
-                    text += detok.push(token)
-                    cut = min((i for i in (text.find(s, max(0, emitted - hold)) for s in params.stop) if i >= 0), default=-1)
-                    if cut >= 0:
-                        text, reason, done = text[:cut], "stop_string", True
-                        break
-                    if len(new) >= budget:
-                        done = True
-                        break
-                if not done:
-                    safe = len(text) - hold
-                    if safe > emitted:
-                        yield text[emitted:safe]
-                        emitted = safe
-                if done:
+                    state.tokens.append(int(token))
+                if out.reason is not None:
                     break
+                piece = out.ready()
+                if piece:
+                    yield piece
         finally:
             proposals.close()
-        if reason not in ("stop_string",):
-            text += detok.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
-        stats.new_tokens = len(new)
+        piece = out.finish()
+        if piece:
+            yield piece
+        stats.new_tokens = len(out.tokens)
         stats.ttft_s = first - start
         stats.decode_s = last - first
         if result is not None:
-            result.append(GenerationResult(text, new, reason, stats))
+            result.append(GenerationResult(out.text, out.tokens, out.reason, stats))
+
+    def generate_batch(self, prompts: list[str | list[int]], params: SamplingParams | None = None, chat: bool = False,
+                       system: str | None = None) -> list[GenerationResult]:
+        """Several prompts in one batch, autoregressively: prompts are left-padded, padding is
+        masked out of attention and skipped by the position ids, and each row stops on its own
+        (finished rows ride along until the last one ends). Same tokens as one prompt at a time,
+        up to floating-point ties."""
+        params = params or SamplingParams()
+        encoded = [self.encode(p, chat, system) for p in prompts]
+        for ids in encoded:
+            self._check_prompt(ids)
+        batch, width = len(encoded), max(map(len, encoded))
+        if width >= self.context:
+            raise InputError(f"longest prompt has {width} tokens; the bundle's context is {self.context}")
+        budget = min(params.max_new_tokens, self.context - width)
+        pad = self.info.get("pad_token_id")
+        pad = pad if pad is not None else sorted(self.eos)[0]
+        ids = np.full((batch, width), pad, np.int64)
+        visible = np.zeros((batch, width + budget), bool)  # which cache positions hold real tokens
+        for row, prompt_ids in enumerate(encoded):
+            ids[row, width - len(prompt_ids):] = prompt_ids
+            visible[row, width - len(prompt_ids):width] = True
+        positions = np.maximum(np.cumsum(visible[:, :width], axis=1) - 1, 0)
+        # Causal among real tokens; a padding row sees itself only (a row that sees nothing is undefined in ONNX).
+        mask = np.tri(width, dtype=bool)[None] & visible[:, None, :width] | np.eye(width, dtype=bool)[None]
+        cache = self.session.new_cache(width + budget, batch)
+        t0 = time.perf_counter()
+        logits, _ = self.session.forward(cache, ids, positions, mask, np.full((batch, 1), width - 1, np.int64))
+        prefill_s = time.perf_counter() - t0
+        samplers = [Sampler(params) for _ in range(batch)]
+        outs = [Completion(self.tokenizer, self.eos, params, budget) for _ in range(batch)]
+        contexts = [list(p) for p in encoded]
+        last_positions = positions[:, -1]
+        while True:
+            step = np.full((batch, 1), pad, np.int64)
+            for row in range(batch):
+                if outs[row].reason is None:
+                    token = samplers[row](logits[row, -1], contexts[row])
+                    if not outs[row].add(token):
+                        contexts[row].append(token)
+                        step[row, 0] = token
+                        visible[row, cache.length] = True
+            if all(o.reason is not None for o in outs):
+                break
+            last_positions = last_positions + 1
+            col = cache.length
+            step_mask = visible[:, None, :col + 1].copy()
+            step_mask[:, 0, col] = True  # finished rows: see the padding token itself
+            logits, _ = self.session.forward(cache, step, last_positions[:, None], step_mask, np.zeros((batch, 1), np.int64))
+        total = time.perf_counter() - t0
+        results = []
+        for prompt_ids, out in zip(encoded, outs):
+            out.finish()
+            stats = GenerationStats(prompt_tokens=len(prompt_ids), new_tokens=len(out.tokens), prefill_s=prefill_s,
+                                    ttft_s=prefill_s, decode_s=total - prefill_s)
+            results.append(GenerationResult(out.text, out.tokens, out.reason, stats))
+        return results
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
                  chat: bool = False, system: str | None = None, on_text: Callable[[str], None] | None = None) -> GenerationResult:
