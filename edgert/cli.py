@@ -14,12 +14,12 @@ import sys
 from edgert.runtime.errors import EdgertError
 
 
-def _parse_opts(pairs: list[str]) -> dict[str, str]:
+def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict[str, str]:
     opts = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise EdgertError(f"--opt {pair!r}: expected key=value")
+            raise EdgertError(f"{flag} {pair!r}: expected key=value")
         opts[key.strip()] = value.strip()
     return opts
 
@@ -68,7 +68,8 @@ def cmd_generate(args) -> int:
     generator = Generator(args.bundle, device=args.device, threads=args.threads)
     stream = args.stream and not args.json
     on_text = (lambda piece: print(piece, end="", flush=True)) if stream else None
-    result = generator.generate(prompt, params, strategy=args.strategy, chat=args.chat, system=args.system, on_text=on_text)
+    result = generator.generate(prompt, params, strategy=args.strategy, chat=args.chat, system=args.system, on_text=on_text,
+                                strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"))
     st = result.stats
     if args.json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "stop_reason": result.stop_reason,
@@ -81,6 +82,10 @@ def cmd_generate(args) -> int:
           f"time to first token {st.ttft_s * 1e3:.0f} ms; {st.new_tokens} new tokens, decode "
           f"{st.decode_tokens_per_s:.1f} tokens/s; stopped: {result.stop_reason} ({args.strategy}, "
           f"{generator.session.backend.describe()})", file=sys.stderr)
+    if args.stats:
+        depth = ", ".join(f"{d + 1}: {a:.0%}" for d, a in enumerate(st.acceptance_by_depth())) or "-"
+        print(f"{st.forward_calls} decoder passes after the prefill, {st.tokens_per_step:.2f} tokens per pass; "
+              f"acceptance by draft depth {depth}", file=sys.stderr)
     return 0
 
 
@@ -349,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--strategy", default="ar", help="decoding strategy, see 'edgert plugins' (default ar)")
+    p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy option (repeatable), e.g. model=DRAFT_BUNDLE for --strategy draft")
+    p.add_argument("--stats", action="store_true", help="report tokens per decoder pass and acceptance per depth")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", help="--chat: a system message")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")

@@ -2,7 +2,8 @@
 
 One graph, ``decoder.onnx``, serves prefill, decode and tree verification (see
 :class:`~edgert.exporters.llm.llama.LlamaDecoder` for its I/O). Beside it the bundle carries
-``tokenizer.json`` and, in the manifest's ``decoder`` section, what the runtime needs to drive
+``tokenizer.json``, the verification op as small ONNX graphs (``verify_<mode>.onnx``, see
+:mod:`.verify_graphs`) and, in the manifest's ``decoder`` section, what the runtime needs to drive
 the graph without torch: cache geometry and dtype, context length, eos/bos ids, chat template.
 
 Parity is checked on two calls that cover what the runtime does: a prefill (empty cache,
@@ -151,6 +152,7 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     from edgert.exporters.driver import _export_graph, _versions
 
     from .attention import translations
+    from .verify_graphs import write_verify_graphs
     from .llama import DecoderConfig, load_decoder
 
     plugin = registered.obj
@@ -201,6 +203,7 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                 f"{worst['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst['finite'] else ' (non-finite values)'}"
                 "; no bundle was written")
         shutil.copyfile(tokenizer, stage / "tokenizer.json")
+        verify_files = write_verify_graphs(stage)
         details = {"model_type": cfg.model_type, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                    "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_size": cfg.hidden_size,
                    "vocab_size": cfg.vocab_size, "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
@@ -213,7 +216,7 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
             "graphs": {GRAPH: graph.to_json()},
             "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
                         "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-                        "vocab_size": cfg.vocab_size, **generation},
+                        "vocab_size": cfg.vocab_size, "verify": verify_files, **generation},
             "preprocessing": {}, "labels": [], "precision": precision,
             "provenance": {**_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},

@@ -28,6 +28,8 @@ from ..host import get_host
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
 from .tokenizer import IncrementalDetokenizer, TextTokenizer
+from .tree import Tree
+from .verify import OnnxVerifier, Verdict, verify
 
 
 @dataclass
@@ -38,7 +40,19 @@ class GenerationStats:
     ttft_s: float = 0.0          # start of generate -> first new token
     decode_s: float = 0.0        # first new token -> last new token
     forward_calls: int = 0       # decoder passes after the prefill
-    accepted: list[int] = field(default_factory=list)  # tokens gained per verify step (speculative strategies record it)
+    accepted: list[int] = field(default_factory=list)  # tokens gained per decoder pass after the prefill
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Mean tokens gained per decoder pass (1.0 for plain decoding)."""
+        return float(np.mean(self.accepted)) if self.accepted else 1.0
+
+    def acceptance_by_depth(self) -> list[float]:
+        """Fraction of decoder passes whose accepted path reached draft depth 1, 2, ..."""
+        if not self.accepted:
+            return []
+        lengths = np.asarray(self.accepted)
+        return [float((lengths > d).mean()) for d in range(1, int(lengths.max()))]
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -57,19 +71,45 @@ class GenerationResult:
     stats: GenerationStats
 
 
+def resolve_strategy_options(strategy, given: dict) -> dict:
+    declared = getattr(strategy, "options", {}) or {}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise InputError(f"strategy {strategy.name!r}: unknown option {unknown[0]!r}; options are {sorted(declared) or 'none'}")
+    return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in declared.items()}
+
+
 class Decoding:
     """What a strategy sees: the model, the cache, the sampler and the tokens so far.
 
     ``tokens`` is the prompt plus every token accepted so far (the Generator appends what a
     strategy yields before resuming it). ``cache.length`` is how many of them are cached.
+    ``options`` are the strategy's resolved options; ``resource(key, make)`` keeps objects that
+    outlive one generation (a draft model's session) in the Generator.
     """
 
-    def __init__(self, session: DecoderSession, prompt: list[int], sampler: Sampler, capacity: int, stats: GenerationStats):
+    def __init__(self, session: DecoderSession, prompt: list[int], sampler: Sampler, capacity: int,
+                 stats: GenerationStats, options: dict | None = None, resources: dict | None = None,
+                 verifier: Callable | None = None):
         self.session = session
         self.sampler = sampler
         self.tokens = list(prompt)
         self.cache = session.new_cache(capacity)
         self.stats = stats
+        self.options = options or {}
+        self._resources = {} if resources is None else resources
+        self.verifier = verifier or verify
+        self.hidden: np.ndarray | None = None  # hidden states of the last accepted path (speculative heads)
+
+    def resource(self, key, make: Callable):
+        if key not in self._resources:
+            self._resources[key] = make()
+        return self._resources[key]
+
+    @property
+    def room(self) -> int:
+        """How many more positions the bundle's context holds after the cache."""
+        return self.session.context - self.cache.length
 
     def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> tuple[np.ndarray, np.ndarray]:
         """Run ``tokens`` (1-D) after the cache; causal unless a (S, S) ``mask`` among the new
@@ -90,18 +130,50 @@ class Decoding:
     def prefill(self) -> np.ndarray:
         """Run the prompt; the logits (vocab,) for the first new token."""
         t0 = time.perf_counter()
-        logits, _ = self.forward(self.tokens)
+        logits, hidden = self.forward(self.tokens)
+        self.hidden = hidden[-1:]
         self.stats.prefill_s = time.perf_counter() - t0
         return logits[-1]
 
     def step(self, token: int) -> np.ndarray:
         """One token through the cache; the logits (vocab,) for the next."""
         self.stats.forward_calls += 1
-        logits, _ = self.forward([token])
+        self.stats.accepted.append(1)
+        logits, hidden = self.forward([token])
+        self.hidden = hidden
         return logits[-1]
 
     def sample(self, logits: np.ndarray) -> int:
         return self.sampler(logits, self.tokens)
+
+    def verify(self, tree: Tree, tokens, mode: str | None = None, draft_probs: np.ndarray | None = None) -> Verdict:
+        """Run a speculation tree (node 0: the next token, already chosen) in one pass, accept a
+        path by the verification op, keep only that path in the cache. ``mode`` defaults to
+        greedy for greedy decoding and to speculative sampling otherwise (lossless both ways)."""
+        params = self.sampler.params
+        mode = mode or ("greedy" if params.greedy else "sampling")
+        start = self.cache.length
+        self.stats.forward_calls += 1
+        logits, hidden = self.forward(tokens, mask=tree.ancestor_mask(), positions=start + tree.depths(),
+                                      logits_at=range(tree.size))
+        temperature = params.temperature if mode == "typical" and params.temperature > 0 else 1.0
+        if mode == "sampling" or params.repetition_penalty != 1.0:
+            rows = []
+            for node in range(tree.size):  # each node's own context: the tokens so far and its path
+                context = self.tokens + [int(tokens[i]) for i in tree.path(node)]
+                if mode == "sampling":  # the exact distribution the sampler draws from, as log-probabilities
+                    with np.errstate(divide="ignore"):
+                        rows.append(np.log(self.sampler.probabilities(logits[node], context)))
+                else:
+                    rows.append(self.sampler.adjust(logits[node], context))
+            logits = np.stack(rows)
+        seed = int(self.sampler.rng.integers(2**63))
+        verdict = self.verifier(np.asarray(tokens, np.int64), tree, logits, mode, temperature=temperature,
+                                draft_probs=draft_probs, seed=seed)
+        self.cache.keep(np.concatenate([np.arange(start), start + np.asarray(verdict.path)]))
+        self.hidden = hidden[verdict.path]
+        self.stats.accepted.append(verdict.length)
+        return verdict
 
 
 class Completion:
@@ -153,7 +225,10 @@ class Completion:
 
 
 class Generator:
-    def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None):
+    def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None,
+                 verifier: str = "numpy"):
+        """``verifier``: ``numpy`` (the reference) or ``onnx`` (the bundle's verify graphs on
+        ONNX Runtime) for the speculative strategies' verification op."""
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         info = self.bundle.manifest.get("decoder")
         if self.bundle.kind != "decoder" or not isinstance(info, dict):
@@ -162,6 +237,16 @@ class Generator:
         self.session = DecoderSession(self.bundle, device=device, threads=threads)
         self.tokenizer = TextTokenizer(self.bundle.root / info["tokenizer"], info)
         self.eos = set(info["eos_token_ids"])
+        self.device, self.threads = device, threads
+        self.resources: dict = {}  # what strategies keep between generations (draft sessions)
+        if verifier == "numpy":
+            self.verifier = verify
+        elif verifier == "onnx":
+            if not info.get("verify"):
+                raise BundleError(f"{self.bundle.root}: no verify graphs in this bundle (re-export it with this edgert)")
+            self.verifier = OnnxVerifier(self.bundle.root, info["verify"])
+        else:
+            raise InputError(f"verifier {verifier!r}: expected numpy or onnx")
 
     @property
     def context(self) -> int:
@@ -187,16 +272,20 @@ class Generator:
                              "(prompt and at least one new token must fit)")
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
-               chat: bool = False, system: str | None = None, result: list | None = None) -> Iterator[str]:
+               chat: bool = False, system: str | None = None, result: list | None = None,
+               strategy_options: dict | None = None) -> Iterator[str]:
         """Yield text pieces as they are decided; ``result`` (a list), when given, receives the
-        :class:`GenerationResult` at the end."""
+        :class:`GenerationResult` at the end. ``strategy_options``: the strategy's options
+        (``--strategy-opt key=value``), checked against what it declares."""
         params = params or SamplingParams()
         decoder = get_host().get("strategy", strategy).obj
+        options = resolve_strategy_options(decoder, strategy_options or {})
         prompt_ids = self.encode(prompt, chat, system)
         self._check_prompt(prompt_ids)
         budget = min(params.max_new_tokens, self.context - len(prompt_ids))
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        state = Decoding(self.session, prompt_ids, Sampler(params), len(prompt_ids) + budget, stats)
+        state = Decoding(self.session, prompt_ids, Sampler(params), len(prompt_ids) + budget, stats, options,
+                         self.resources, self.verifier)
         out = Completion(self.tokenizer, self.eos, params, budget)
         start = time.perf_counter()
         first = last = start
@@ -284,10 +373,11 @@ class Generator:
         return results
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
-                 chat: bool = False, system: str | None = None, on_text: Callable[[str], None] | None = None) -> GenerationResult:
+                 chat: bool = False, system: str | None = None, on_text: Callable[[str], None] | None = None,
+                 strategy_options: dict | None = None) -> GenerationResult:
         """Generate to the end; ``on_text`` is called with each text piece as it is decided."""
         result: list[GenerationResult] = []
-        for piece in self.stream(prompt, params, strategy, chat, system, result):
+        for piece in self.stream(prompt, params, strategy, chat, system, result, strategy_options):
             if on_text is not None:
                 on_text(piece)
         return result[0]

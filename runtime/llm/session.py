@@ -19,6 +19,8 @@ class DecoderSession:
         import onnxruntime as ort
 
         self._ort = ort
+        self.manifest = bundle.manifest
+        self.device, self.threads = device, threads
         self.info = bundle.manifest["decoder"]
         self.graph = bundle.graph(self.info["graph"])
         self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads)

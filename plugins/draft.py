@@ -1,0 +1,100 @@
+"""Built-in decoding strategy ``draft``: a smaller model of the same tokenizer proposes γ tokens,
+the target verifies them in one pass (Leviathan et al., ICML 2023; Chen et al., 2023).
+
+Greedy decoding: the draft proposes its argmax tokens and the target keeps the longest prefix
+that equals its own argmax, then adds its own next token: the output is the target's greedy
+output. Sampling: the draft samples from its processed distribution q (same temperature /
+top-k / top-p) and each token is accepted with min(1, p/q), else the next token is drawn from
+norm(max(0, p − q)): the output follows the target's distribution exactly.
+
+γ adapts as in transformers' assisted generation: +2 after a step that accepted every draft
+token, −1 otherwise (``adaptive=false`` keeps it fixed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgert.runtime.bundle import Bundle
+from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.errors import BundleError, InputError
+from edgert.runtime.hookspecs import hookimpl
+from edgert.runtime.llm.sampling import Sampler
+from edgert.runtime.llm.session import DecoderSession
+from edgert.runtime.llm.tree import Tree
+
+
+def open_draft(path: str, target: DecoderSession, device: str, threads: int | None) -> DecoderSession:
+    """The draft bundle's session, after checking that it speaks the target's vocabulary."""
+    bundle = Bundle.load(path)
+    info = bundle.manifest.get("decoder")
+    if bundle.kind != "decoder" or not info:
+        raise BundleError(f"{path}: the draft must be a decoder bundle, this is a {bundle.kind} bundle")
+    mine, theirs = bundle.manifest["files"].get(info["tokenizer"]), target.manifest["files"].get(target.info["tokenizer"])
+    if info["vocab_size"] != target.vocab_size or mine != theirs:
+        raise BundleError(f"{path}: the draft's tokenizer differs from the target's (vocab {info['vocab_size']} vs "
+                          f"{target.vocab_size}, tokenizer.json {'same' if mine == theirs else 'different'}); "
+                          "a draft must share the target's tokenizer")
+    return DecoderSession(bundle, device=device, threads=threads)
+
+
+class DraftModel:
+    name = "draft"
+    description = "speculative decoding with a smaller draft bundle (same tokenizer), lossless"
+    options = {"model": Option(None, "the draft bundle (required)", str),
+               "gamma": Option(4, "draft tokens per step (the start value when adaptive)", positive_int),
+               "adaptive": Option(True, "adapt gamma to the acceptance", boolean)}
+
+    def decode(self, d):
+        path = d.options["model"]
+        if not path:
+            raise InputError("strategy 'draft' needs its draft bundle: --strategy-opt model=DRAFT_BUNDLE")
+        draft = d.resource(("draft", str(Path(path).resolve())),
+                           lambda: open_draft(path, d.session, d.session.device, d.session.threads))
+        cache = draft.new_cache(d.cache.capacity)
+        sampler = Sampler(d.sampler.params)
+        sampler.rng = np.random.default_rng(d.sampler.rng.integers(2**63))  # its own stream, derived from the seed
+        gamma = d.options["gamma"]
+        root = d.sample(d.prefill())
+        while True:
+            context = d.tokens + [root]
+            room = min(gamma, d.room - 1)
+            if room < 1:
+                yield [root]
+                root = d.sample(d.step(root))
+                continue
+            logits = self._run(draft, cache, context[cache.length:])
+            proposals, qs = [], []
+            for j in range(room):
+                if sampler.params.greedy:
+                    token = int(np.argmax(sampler.adjust(logits, context + proposals)))
+                else:
+                    q = sampler.probabilities(logits, context + proposals)
+                    token = sampler.draw(q)
+                    qs.append(q)
+                proposals.append(token)
+                if j + 1 < room:
+                    logits = self._run(draft, cache, [token])
+            tokens = [root] + proposals
+            draft_probs = np.stack(qs + [np.zeros_like(qs[0])]) if qs else None
+            verdict = d.verify(Tree.chain(len(tokens)), tokens, draft_probs=draft_probs)
+            yield [tokens[i] for i in verdict.path]
+            cache.truncate(min(cache.length, len(d.tokens)))  # drop the draft's rejected tokens
+            if d.options["adaptive"]:
+                gamma = gamma + 2 if verdict.length == len(tokens) else max(1, gamma - 1)
+            root = verdict.bonus
+
+    @staticmethod
+    def _run(draft: DecoderSession, cache, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens, np.int64)[None]
+        new, past = tokens.shape[1], cache.length
+        mask = np.concatenate([np.ones((new, past), bool), np.tri(new, dtype=bool)], axis=1)[None]
+        logits, _ = draft.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]]))
+        return logits[0, -1]
+
+
+@hookimpl
+def edgert_register_strategies():
+    return [DraftModel()]
