@@ -91,8 +91,7 @@ class DraftModel:
         tokens = np.asarray(tokens, np.int64)[None]
         new, past = tokens.shape[1], cache.length
         mask = np.concatenate([np.ones((new, past), bool), np.tri(new, dtype=bool)], axis=1)[None]
-        logits, _ = draft.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]]))
-        return logits[0, -1]
+        return draft.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]])).logits[0, -1]
 
 
 @hookimpl

@@ -45,7 +45,7 @@ def test_logits_match_transformers_prefill_and_cached_decode(model):
     scale = np.abs(expected).max()
     prefill = len(ids) - 5
     d = Decoding(gen.session, ids[:prefill], Sampler(SamplingParams()), len(ids), GenerationStats())
-    logits, hidden = d.forward(ids[:prefill], logits_at=range(prefill))
+    logits, hidden, _ = d.forward(ids[:prefill], logits_at=range(prefill))
     np.testing.assert_allclose(logits, expected[:prefill], atol=1e-4 * scale)
     assert hidden.shape == (prefill, reference.config.hidden_size)
     for t in range(prefill, len(ids)):  # decode steps over the cache
@@ -92,7 +92,7 @@ def test_tree_verify_then_compaction_equals_the_linear_run(model):
     tree = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids) + 4, GenerationStats())
     tree.forward(ids)
     n = len(ids)
-    logits, _ = tree.forward([x, y], mask=np.eye(2, dtype=bool), positions=[n, n], logits_at=[0, 1])
+    logits = tree.forward([x, y], mask=np.eye(2, dtype=bool), positions=[n, n], logits_at=[0, 1]).logits
     tree.cache.keep(list(range(n)) + [n + 1])  # accept y
     after = tree.step(z)
     linear = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids) + 4, GenerationStats())

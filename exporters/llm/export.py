@@ -31,7 +31,7 @@ GRAPH = "decoder"
 TOTAL = "total_sequence_length"
 
 
-def decoder_graph(cfg, kv_dtype: str) -> GraphSpec:
+def decoder_graph(cfg, kv_dtype: str, medusa_heads: int = 0) -> GraphSpec:
     """The decoder graph's I/O, names as Optimum and onnxruntime-genai use them."""
     kv = ("batch", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim)
     present = ("batch", cfg.num_kv_heads, TOTAL, cfg.head_dim)
@@ -41,6 +41,8 @@ def decoder_graph(cfg, kv_dtype: str) -> GraphSpec:
               TensorSpec("logit_positions", "int64", ("batch", "num_logits"))]
     outputs = [TensorSpec("logits", "float32", ("batch", "num_logits", cfg.vocab_size)),
                TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
+    if medusa_heads:
+        outputs.append(TensorSpec("medusa_logits", "float32", ("batch", "num_logits", medusa_heads, cfg.vocab_size)))
     for i in range(cfg.num_layers):
         for part in ("key", "value"):
             inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, kv))
@@ -179,13 +181,18 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
 
     with step(f"loading {directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
         reference = load_decoder(directory)
+        if opts["medusa"]:
+            from .medusa import load_medusa
+
+            reference.medusa = load_medusa(opts["medusa"], cfg.hidden_size, cfg.vocab_size)
     module = reference
     kv_dtype = "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
         import copy
 
         module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
-    graph = decoder_graph(cfg, kv_dtype)
+    medusa = reference.medusa
+    graph = decoder_graph(cfg, kv_dtype, len(medusa) if medusa is not None else 0)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     # Distinct example sizes, so that the exporter cannot tie two dynamic dims together.
@@ -216,7 +223,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
             "graphs": {GRAPH: graph.to_json()},
             "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
                         "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-                        "vocab_size": cfg.vocab_size, "verify": verify_files, **generation},
+                        "vocab_size": cfg.vocab_size, "verify": verify_files, **generation,
+                        "medusa": None if medusa is None else {"num_heads": len(medusa), "num_layers": medusa.num_layers}},
             "preprocessing": {}, "labels": [], "precision": precision,
             "provenance": {**_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},

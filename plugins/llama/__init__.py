@@ -38,7 +38,9 @@ class LlamaFamily:
     paper = ("Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024; "
              "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023")
     options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
-                                 non_negative_int)}
+                                 non_negative_int),
+               "medusa": Option("", "Medusa heads file (medusa_lm_head.safetensors layout) to export with the "
+                                    "decoder, for --strategy medusa")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.options))

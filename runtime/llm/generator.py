@@ -26,7 +26,7 @@ from ..bundle import Bundle
 from ..errors import BundleError, InputError
 from ..host import get_host
 from .sampling import Sampler, SamplingParams
-from .session import DecoderSession
+from .session import DecoderSession, Outputs
 from .tokenizer import IncrementalDetokenizer, TextTokenizer
 from .tree import Tree
 from .verify import OnnxVerifier, Verdict, verify
@@ -99,7 +99,8 @@ class Decoding:
         self.options = options or {}
         self._resources = {} if resources is None else resources
         self.verifier = verifier or verify
-        self.hidden: np.ndarray | None = None  # hidden states of the last accepted path (speculative heads)
+        self.hidden: np.ndarray | None = None  # hidden states of the last accepted tokens (for MTP-style drafts)
+        self.heads: np.ndarray | None = None   # Medusa logits (heads, vocab) at the last accepted token
 
     def resource(self, key, make: Callable):
         if key not in self._resources:
@@ -111,11 +112,11 @@ class Decoding:
         """How many more positions the bundle's context holds after the cache."""
         return self.session.context - self.cache.length
 
-    def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> Outputs:
         """Run ``tokens`` (1-D) after the cache; causal unless a (S, S) ``mask`` among the new
         tokens is given (a tree: True where token i sees token j); ``positions`` default to
-        consecutive ones; logits at ``logits_at`` (default: the last token). Returns logits
-        (K, vocab) and hidden states (S, hidden) for batch row 0."""
+        consecutive ones; logits at ``logits_at`` (default: the last token). Returns batch row
+        0's logits (K, vocab), hidden states (S, hidden) and Medusa logits (K, heads, vocab)."""
         tokens = np.asarray(tokens, dtype=np.int64)[None]
         new, past = tokens.shape[1], self.cache.length
         if positions is None:
@@ -124,24 +125,24 @@ class Decoding:
             mask = np.tri(new, dtype=bool)
         full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
         at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
-        logits, hidden = self.session.forward(self.cache, tokens, np.asarray(positions, np.int64)[None], full, at)
-        return logits[0], hidden[0]
+        out = self.session.forward(self.cache, tokens, np.asarray(positions, np.int64)[None], full, at)
+        return Outputs(out.logits[0], out.hidden[0], None if out.medusa is None else out.medusa[0])
 
     def prefill(self) -> np.ndarray:
         """Run the prompt; the logits (vocab,) for the first new token."""
         t0 = time.perf_counter()
-        logits, hidden = self.forward(self.tokens)
-        self.hidden = hidden[-1:]
+        out = self.forward(self.tokens)
+        self.hidden, self.heads = out.hidden[-1:], None if out.medusa is None else out.medusa[-1]
         self.stats.prefill_s = time.perf_counter() - t0
-        return logits[-1]
+        return out.logits[-1]
 
     def step(self, token: int) -> np.ndarray:
         """One token through the cache; the logits (vocab,) for the next."""
         self.stats.forward_calls += 1
         self.stats.accepted.append(1)
-        logits, hidden = self.forward([token])
-        self.hidden = hidden
-        return logits[-1]
+        out = self.forward([token])
+        self.hidden, self.heads = out.hidden, None if out.medusa is None else out.medusa[-1]
+        return out.logits[-1]
 
     def sample(self, logits: np.ndarray) -> int:
         return self.sampler(logits, self.tokens)
@@ -154,8 +155,8 @@ class Decoding:
         mode = mode or ("greedy" if params.greedy else "sampling")
         start = self.cache.length
         self.stats.forward_calls += 1
-        logits, hidden = self.forward(tokens, mask=tree.ancestor_mask(), positions=start + tree.depths(),
-                                      logits_at=range(tree.size))
+        out = self.forward(tokens, mask=tree.ancestor_mask(), positions=start + tree.depths(), logits_at=range(tree.size))
+        logits = out.logits
         temperature = params.temperature if mode == "typical" and params.temperature > 0 else 1.0
         if mode == "sampling" or params.repetition_penalty != 1.0:
             rows = []
@@ -171,7 +172,8 @@ class Decoding:
         verdict = self.verifier(np.asarray(tokens, np.int64), tree, logits, mode, temperature=temperature,
                                 draft_probs=draft_probs, seed=seed)
         self.cache.keep(np.concatenate([np.arange(start), start + np.asarray(verdict.path)]))
-        self.hidden = hidden[verdict.path]
+        self.hidden = out.hidden[verdict.path]
+        self.heads = None if out.medusa is None else out.medusa[verdict.path[-1]]
         self.stats.accepted.append(verdict.length)
         return verdict
 
@@ -341,7 +343,7 @@ class Generator:
         mask = np.tri(width, dtype=bool)[None] & visible[:, None, :width] | np.eye(width, dtype=bool)[None]
         cache = self.session.new_cache(width + budget, batch)
         t0 = time.perf_counter()
-        logits, _ = self.session.forward(cache, ids, positions, mask, np.full((batch, 1), width - 1, np.int64))
+        logits = self.session.forward(cache, ids, positions, mask, np.full((batch, 1), width - 1, np.int64)).logits
         prefill_s = time.perf_counter() - t0
         samplers = [Sampler(params) for _ in range(batch)]
         outs = [Completion(self.tokenizer, self.eos, params, budget) for _ in range(batch)]
@@ -362,7 +364,7 @@ class Generator:
             col = cache.length
             step_mask = visible[:, None, :col + 1].copy()
             step_mask[:, 0, col] = True  # finished rows: see the padding token itself
-            logits, _ = self.session.forward(cache, step, last_positions[:, None], step_mask, np.zeros((batch, 1), np.int64))
+            logits = self.session.forward(cache, step, last_positions[:, None], step_mask, np.zeros((batch, 1), np.int64)).logits
         total = time.perf_counter() - t0
         results = []
         for prompt_ids, out in zip(encoded, outs):

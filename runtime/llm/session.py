@@ -4,6 +4,8 @@ other buffer (see :mod:`.kvcache`)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backends.onnxruntime import OnnxRuntimeBackend, _first_line
@@ -12,6 +14,12 @@ from ..errors import EdgertError
 from .kvcache import KVCache
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class Outputs(NamedTuple):
+    logits: np.ndarray                # (B, K, vocab) at the requested positions
+    hidden: np.ndarray                # (B, S, hidden) of every new token
+    medusa: np.ndarray | None = None  # (B, K, heads, vocab) when the bundle has Medusa heads
 
 
 class DecoderSession:
@@ -30,15 +38,17 @@ class DecoderSession:
         self.hidden_size = int(outputs["hidden_states"].dims[-1])
         self.context = int(self.info["context"])
         self.kv_dtype = DTYPES[self.info["kv_dtype"]]
+        self.medusa_heads = int((self.info.get("medusa") or {}).get("num_heads", 0))
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         info = self.info
         return KVCache(info["num_layers"], batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
 
     def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-                logit_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                logit_positions: np.ndarray) -> Outputs:
         """Run new tokens (B, S) over the cache; returns logits (B, K, vocab) at
-        ``logit_positions`` (B, K) and hidden states (B, S, hidden); the cache grows by S."""
+        ``logit_positions`` (B, K), hidden states (B, S, hidden) and Medusa logits if any; the
+        cache grows by S."""
         batch, new = input_ids.shape
         if cache.length + new > self.context:
             raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
@@ -52,7 +62,10 @@ class DecoderSession:
             binding.bind_cpu_input(name, value)
         logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
-        outputs = {"logits": logits, "hidden_states": hidden, **cache.present(new)}
+        medusa = (np.empty((batch, logit_positions.shape[1], self.medusa_heads, self.vocab_size), np.float32)
+                  if self.medusa_heads else None)
+        outputs = {"logits": logits, "hidden_states": hidden, **({"medusa_logits": medusa} if self.medusa_heads else {}),
+                   **cache.present(new)}
         for name, value in outputs.items():
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
         try:
@@ -60,4 +73,4 @@ class DecoderSession:
         except Exception as err:
             raise EdgertError(f"{self.graph.file}: onnxruntime failed to run the decoder: {_first_line(err)}") from None
         cache.advance(new)
-        return logits, hidden
+        return Outputs(logits, hidden, medusa)

@@ -1,0 +1,156 @@
+"""Medusa-1 training for a user's own checkpoint: the base model frozen, heads trained on the base
+model's own greedy continuations (self-distillation, so the heads learn to predict what the
+base will say, not what a dataset says), head k's loss weighted 0.8^k (Cai et al., 2024, §2.2.1).
+
+1. Prompts are cut from the user's text files (tokenised with the checkpoint's tokenizer.json).
+2. The base model continues each prompt greedily with its KV cache; the sequences are cached.
+3. Heads (ResBlock + projection initialised from lm_head) learn, with AdamW, to predict token
+   t + k + 2 from the base's final hidden state at t, on continuation tokens only.
+
+Long runs are resumable: a ``<out>.partial.pt`` (data, heads, optimiser, step) is written every
+``save_every`` steps and picked up by the next run with the same arguments; the heads file is
+written atomically at the end, in Medusa's layout, for ``edgert export llama --opt medusa=``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.progress import Bar, step
+
+from .llama import causal_mask, load_decoder
+from .medusa import MedusaHeads, save_medusa
+
+DECAY = 0.8
+
+
+def read_corpus(files: list[str], tokenizer_path: Path) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    ids: list[int] = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise EdgertError(f"{path}: training text file not found")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EdgertError(f"{path}: not UTF-8 text") from None
+        ids += tok.encode(text, add_special_tokens=False).ids
+    return np.asarray(ids, dtype=np.int64)
+
+
+@torch.inference_mode()
+def continuations(model, corpus: np.ndarray, samples: int, prompt_len: int, new: int, rng, batch: int = 16) -> torch.Tensor:
+    """(samples, prompt_len + new): prompts from the corpus, continued greedily by the model."""
+    if corpus.size < prompt_len + 1:
+        raise EdgertError(f"training text has {corpus.size} tokens; need at least {prompt_len + 1}")
+    starts = rng.integers(0, corpus.size - prompt_len, samples)
+    prompts = torch.from_numpy(np.stack([corpus[s:s + prompt_len] for s in starts]))
+    out = []
+    bar = Bar("self-distillation: the base model continues the prompts", samples)
+    for i in range(0, samples, batch):
+        ids = prompts[i:i + batch]
+        b = ids.shape[0]
+        positions = torch.arange(prompt_len).expand(b, -1)
+        logits, _, *cache = model(ids, positions, causal_mask(b, prompt_len, 0), torch.full((b, 1), prompt_len - 1),
+                                  *model.empty_cache(b))
+        seq = [ids]
+        for t in range(new):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            seq.append(nxt)
+            if t + 1 < new:
+                pos = prompt_len + t
+                logits, _, *cache = model(nxt, torch.full((b, 1), pos), causal_mask(b, 1, pos), torch.zeros(b, 1, dtype=torch.long),
+                                          *cache)
+        out.append(torch.cat(seq, dim=1))
+        bar.update(min(i + batch, samples))
+    return torch.cat(out)
+
+
+def head_losses(model, heads: MedusaHeads, seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, list[float]]:
+    """Weighted loss over heads and each head's top-1 accuracy, on continuation targets only."""
+    b, s = seqs.shape
+    with torch.no_grad():
+        every = torch.arange(s).expand(b, -1)
+        _, hidden, *_ = model(seqs, every, causal_mask(b, s, 0), every[:, -1:], *model.empty_cache(b))
+    total, accuracy = 0.0, []
+    for k, head in enumerate(heads):
+        shift = k + 2                       # head k at position t predicts token t + k + 2
+        logits = head(hidden[:, : s - shift])
+        target = seqs[:, shift:].clone()
+        target[:, : max(0, prompt_len - shift)] = -100  # prompt tokens are data, not the base's words
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        total = total + DECAY ** k * loss
+        valid = target != -100
+        accuracy.append(float((logits.argmax(-1)[valid] == target[valid]).float().mean()) if valid.any() else 0.0)
+    return total, accuracy
+
+
+def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, steps: int = 500,
+                 batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
+                 seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
+    for name, value in (("heads", num_heads), ("layers", num_layers), ("steps", steps), ("batch", batch),
+                        ("samples", samples), ("prompt-len", prompt_len), ("new-tokens", new_tokens)):
+        if value < 1:
+            raise EdgertError(f"--{name} must be at least 1, got {value}")
+    if new_tokens <= num_heads:
+        raise EdgertError(f"--new-tokens {new_tokens} must exceed --heads {num_heads}: head k needs k + 2 tokens ahead")
+    out_path = Path(out)
+    partial = out_path.with_name(out_path.name + ".partial.pt")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    with step(f"loading {directory}"):
+        model = load_decoder(directory)
+    model.requires_grad_(False)
+    cfg = model.cfg
+    heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, model.lm_head)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
+    setup = {"heads": num_heads, "layers": num_layers, "samples": samples, "prompt_len": prompt_len,
+             "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(directory.resolve())}
+    start, seqs = 0, None
+    if resume and partial.is_file():
+        state = torch.load(partial, map_location="cpu", weights_only=False)
+        if state["setup"] == setup:
+            heads.load_state_dict(state["heads"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, seqs = state["step"], state["seqs"]
+            print(f"  resuming {partial} at step {start}/{steps}", flush=True)
+        else:
+            print(f"  {partial} was made with other arguments; starting over", flush=True)
+    if seqs is None:
+        corpus = read_corpus(data, directory / "tokenizer.json")
+        seqs = continuations(model, corpus, samples, prompt_len, new_tokens, rng)
+
+    def save(at: int) -> None:
+        tmp = partial.with_name(partial.name + ".tmp")
+        torch.save({"setup": setup, "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": at,
+                    "seqs": seqs}, tmp)
+        os.replace(tmp, partial)
+
+    bar = Bar("training Medusa heads", steps, start)
+    accuracy: list[float] = []
+    for it in range(start, steps):
+        idx = torch.randint(0, seqs.shape[0], (batch,), generator=torch.Generator().manual_seed(seed * 100003 + it))
+        loss, accuracy = head_losses(model, heads, seqs[idx], prompt_len)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        bar.update(it + 1, f"loss {loss.item():.3f} top-1 " + " ".join(f"{a:.2f}" for a in accuracy))
+        if (it + 1) % save_every == 0 and it + 1 < steps:
+            save(it + 1)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    save_medusa(heads, tmp)
+    os.replace(tmp, out_path)
+    partial.unlink(missing_ok=True)
+    return {"heads": num_heads, "layers": num_layers, "steps": steps, "top1": accuracy}

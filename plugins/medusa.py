@@ -1,0 +1,73 @@
+"""Built-in decoding strategy ``medusa``: Medusa heads propose a tree, the target verifies it in
+one pass (Cai et al., 2024). Needs a bundle exported with ``--opt medusa=HEADS``.
+
+Each step: the root is the target's own next token; head k's top-k tokens fill depth k + 1 of
+the tree given by ``medusa_choices`` (tree indices as Medusa computes them); one decoder pass
+over the tree with its ancestor mask and depth positions; the verification op picks the path;
+the cache keeps only that path; the next root is the bonus token and the heads' logits at the
+path's last node propose the next tree.
+
+Verification: ``greedy`` (default at temperature 0) is lossless; ``typical`` (Medusa's typical
+acceptance, default when sampling; ε = 0.09, δ = 0.3) accepts plausible tokens and is faster but
+does NOT reproduce the target's distribution; ``sampling`` keeps the distribution exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.runtime.detector import Option, positive_int
+from edgert.runtime.errors import InputError
+from edgert.runtime.hookspecs import hookimpl
+from edgert.runtime.llm.medusa_trees import load_choices
+from edgert.runtime.llm.tree import medusa_buffers
+
+
+def _mode(text: str) -> str:
+    if text not in ("auto", "greedy", "typical", "sampling"):
+        raise ValueError(text)
+    return text
+
+
+_mode.__name__ = "auto, greedy, typical or sampling"
+
+
+class Medusa:
+    name = "medusa"
+    description = "Medusa heads propose a token tree, verified in one pass (greedy: lossless; typical: faster)"
+    options = {"tree": Option("mc_sim_7", "medusa_choices: a shipped tree name, a JSON file or a JSON list"),
+               "top_k": Option(10, "candidates per head (Medusa's TOPK)", positive_int),
+               "verify": Option("auto", "greedy, typical or sampling (auto: greedy at temperature 0, else typical)", _mode)}
+
+    def decode(self, d):
+        heads = d.session.medusa_heads
+        if not heads:
+            raise InputError("strategy 'medusa' needs a bundle exported with Medusa heads "
+                             "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
+        key = ("medusa-buffers", str(d.options["tree"]), d.options["top_k"], heads)
+        buffers = d.resource(key, lambda: medusa_buffers(load_choices(d.options["tree"]), d.options["top_k"], heads))
+        mode = d.options["verify"]
+        if mode == "auto":
+            mode = "greedy" if d.sampler.params.greedy else "typical"
+        if mode != "greedy" and d.sampler.params.greedy:
+            raise InputError(f"medusa verify={mode} needs sampling: give --temperature > 0")
+        k, size = buffers.top_k, buffers.tree.size
+        root = d.sample(d.prefill())
+        while True:
+            if d.room < size:  # the tree no longer fits the context: plain steps to the end
+                yield [root]
+                root = d.sample(d.step(root))
+                continue
+            top = np.argpartition(-d.heads, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(d.heads, top, axis=1).argsort(axis=1)[:, ::-1]  # ranks 0..k-1 by score
+            top = np.take_along_axis(top, order, axis=1)
+            candidates = np.concatenate([[root], top[: max(map(len, buffers.choices))].reshape(-1)])
+            tokens = candidates[buffers.tree_indices]
+            verdict = d.verify(buffers.tree, tokens, mode=mode)
+            yield [int(tokens[i]) for i in verdict.path]
+            root = verdict.bonus
+
+
+@hookimpl
+def edgert_register_strategies():
+    return [Medusa()]
