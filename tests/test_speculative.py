@@ -13,6 +13,7 @@ from conftest import assert_user_error, edgert  # noqa: E402
 from llm_checkpoints import CORPUS, make_llama  # noqa: E402
 
 from edgert.exporters.driver import export  # noqa: E402
+from edgert.exporters.llm.train_medusa import train_medusa  # noqa: E402
 from edgert.runtime.errors import EdgertError  # noqa: E402
 from edgert.runtime.llm.generator import Decoding, GenerationStats, Generator  # noqa: E402
 from edgert.runtime.llm.sampling import Sampler, SamplingParams  # noqa: E402
@@ -39,7 +40,11 @@ def bundles(tmp_path_factory):
               str(root / "draft-ckpt" / "model.safetensors"))
     export("llama", root / "target-bundle", checkpoint=str(root / "target"))
     export("llama", root / "draft-bundle", checkpoint=str(root / "draft-ckpt"))
-    return root / "target-bundle", root / "draft-bundle"
+    (root / "text.txt").write_text("\n".join(CORPUS[:5]) * 3)
+    train_medusa(str(root / "target"), [str(root / "text.txt")], str(root / "heads.safetensors"), num_heads=3,
+                 steps=60, samples=48, prompt_len=8, new_tokens=40)
+    export("llama", root / "medusa-bundle", {"medusa": str(root / "heads.safetensors")}, checkpoint=str(root / "target"))
+    return root / "target-bundle", root / "draft-bundle", root / "medusa-bundle"
 
 
 def prompts(gen: Generator, count: int = 50) -> list[list[int]]:
@@ -68,10 +73,12 @@ def near_tie(gen: Generator, prefix: list[int]) -> bool:
     ("lookup", {}),
     ("draft", {"gamma": "3"}),
     ("draft-self", {"gamma": "5", "adaptive": "false"}),
+    ("medusa", {"tree": "mc_sim_15"}),
+    ("medusa-big", {"tree": "[[0], [0, 0], [1], [0, 1], [0, 0, 0], [2], [1, 0], [0, 0, 1]]", "top_k": "4"}),
 ])
 def test_greedy_is_lossless(bundles, strategy, options):
-    target, draft = bundles
-    gen = Generator(target)
+    target, draft, medusa = bundles
+    gen = Generator(medusa if strategy.startswith("medusa") else target)
     gen.eos = set()  # full length for every prompt
     name = strategy.split("-")[0]
     if name == "draft":
@@ -90,7 +97,7 @@ def test_greedy_is_lossless(bundles, strategy, options):
 
 
 def test_onnx_verifier_gives_the_same_output(bundles):
-    target, draft = bundles
+    target, draft, _ = bundles
     params = SamplingParams(max_new_tokens=48)
     sampled = SamplingParams(max_new_tokens=48, temperature=1.5, top_p=0.95, seed=3)
     numpy_gen, onnx_gen = Generator(target), Generator(target, verifier="onnx")
@@ -102,7 +109,7 @@ def test_onnx_verifier_gives_the_same_output(bundles):
 
 
 def test_sampling_is_reproducible(bundles):
-    target, draft = bundles
+    target, draft, _ = bundles
     gen = Generator(target)
     p = SamplingParams(max_new_tokens=40, temperature=2.0, seed=11)
     for strategy, options in (("lookup", {}), ("draft", {"model": str(draft)})):
@@ -111,7 +118,7 @@ def test_sampling_is_reproducible(bundles):
 
 
 def test_draft_with_another_tokenizer_is_refused(bundles, tmp_path):
-    target, _ = bundles
+    target, _, _ = bundles
     import json
 
     from llm_checkpoints import make_qwen2
@@ -133,12 +140,77 @@ def test_draft_with_another_tokenizer_is_refused(bundles, tmp_path):
     (["--strategy", "lookup", "--strategy-opt", "ngram"], ["--strategy-opt 'ngram': expected key=value"]),
 ])
 def test_strategy_option_errors(bundles, args, fragments):
-    target, _ = bundles
+    target, _, _ = bundles
     assert_user_error(edgert("generate", target, "--prompt", "hi", *args), *fragments)
 
 
+def test_medusa_typical_acceptance_and_stats(bundles):
+    _, _, medusa = bundles
+    gen = Generator(medusa)
+    params = SamplingParams(max_new_tokens=64, temperature=0.7, seed=2)
+    a = gen.generate("The quick brown fox", params, strategy="medusa", strategy_options={"tree": "mc_sim_15"})
+    b = gen.generate("The quick brown fox", params, strategy="medusa", strategy_options={"tree": "mc_sim_15"})
+    assert a.tokens == b.tokens and a.stats.tokens_per_step > 1.0
+    depth = a.stats.acceptance_by_depth()
+    assert depth == sorted(depth, reverse=True)  # a deeper token is accepted only after its parent
+
+
+@pytest.mark.parametrize("tree, fragments", [
+    ("[[0], [0, 0, 1]]", ["skips a level: its parent [0, 0] is not in the tree"]),
+    ("[[0], [12]]", ["rank outside 0..9"]),
+    ("[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]]", ["4 deep but the bundle has 3 Medusa heads"]),
+    ("no-such-tree", ["not a known tree"]),
+])
+def test_medusa_bad_trees(bundles, tree, fragments):
+    _, _, medusa = bundles
+    assert_user_error(edgert("generate", medusa, "--prompt", "hi", "--strategy", "medusa", "--strategy-opt", f"tree={tree}"),
+                      *fragments)
+
+
+def test_medusa_needs_heads(bundles):
+    target, _, _ = bundles
+    assert_user_error(edgert("generate", target, "--prompt", "hi", "--strategy", "medusa"),
+                      "needs a bundle exported with Medusa heads")
+
+
+def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):
+    from edgert.runtime import progress
+
+    target = bundles[0].parent / "target"
+    (tmp_path / "text.txt").write_text("\n".join(CORPUS[:5]) * 3)
+    args = (str(target), [str(tmp_path / "text.txt")], str(tmp_path / "heads.safetensors"))
+    kwargs = dict(num_heads=2, steps=12, samples=16, prompt_len=8, new_tokens=16, save_every=5)
+    real = progress.Bar.update
+
+    def interrupt(self, done, note=""):
+        real(self, done, note)
+        if self.what.startswith("training") and done == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.Bar, "update", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_medusa(*args, **kwargs)
+    assert (tmp_path / "heads.safetensors.partial.pt").is_file() and not (tmp_path / "heads.safetensors").exists()
+    monkeypatch.setattr(progress.Bar, "update", real)
+    train_medusa(*args, **kwargs)
+    assert (tmp_path / "heads.safetensors").is_file() and not (tmp_path / "heads.safetensors.partial.pt").exists()
+    from edgert.exporters.llm.medusa import load_medusa
+
+    assert len(load_medusa(tmp_path / "heads.safetensors", 64, 320)) == 2
+
+
+def test_bad_medusa_heads_file(bundles, tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    target = bundles[0].parent / "target"
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    assert_user_error(edgert("export", "llama", "--checkpoint", target, "--out", tmp_path / "b", "--opt",
+                             f"medusa={tmp_path / 'bad.safetensors'}"), "not a Medusa heads checkpoint")
+
+
 def test_generate_stats_on_the_cli(bundles):
-    target, _ = bundles
+    target, _, _ = bundles
     result = edgert("generate", target, "--prompt", "The quick brown fox. The quick brown fox.", "--strategy", "lookup",
                     "--stats", "--max-new-tokens", "32")
     assert result.returncode == 0, result.stderr

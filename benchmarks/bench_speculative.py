@@ -1,0 +1,190 @@
+"""Speculative strategies against plain autoregressive decoding on a model that predicts something.
+
+Nothing can be downloaded here, so the script trains its own models on text every machine has
+offline: the Python standard library's top-level modules (every 10th file held out for the
+prompts). Stages are cached under build/bench/spec/ and skipped when present:
+
+1. tokenizer: byte-level BPE, 4096 tokens (``tokenizers``);
+2. target: a Llama (transformers LlamaForCausalLM: 6 layers, hidden 384, 6 query / 2 kv heads,
+   MLP 1024, ~14 M parameters), trained from scratch for ``--target-minutes`` on the CPU;
+3. draft: the same family, 2 layers, hidden 192, trained the same way for ``--draft-minutes``;
+4. Medusa heads: ``edgert train medusa`` on the target (self-distillation, 4 heads);
+5. bundles: ``edgert export llama`` (target with its heads; draft).
+
+Then, on held-out prompts (64 tokens of code each), 128 greedy new tokens per prompt with every
+strategy on the same bundle in the same run, same threads: tokens per decoder pass, tokens/s,
+speedup over ``ar``, and whether the output equals ``ar``'s.
+
+    python benchmarks/bench_speculative.py [--prompts 20] [--threads 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path("build/bench/spec")
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SEQ = 256
+
+
+def corpus_files() -> tuple[list[Path], list[Path]]:
+    files = sorted(p for p in STDLIB.glob("*.py") if p.stat().st_size > 2000)
+    held_out = files[::10]
+    return [f for f in files if f not in held_out], held_out
+
+
+def tokenizer() -> Path:
+    path = ROOT / "tokenizer.json"
+    if not path.is_file():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        ROOT.mkdir(parents=True, exist_ok=True)
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        train, _ = corpus_files()
+        trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=["<s>", "</s>"], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train([str(f) for f in train], trainer)
+        tok.save(str(path))
+    return path
+
+
+def token_stream(files: list[Path]) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer()))
+    ids = []
+    for f in files:
+        ids += tok.encode(f.read_text(encoding="utf-8", errors="replace")).ids + [1]
+    return np.asarray(ids, np.int64)
+
+
+def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minutes: float) -> Path:
+    """Train a LlamaForCausalLM from scratch for a fixed time; save it as a HF checkpoint."""
+    out = ROOT / name
+    if (out / "model.safetensors").is_file():
+        return out
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    data = torch.from_numpy(token_stream(corpus_files()[0]))
+    config = transformers.LlamaConfig(vocab_size=4096, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                                      num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=1024,
+                                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    budget, t0, step, batch = minutes * 60, time.perf_counter(), 0, 16
+    print(f"training {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+          f"{data.numel() / 1e6:.2f} M tokens, {minutes} min", file=sys.stderr)
+    while (elapsed := time.perf_counter() - t0) < budget:
+        lr = 2e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        starts = torch.randint(0, data.numel() - SEQ - 1, (batch,))
+        ids = torch.stack([data[s:s + SEQ] for s in starts])
+        loss = model(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            print(f"  {name} step {step} loss {loss.item():.3f} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+    model.save_pretrained(out)
+    shutil.copyfile(tokenizer(), out / "tokenizer.json")
+    return out
+
+
+def medusa_heads(target: Path) -> Path:
+    out = ROOT / "medusa_lm_head.safetensors"
+    if not out.is_file():
+        from edgert.exporters.llm.train_medusa import train_medusa
+
+        train, _ = corpus_files()
+        train_medusa(str(target), [str(f) for f in train[:40]], str(out), num_heads=4, steps=1500, batch=8,
+                     samples=512, prompt_len=64, new_tokens=128, lr=1e-3)
+    return out
+
+
+def bundle(name: str, checkpoint: Path, options: dict) -> Path:
+    out = ROOT / f"{name}-bundle"
+    if not (out / "manifest.json").is_file():
+        from edgert.exporters.driver import export
+
+        export("llama", out, options, checkpoint=str(checkpoint))
+    return out
+
+
+def prompts(count: int, length: int = 64) -> list[list[int]]:
+    _, held_out = corpus_files()
+    stream = token_stream(held_out)
+    rng = np.random.default_rng(0)
+    return [[0] + stream[s:s + length].tolist() for s in rng.integers(0, stream.size - length, count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--target-minutes", type=float, default=12)
+    parser.add_argument("--draft-minutes", type=float, default=4)
+    parser.add_argument("--prepare-only", action="store_true", help="train and export, do not time")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    target = train_model("target", 6, 384, 6, 1024, args.target_minutes)
+    draft = train_model("draft", 2, 192, 6, 512, args.draft_minutes)
+    heads = medusa_heads(target)
+    target_bundle = bundle("target", target, {"medusa": str(heads)})
+    draft_bundle = bundle("draft", draft, {})
+    if args.prepare_only:
+        return
+
+    from edgert.runtime.llm.generator import Generator, SamplingParams
+
+    gen = Generator(target_bundle, threads=args.threads)
+    gen.eos = set()  # every prompt runs the full length
+    params = SamplingParams(max_new_tokens=args.new_tokens)
+    cases = prompts(args.prompts)
+    strategies = [("ar", {}), ("lookup", {}), ("draft", {"model": str(draft_bundle)}),
+                  ("medusa", {"tree": "chain_4"}), ("medusa", {"tree": "mc_sim_7"}), ("medusa", {"tree": "mc_sim_15"}),
+                  ("medusa", {"tree": "mc_sim_7b_63"})]
+    for name, options in strategies:  # warm-up: sessions, draft bundle, first-call allocations
+        gen.generate(cases[0][:16], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options)
+    rows, reference = [], None
+    for name, options in strategies:
+        t0 = time.perf_counter()
+        results = [gen.generate(ids, params, strategy=name, strategy_options=options) for ids in cases]
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(r.tokens) for r in results)
+        per_pass = sum(len(r.tokens) for r in results) / sum(max(1, r.stats.forward_calls + 1) for r in results)
+        outputs = [r.tokens for r in results]
+        reference = reference or outputs
+        label = name + (f" ({options['tree']})" if "tree" in options else "")
+        rows.append({"strategy": label, "tokens_per_pass": per_pass,
+                     "mean_accepted_per_verify": float(np.mean([r.stats.tokens_per_step for r in results])),
+                     "tokens_per_s": tokens / seconds, "same_as_ar": sum(o == a for o, a in zip(outputs, reference))})
+    base = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / base
+        print(f"{row['strategy']:<24} tokens/pass {row['tokens_per_pass']:.2f}  tokens/s {row['tokens_per_s']:7.1f}  "
+              f"speedup {row['speedup']:.2f}x  equal to ar: {row['same_as_ar']}/{len(cases)}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"prompts": len(cases), "new_tokens": args.new_tokens, "threads": args.threads,
+                                              "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
