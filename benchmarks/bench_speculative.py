@@ -110,7 +110,7 @@ def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minut
 def medusa_heads(target: Path) -> Path:
     out = ROOT / "medusa_lm_head.safetensors"
     if not out.is_file():
-        from edgert.exporters.llm.train_medusa import train_medusa
+        from edgert.exporters.llm.train import train_medusa
 
         train, _ = corpus_files()
         train_medusa(str(target), [str(f) for f in train[:40]], str(out), num_heads=4, steps=1500, batch=8,

@@ -90,12 +90,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from edgert.exporters.llm.train_medusa import train_medusa
+    from edgert.exporters.llm.train import train
 
-    report = train_medusa(args.checkpoint, args.data, args.out, num_heads=args.heads, num_layers=args.layers,
+    report = train(args.what, args.checkpoint, args.data, args.out, num_heads=args.heads, num_layers=args.layers,
                           steps=args.steps, batch=args.batch, samples=args.samples, prompt_len=args.prompt_len,
                           new_tokens=args.new_tokens, lr=args.lr, seed=args.seed, resume=not args.no_resume)
-    print(f"wrote {args.out}: {report['heads']} heads, last batch top-1 " + " ".join(f"{a:.2f}" for a in report["top1"]))
+    print(f"wrote {args.out}: {report['kind']}, last batch top-1 " + " ".join(f"{a:.2f}" for a in report["top1"]))
     return 0
 
 
@@ -376,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train speculative heads for a checkpoint (needs edgert[export])")
-    p.add_argument("what", choices=["medusa"], help="what to train: medusa heads")
+    p.add_argument("what", choices=["medusa", "mtp"], help="Medusa heads, or a DeepSeek-style MTP module")
     p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint directory of the base model")
     p.add_argument("--data", nargs="+", required=True, help="UTF-8 text files the prompts are cut from")
-    p.add_argument("--out", required=True, help="heads file to write (.safetensors, Medusa's layout)")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--layers", type=int, default=1, help="ResBlocks per head")
+    p.add_argument("--out", required=True, help="file to write (.safetensors): Medusa's layout, or DeepSeek's MTP names")
+    p.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
+    p.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--samples", type=int, default=256, help="prompts the base model continues (self-distillation)")

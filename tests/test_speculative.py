@@ -13,7 +13,7 @@ from conftest import assert_user_error, edgert  # noqa: E402
 from llm_checkpoints import CORPUS, make_llama  # noqa: E402
 
 from edgert.exporters.driver import export  # noqa: E402
-from edgert.exporters.llm.train_medusa import train_medusa  # noqa: E402
+from edgert.exporters.llm.train import train_medusa, train_mtp  # noqa: E402
 from edgert.runtime.errors import EdgertError  # noqa: E402
 from edgert.runtime.llm.generator import Decoding, GenerationStats, Generator  # noqa: E402
 from edgert.runtime.llm.sampling import Sampler, SamplingParams  # noqa: E402
@@ -43,7 +43,11 @@ def bundles(tmp_path_factory):
     (root / "text.txt").write_text("\n".join(CORPUS[:5]) * 3)
     train_medusa(str(root / "target"), [str(root / "text.txt")], str(root / "heads.safetensors"), num_heads=3,
                  steps=60, samples=48, prompt_len=8, new_tokens=40)
-    export("llama", root / "medusa-bundle", {"medusa": str(root / "heads.safetensors")}, checkpoint=str(root / "target"))
+    train_mtp(str(root / "target"), [str(root / "text.txt")], str(root / "mtp.safetensors"), steps=60, samples=48,
+              prompt_len=8, new_tokens=40)
+    # One bundle with both kinds of heads: Medusa logits as an output, the MTP module as a second graph.
+    export("llama", root / "medusa-bundle", {"medusa": str(root / "heads.safetensors"), "mtp": str(root / "mtp.safetensors")},
+           checkpoint=str(root / "target"))
     return root / "target-bundle", root / "draft-bundle", root / "medusa-bundle"
 
 
@@ -75,10 +79,11 @@ def near_tie(gen: Generator, prefix: list[int]) -> bool:
     ("draft-self", {"gamma": "5", "adaptive": "false"}),
     ("medusa", {"tree": "mc_sim_15"}),
     ("medusa-big", {"tree": "[[0], [0, 0], [1], [0, 1], [0, 0, 0], [2], [1, 0], [0, 0, 1]]", "top_k": "4"}),
+    ("mtp", {"depth": "3"}),
 ])
 def test_greedy_is_lossless(bundles, strategy, options):
     target, draft, medusa = bundles
-    gen = Generator(medusa if strategy.startswith("medusa") else target)
+    gen = Generator(medusa if strategy.startswith(("medusa", "mtp")) else target)
     gen.eos = set()  # full length for every prompt
     name = strategy.split("-")[0]
     if name == "draft":
@@ -167,10 +172,22 @@ def test_medusa_bad_trees(bundles, tree, fragments):
                       *fragments)
 
 
-def test_medusa_needs_heads(bundles):
+def test_strategies_need_their_heads(bundles):
     target, _, _ = bundles
     assert_user_error(edgert("generate", target, "--prompt", "hi", "--strategy", "medusa"),
                       "needs a bundle exported with Medusa heads")
+    assert_user_error(edgert("generate", target, "--prompt", "hi", "--strategy", "mtp"),
+                      "needs a bundle exported with an MTP module")
+
+
+def test_mtp_sampling_reproducible_and_stats(bundles):
+    _, _, spec = bundles
+    gen = Generator(spec)
+    params = SamplingParams(max_new_tokens=48, temperature=1.0, seed=4)
+    runs = [gen.generate("def add(a, b):", params, strategy="mtp") for _ in range(2)]
+    assert runs[0].tokens == runs[1].tokens
+    greedy = gen.generate("def add(a, b):", SamplingParams(max_new_tokens=48), strategy="mtp")
+    assert greedy.stats.tokens_per_step > 1.0
 
 
 def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):

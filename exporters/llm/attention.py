@@ -30,9 +30,8 @@ import torch
 ONNX_FLOAT = 1  # TensorProto.FLOAT, the value of Attention's softmax_precision attribute
 
 
-@torch.library.custom_op("edgert::attention", mutates_args=())
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_key: torch.Tensor,
-              past_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_math(q, k, v, mask, past_key, past_value):
+    """The reference computation (eager, differentiable)."""
     key, value = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
     rep = q.shape[1] // key.shape[1]
     kk = key.repeat_interleave(rep, dim=1) if rep > 1 else key
@@ -42,6 +41,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     probs = torch.softmax(scores, dim=-1)
     probs = torch.where(mask[:, None].any(-1, keepdim=True), probs, 0.0)  # a row that sees nothing: 0, not NaN
     return (probs @ vv.float()).to(q.dtype), key, value
+
+
+@torch.library.custom_op("edgert::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_key: torch.Tensor,
+              past_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, key, value = attention_math(q, k, v, mask, past_key, past_value)
+    return y, key.clone(), value.clone()
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*[t for i, t in enumerate(inputs) if i != 3], inputs[3])
+
+
+def _backward(ctx, grad_y, grad_key, grad_value):
+    """Training the speculative parts (MTP) backpropagates through attention: recompute and
+    differentiate the reference math."""
+    q, k, v, past_key, past_value, mask = ctx.saved_tensors
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v, past_key, past_value)]
+    with torch.enable_grad():
+        outputs = attention_math(leaves[0], leaves[1], leaves[2], mask, leaves[3], leaves[4])
+        grads = torch.autograd.grad(outputs, leaves, (grad_y, grad_key, grad_value), allow_unused=True)
+    return grads[0], grads[1], grads[2], None, grads[3], grads[4]
+
+
+attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 @attention.register_fake

@@ -12,6 +12,7 @@ causal mask) and a step over a non-empty cache with a tree-shaped mask.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import shutil
@@ -48,6 +49,17 @@ def decoder_graph(cfg, kv_dtype: str, medusa_heads: int = 0) -> GraphSpec:
             inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, kv))
             outputs.append(TensorSpec(f"present.{i}.{part}", kv_dtype, present))
     return GraphSpec(GRAPH, f"{GRAPH}.onnx", tuple(inputs), tuple(outputs))
+
+
+def mtp_graph(cfg, kv_dtype: str) -> GraphSpec:
+    """The MTP module's graph: the decoder's I/O with one layer, plus the base model's hidden
+    states in and the module's own out (the next depth's input)."""
+    base = decoder_graph(cfg, kv_dtype)
+    inputs = [t for t in base.inputs if not t.name.startswith("past_key_values.") or t.name.startswith("past_key_values.0.")]
+    inputs.insert(4, TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size)))
+    outputs = [base.outputs[0], TensorSpec("mtp_hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
+    outputs += [t for t in base.outputs if t.name.startswith("present.0.")]
+    return GraphSpec("mtp", "mtp.onnx", tuple(inputs), tuple(outputs))
 
 
 def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
@@ -89,19 +101,21 @@ def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
             "add_bos_token": bool(tok_config.get("add_bos_token", False))}
 
 
-def _feeds(cfg, batch: int, new: int, past: int, mask: np.ndarray, kv_dtype, rng) -> dict[str, np.ndarray]:
+def _feeds(cfg, batch: int, new: int, past: int, mask: np.ndarray, kv_dtype, rng, mtp: bool = False) -> dict[str, np.ndarray]:
     feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, new)).astype(np.int64),
              "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(np.int64).copy(),
              "attention_mask": np.broadcast_to(mask, (batch, new, past + new)).copy(),
              "logit_positions": np.broadcast_to(np.arange(new), (batch, new)).astype(np.int64).copy()}
-    for i in range(cfg.num_layers):
+    if mtp:
+        feeds["hidden_states"] = rng.standard_normal((batch, new, cfg.hidden_size)).astype(np.float32)
+    for i in range(1 if mtp else cfg.num_layers):
         for part in ("key", "value"):
             feeds[f"past_key_values.{i}.{part}"] = rng.standard_normal(
                 (batch, cfg.num_kv_heads, past, cfg.head_dim)).astype(kv_dtype)
     return feeds
 
 
-def parity_cases(cfg, kv_dtype, rng) -> dict[str, dict[str, np.ndarray]]:
+def parity_cases(cfg, kv_dtype, rng, mtp: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """A causal prefill over an empty cache, and a 4-token tree over 6 cached positions
     (nodes 1 and 2 both children of node 0, node 3 a child of node 2)."""
     causal = np.tril(np.ones((7, 7), bool))
@@ -112,7 +126,7 @@ def parity_cases(cfg, kv_dtype, rng) -> dict[str, dict[str, np.ndarray]]:
         while parent >= 0:
             tree[node, parent], parent = True, parents[parent]
     tree = np.concatenate([np.ones((4, 6), bool), tree], axis=1)
-    return {"prefill": _feeds(cfg, 1, 7, 0, causal, kv_dtype, rng), "tree": _feeds(cfg, 2, 4, 6, tree, kv_dtype, rng)}
+    return {"prefill": _feeds(cfg, 1, 7, 0, causal, kv_dtype, rng, mtp), "tree": _feeds(cfg, 2, 4, 6, tree, kv_dtype, rng, mtp)}
 
 
 def check_parity(path: Path, reference, graph: GraphSpec, cases: dict, tolerance: float) -> dict[str, Any]:
@@ -188,27 +202,38 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     module = reference
     kv_dtype = "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
-        import copy
-
         module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
     medusa = reference.medusa
     graph = decoder_graph(cfg, kv_dtype, len(medusa) if medusa is not None else 0)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     # Distinct example sizes, so that the exporter cannot tie two dynamic dims together.
-    trace = _feeds(cfg, 2, 4, 5, np.tril(np.ones((4, 9), bool), k=5), np.dtype(kv_dtype), rng)
-    trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
+    trace_mask = np.tril(np.ones((4, 9), bool), k=5)
+    jobs = [(graph, module, reference, _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng),
+             parity_cases(cfg, np.dtype(kv_dtype), rng))]
+    if opts["mtp"]:
+        from .mtp import MTPGraph, load_mtp
+
+        mtp = load_mtp(opts["mtp"], cfg)
+        mtp_module = MTPGraph(module, copy.deepcopy(mtp).to(next(module.parameters()).dtype)).eval()
+        jobs.append((mtp_graph(cfg, kv_dtype), mtp_module, MTPGraph(reference, mtp).eval(),
+                     _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True),
+                     parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)))
+    reports = {}
     with staged_bundle(out, overwrite=force) as stage:
-        with step(f"exporting graph {GRAPH!r} to {graph.file} (torch.onnx, dynamo, opset 23)"):
-            opset = _export_graph(module, graph, trace, stage / graph.file, translations(), opset=23, derived=(TOTAL,))
-        with step(f"checking parity of {graph.file} against PyTorch (prefill, tree over a cache)"):
-            report = check_parity(stage / graph.file, reference, graph, parity_cases(cfg, np.dtype(kv_dtype), rng), tolerance)
-        if not report["passed"]:
-            name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
-            raise EdgertError(
-                f"parity check failed for {plugin.name}, output {name!r} ({worst['case']}): max relative error "
-                f"{worst['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst['finite'] else ' (non-finite values)'}"
-                "; no bundle was written")
+        for spec, exported, ref, trace, cases in jobs:
+            trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
+            with step(f"exporting graph {spec.name!r} to {spec.file} (torch.onnx, dynamo, opset 23)"):
+                opset = _export_graph(exported, spec, trace, stage / spec.file, translations(), opset=23, derived=(TOTAL,))
+            with step(f"checking parity of {spec.file} against PyTorch (prefill, tree over a cache)"):
+                report = check_parity(stage / spec.file, ref, spec, cases, tolerance)
+            if not report["passed"]:
+                name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
+                raise EdgertError(
+                    f"parity check failed for {plugin.name}, graph {spec.name!r}, output {name!r} ({worst['case']}): max "
+                    f"relative error {worst['max_rel']:.3g} > tolerance {tolerance:g}"
+                    f"{'' if worst['finite'] else ' (non-finite values)'}; no bundle was written")
+            reports[spec.name] = report
         shutil.copyfile(tokenizer, stage / "tokenizer.json")
         verify_files = write_verify_graphs(stage)
         details = {"model_type": cfg.model_type, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
@@ -220,15 +245,16 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
             "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
             "model": {"name": plugin.name, "paper": plugin.paper, "options": opts, "details": details, "seed": seed,
                       "checkpoint": {"path": str(directory.resolve())}},
-            "graphs": {GRAPH: graph.to_json()},
+            "graphs": {job[0].name: job[0].to_json() for job in jobs},
             "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
                         "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
                         "vocab_size": cfg.vocab_size, "verify": verify_files, **generation,
-                        "medusa": None if medusa is None else {"num_heads": len(medusa), "num_layers": medusa.num_layers}},
+                        "medusa": None if medusa is None else {"num_heads": len(medusa), "num_layers": medusa.num_layers},
+                        "mtp": {"graph": "mtp"} if opts["mtp"] else None},
             "preprocessing": {}, "labels": [], "precision": precision,
             "provenance": {**_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
-            "parity": {"passed": True, "graphs": {GRAPH: report}},
+            "parity": {"passed": True, "graphs": reports},
         }
         write_manifest(stage, manifest)
     return Path(out)

@@ -40,7 +40,8 @@ class LlamaFamily:
     options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
                                  non_negative_int),
                "medusa": Option("", "Medusa heads file (medusa_lm_head.safetensors layout) to export with the "
-                                    "decoder, for --strategy medusa")}
+                                    "decoder, for --strategy medusa"),
+               "mtp": Option("", "MTP module file (edgert train mtp) to export as the 'mtp' graph, for --strategy mtp")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.options))

@@ -99,7 +99,7 @@ class Decoding:
         self.options = options or {}
         self._resources = {} if resources is None else resources
         self.verifier = verifier or verify
-        self.hidden: np.ndarray | None = None  # hidden states of the last accepted tokens (for MTP-style drafts)
+        self.hidden: np.ndarray | None = None  # hidden states of the tokens the last pass accepted (MTP drafts)
         self.heads: np.ndarray | None = None   # Medusa logits (heads, vocab) at the last accepted token
 
     def resource(self, key, make: Callable):
@@ -132,7 +132,7 @@ class Decoding:
         """Run the prompt; the logits (vocab,) for the first new token."""
         t0 = time.perf_counter()
         out = self.forward(self.tokens)
-        self.hidden, self.heads = out.hidden[-1:], None if out.medusa is None else out.medusa[-1]
+        self.hidden, self.heads = out.hidden, None if out.medusa is None else out.medusa[-1]
         self.stats.prefill_s = time.perf_counter() - t0
         return out.logits[-1]
 

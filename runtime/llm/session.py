@@ -23,29 +23,34 @@ class Outputs(NamedTuple):
 
 
 class DecoderSession:
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+    """The bundle's decoder graph, or (``graph="mtp"``) its MTP module's graph, which has the
+    same I/O with one layer plus a ``hidden_states`` input."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None, graph: str | None = None):
         import onnxruntime as ort
 
         self._ort = ort
-        self.manifest = bundle.manifest
+        self.bundle, self.manifest = bundle, bundle.manifest
         self.device, self.threads = device, threads
         self.info = bundle.manifest["decoder"]
-        self.graph = bundle.graph(self.info["graph"])
+        self.graph = bundle.graph(graph or self.info["graph"])
+        self.num_layers = 1 if graph == "mtp" else int(self.info["num_layers"])
+        self.hidden_name = "mtp_hidden_states" if graph == "mtp" else "hidden_states"
         self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads)
         self.session = self.backend.session
         outputs = {t.name: t for t in self.graph.outputs}
         self.vocab_size = int(outputs["logits"].dims[-1])
-        self.hidden_size = int(outputs["hidden_states"].dims[-1])
+        self.hidden_size = int(outputs[self.hidden_name].dims[-1])
         self.context = int(self.info["context"])
         self.kv_dtype = DTYPES[self.info["kv_dtype"]]
-        self.medusa_heads = int((self.info.get("medusa") or {}).get("num_heads", 0))
+        self.medusa_heads = 0 if graph == "mtp" else int((self.info.get("medusa") or {}).get("num_heads", 0))
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         info = self.info
-        return KVCache(info["num_layers"], batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
+        return KVCache(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
 
     def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-                logit_positions: np.ndarray) -> Outputs:
+                logit_positions: np.ndarray, hidden_states: np.ndarray | None = None) -> Outputs:
         """Run new tokens (B, S) over the cache; returns logits (B, K, vocab) at
         ``logit_positions`` (B, K), hidden states (B, S, hidden) and Medusa logits if any; the
         cache grows by S."""
@@ -53,10 +58,11 @@ class DecoderSession:
         if cache.length + new > self.context:
             raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
         cache.reserve(cache.length + new)
+        extra = {} if hidden_states is None else {"hidden_states": np.ascontiguousarray(hidden_states, np.float32)}
         ort = self._ort
         binding = self.session.io_binding()
         for name, value in (("input_ids", input_ids), ("position_ids", position_ids),
-                            ("attention_mask", attention_mask), ("logit_positions", logit_positions)):
+                            ("attention_mask", attention_mask), ("logit_positions", logit_positions), *extra.items()):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name, value in cache.past().items():
             binding.bind_cpu_input(name, value)
@@ -64,7 +70,7 @@ class DecoderSession:
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
         medusa = (np.empty((batch, logit_positions.shape[1], self.medusa_heads, self.vocab_size), np.float32)
                   if self.medusa_heads else None)
-        outputs = {"logits": logits, "hidden_states": hidden, **({"medusa_logits": medusa} if self.medusa_heads else {}),
+        outputs = {"logits": logits, self.hidden_name: hidden, **({"medusa_logits": medusa} if self.medusa_heads else {}),
                    **cache.present(new)}
         for name, value in outputs.items():
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))

@@ -1,15 +1,21 @@
-"""Medusa-1 training for a user's own checkpoint: the base model frozen, heads trained on the base
-model's own greedy continuations (self-distillation, so the heads learn to predict what the
-base will say, not what a dataset says), head k's loss weighted 0.8^k (Cai et al., 2024, §2.2.1).
+"""Training speculative parts for a user's own checkpoint, the base model frozen, on the base
+model's own greedy continuations (self-distillation: the draft learns what the base will say,
+not what a dataset says):
+
+* ``medusa``: Medusa-1 heads (ResBlock + projection initialised from lm_head); head k predicts
+  token t + k + 2 from the base's final hidden state at t, its loss weighted 0.8^k (Cai et al.,
+  2024, §2.2.1);
+* ``mtp``: a DeepSeek-V3-style MTP module (:mod:`.mtp`); position t reads h_t and the token
+  t + 1 and predicts t + 2 (depth 1; deeper drafts chain it at run time).
 
 1. Prompts are cut from the user's text files (tokenised with the checkpoint's tokenizer.json).
 2. The base model continues each prompt greedily with its KV cache; the sequences are cached.
-3. Heads (ResBlock + projection initialised from lm_head) learn, with AdamW, to predict token
-   t + k + 2 from the base's final hidden state at t, on continuation tokens only.
+3. The draft part learns with AdamW on continuation targets only.
 
-Long runs are resumable: a ``<out>.partial.pt`` (data, heads, optimiser, step) is written every
-``save_every`` steps and picked up by the next run with the same arguments; the heads file is
-written atomically at the end, in Medusa's layout, for ``edgert export llama --opt medusa=``.
+Long runs are resumable: a ``<out>.partial.pt`` (data, weights, optimiser, step) is written every
+``save_every`` steps and picked up by the next run with the same arguments; the result is
+written atomically at the end (Medusa's layout; DeepSeek's MTP key names), for ``edgert export
+llama --opt medusa=`` / ``--opt mtp=``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from edgert.runtime.progress import Bar, step
 
 from .llama import causal_mask, load_decoder
 from .medusa import MedusaHeads, save_medusa
+from .mtp import MTPGraph, MTPModule, save_mtp
 
 DECAY = 0.8
 
@@ -75,28 +82,61 @@ def continuations(model, corpus: np.ndarray, samples: int, prompt_len: int, new:
     return torch.cat(out)
 
 
-def head_losses(model, heads: MedusaHeads, seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, list[float]]:
-    """Weighted loss over heads and each head's top-1 accuracy, on continuation targets only."""
+def base_hidden(model, seqs: torch.Tensor) -> torch.Tensor:
     b, s = seqs.shape
     with torch.no_grad():
         every = torch.arange(s).expand(b, -1)
-        _, hidden, *_ = model(seqs, every, causal_mask(b, s, 0), every[:, -1:], *model.empty_cache(b))
+        return model(seqs, every, causal_mask(b, s, 0), every[:, -1:], *model.empty_cache(b))[1]
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    valid = target != -100
+    return loss, float((logits.argmax(-1)[valid] == target[valid]).float().mean()) if valid.any() else 0.0
+
+
+def head_losses(model, heads: MedusaHeads, seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, list[float]]:
+    """Weighted loss over heads and each head's top-1 accuracy, on continuation targets only."""
+    b, s = seqs.shape
+    hidden = base_hidden(model, seqs)
     total, accuracy = 0.0, []
     for k, head in enumerate(heads):
         shift = k + 2                       # head k at position t predicts token t + k + 2
         logits = head(hidden[:, : s - shift])
         target = seqs[:, shift:].clone()
         target[:, : max(0, prompt_len - shift)] = -100  # prompt tokens are data, not the base's words
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        loss, acc = _loss(logits, target)
         total = total + DECAY ** k * loss
-        valid = target != -100
-        accuracy.append(float((logits.argmax(-1)[valid] == target[valid]).float().mean()) if valid.any() else 0.0)
+        accuracy.append(acc)
     return total, accuracy
 
 
-def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, steps: int = 500,
-                 batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
-                 seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
+def mtp_losses(model, mtp: MTPModule, seqs: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, list[float]]:
+    """Position t reads (h_t, token t + 1) and predicts token t + 2."""
+    b, s = seqs.shape
+    hidden = base_hidden(model, seqs)
+    n = s - 2
+    every = torch.arange(n).expand(b, -1)
+    graph = MTPGraph(model, mtp)
+    logits, *_ = graph(seqs[:, 1:n + 1], every, causal_mask(b, n, 0), every, hidden[:, :n],
+                       *model.empty_cache(b)[:2])
+    target = seqs[:, 2:].clone()
+    target[:, : max(0, prompt_len - 2)] = -100
+    loss, acc = _loss(logits, target)
+    return loss, [acc]
+
+
+def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, **kwargs) -> dict:
+    return train("medusa", checkpoint, data, out, num_heads=num_heads, num_layers=num_layers, **kwargs)
+
+
+def train_mtp(checkpoint: str, data: list[str], out: str, **kwargs) -> dict:
+    return train("mtp", checkpoint, data, out, **kwargs)
+
+
+def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, steps: int = 500,
+          batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
+          seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
     directory = Path(checkpoint)
     if not directory.is_dir():
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
@@ -104,7 +144,7 @@ def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4,
                         ("samples", samples), ("prompt-len", prompt_len), ("new-tokens", new_tokens)):
         if value < 1:
             raise EdgertError(f"--{name} must be at least 1, got {value}")
-    if new_tokens <= num_heads:
+    if kind == "medusa" and new_tokens <= num_heads:
         raise EdgertError(f"--new-tokens {new_tokens} must exceed --heads {num_heads}: head k needs k + 2 tokens ahead")
     out_path = Path(out)
     partial = out_path.with_name(out_path.name + ".partial.pt")
@@ -114,9 +154,14 @@ def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4,
         model = load_decoder(directory)
     model.requires_grad_(False)
     cfg = model.cfg
-    heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, model.lm_head)
+    if kind == "medusa":
+        heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, model.lm_head)
+        losses, write = head_losses, save_medusa
+    else:
+        heads = MTPModule(cfg)
+        losses, write = mtp_losses, save_mtp
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
-    setup = {"heads": num_heads, "layers": num_layers, "samples": samples, "prompt_len": prompt_len,
+    setup = {"kind": kind, "heads": num_heads, "layers": num_layers, "samples": samples, "prompt_len": prompt_len,
              "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(directory.resolve())}
     start, seqs = 0, None
     if resume and partial.is_file():
@@ -138,11 +183,11 @@ def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4,
                     "seqs": seqs}, tmp)
         os.replace(tmp, partial)
 
-    bar = Bar("training Medusa heads", steps, start)
+    bar = Bar(f"training {'Medusa heads' if kind == 'medusa' else 'the MTP module'}", steps, start)
     accuracy: list[float] = []
     for it in range(start, steps):
         idx = torch.randint(0, seqs.shape[0], (batch,), generator=torch.Generator().manual_seed(seed * 100003 + it))
-        loss, accuracy = head_losses(model, heads, seqs[idx], prompt_len)
+        loss, accuracy = losses(model, heads, seqs[idx], prompt_len)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -150,7 +195,7 @@ def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4,
         if (it + 1) % save_every == 0 and it + 1 < steps:
             save(it + 1)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    save_medusa(heads, tmp)
+    write(heads, tmp)
     os.replace(tmp, out_path)
     partial.unlink(missing_ok=True)
-    return {"heads": num_heads, "layers": num_layers, "steps": steps, "top1": accuracy}
+    return {"kind": kind, "heads": num_heads if kind == "medusa" else 1, "steps": steps, "top1": accuracy}

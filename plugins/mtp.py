@@ -1,0 +1,72 @@
+"""Built-in decoding strategy ``mtp``: a DeepSeek-V3-style multi-token-prediction module drafts a
+chain, the target verifies it in one pass. Needs a bundle exported with ``--opt mtp=MODULE``
+(``edgert train mtp`` makes one for any checkpoint).
+
+The module reads the target's hidden state h_j and the next token t_{j+1} and predicts t_{j+2};
+depth k > 1 chains it on its own output (speculative entries in its cache, dropped after the
+verify). Its KV cache holds only pairs (h_j, t_{j+1}) of accepted tokens with the target's own
+h_j: after each verify the module catches up on the newly accepted tokens in one pass, which
+also yields the first draft of the next step. Drafts are the module's argmax; the target's
+verification makes greedy output exact and sampling exact in distribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.runtime.detector import Option, positive_int
+from edgert.runtime.errors import InputError
+from edgert.runtime.hookspecs import hookimpl
+from edgert.runtime.llm.session import DecoderSession
+from edgert.runtime.llm.tree import Tree
+
+
+class MultiTokenPrediction:
+    name = "mtp"
+    description = "DeepSeek-style MTP module drafts a chain from the target's hidden states, verified in one pass"
+    options = {"depth": Option(3, "draft tokens per step (the module chained)", positive_int)}
+
+    def decode(self, d):
+        if not d.session.info.get("mtp"):
+            raise InputError("strategy 'mtp' needs a bundle exported with an MTP module "
+                             "(edgert train mtp ..., then edgert export llama --opt mtp=MODULE)")
+        session = d.session
+        mtp = d.resource(("mtp", str(session.bundle.root)),
+                         lambda: DecoderSession(session.bundle, session.device, session.threads, graph="mtp"))
+        cache = mtp.new_cache(d.cache.capacity)
+        root = d.sample(d.prefill())
+        hidden = d.hidden  # the target's h_j for every j whose pair is not yet in the module's cache
+        while True:
+            depth = min(d.options["depth"], d.room - 1)
+            if depth < 1:
+                yield [root]
+                root = d.sample(d.step(root))
+                continue
+            start = cache.length  # pairs (h_j, t_{j+1}) for j = start .. len(tokens) - 1, t_len = root
+            nxt = d.tokens[start + 1:] + [root]
+            out = self._run(mtp, cache, nxt, hidden)
+            drafts = [int(np.argmax(out.logits[0, -1]))]
+            state = out.hidden[:, -1:]
+            for _ in range(depth - 1):  # chained depths: speculative entries
+                out = self._run(mtp, cache, [drafts[-1]], state)
+                drafts.append(int(np.argmax(out.logits[0, -1])))
+                state = out.hidden[:, -1:]
+            tokens = [root] + drafts
+            verdict = d.verify(Tree.chain(len(tokens)), tokens)
+            cache.truncate(start + len(nxt))  # keep the catch-up pairs, drop the chained guesses
+            hidden = d.hidden[None]           # the target's h of the accepted tokens
+            yield [tokens[i] for i in verdict.path]
+            root = verdict.bonus
+
+    @staticmethod
+    def _run(mtp: DecoderSession, cache, tokens, hidden):
+        tokens = np.asarray(tokens, np.int64)[None]
+        new, past = tokens.shape[1], cache.length
+        mask = np.concatenate([np.ones((new, past), bool), np.tri(new, dtype=bool)], axis=1)[None]
+        return mtp.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]]),
+                           hidden_states=np.asarray(hidden, np.float32).reshape(1, new, -1))
+
+
+@hookimpl
+def edgert_register_strategies():
+    return [MultiTokenPrediction()]
