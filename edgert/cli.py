@@ -99,6 +99,36 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune_tree(args) -> int:
+    import numpy as np
+
+    from edgert.runtime.llm.generator import Generator
+    from edgert.runtime.llm.tune import tune_tree
+
+    gen = Generator(args.bundle, device=args.device, threads=args.threads)
+    ids: list[int] = []
+    for name in args.data:
+        try:
+            with open(name, encoding="utf-8") as f:
+                ids += gen.tokenizer.encode(f.read(), add_special_tokens=False)
+        except (OSError, UnicodeDecodeError) as err:
+            raise EdgertError(f"{name}: cannot read sample text ({type(err).__name__})") from None
+    if len(ids) < args.prompt_len + 1:
+        raise EdgertError(f"sample text has {len(ids)} tokens; need more than --prompt-len {args.prompt_len}")
+    starts = np.random.default_rng(0).integers(0, len(ids) - args.prompt_len, args.samples)
+    prompts = [ids[s:s + args.prompt_len] for s in starts]
+    choice = tune_tree(gen, prompts, args.new_tokens, args.top_k, args.max_nodes)
+    print("tree tokens  expected tokens/pass  verify ms  expected tokens/s")
+    for size, expected, ms, tps in choice.table:
+        if size in (1, 2, 4, 8, 16, 32, 64) or size == len(choice.choices) + 1:
+            print(f"{size:11d}  {expected:20.2f}  {ms:9.2f}  {tps:17.1f}" + ("   <- chosen" if size == len(choice.choices) + 1 else ""))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(choice.choices, f)
+    print(f"wrote {args.out}: {len(choice.choices)} nodes, expected {choice.expected_tokens:.2f} tokens per pass, "
+          f"{choice.tokens_per_s:.1f} tokens/s on {gen.session.backend.describe()}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from edgert.runtime.bundle import Bundle
 
@@ -391,6 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore a <out>.partial.pt from an interrupted run")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune-tree", help="choose a Medusa tree by measured head accuracy and verify latency")
+    p.add_argument("bundle", help="decoder bundle exported with Medusa heads")
+    p.add_argument("--data", nargs="+", required=True, help="UTF-8 sample text the prompts are cut from")
+    p.add_argument("--out", required=True, help="JSON file for the tree (use with --strategy-opt tree=FILE)")
+    p.add_argument("--samples", type=int, default=16, help="prompts decoded to measure the heads")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--max-nodes", type=int, default=63)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_tune_tree)
 
     p = sub.add_parser("info", help="show a bundle's manifest")
     p.add_argument("bundle")

@@ -52,6 +52,8 @@ class Medusa:
         if mode != "greedy" and d.sampler.params.greedy:
             raise InputError(f"medusa verify={mode} needs sampling: give --temperature > 0")
         k, size = buffers.top_k, buffers.tree.size
+        if size >= d.session.context:
+            raise InputError(f"medusa tree of {size} tokens does not fit the bundle's context of {d.session.context} positions")
         root = d.sample(d.prefill())
         while True:
             if d.room < size:  # the tree no longer fits the context: plain steps to the end

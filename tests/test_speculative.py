@@ -216,6 +216,34 @@ def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):
     assert len(load_medusa(tmp_path / "heads.safetensors", 64, 320)) == 2
 
 
+def test_tune_tree_picks_a_tree_that_runs(bundles, tmp_path):
+    import json
+
+    _, _, spec = bundles
+    (tmp_path / "sample.txt").write_text("\n".join(CORPUS[:5]) * 2)
+    result = edgert("tune-tree", spec, "--data", tmp_path / "sample.txt", "--out", tmp_path / "tree.json", "--samples", "4",
+                    "--prompt-len", "8", "--new-tokens", "16", "--max-nodes", "15")
+    assert result.returncode == 0, result.stderr
+    assert "<- chosen" in result.stdout and "expected tokens/s" in result.stdout
+    choices = json.loads((tmp_path / "tree.json").read_text())
+    assert 1 <= len(choices) <= 15 and choices[0] == [0]
+    from edgert.runtime.llm.tree import medusa_buffers
+
+    medusa_buffers(choices, 10, 3)  # a valid tree for this bundle
+    run = edgert("generate", spec, "--prompt", "The quick", "--strategy", "medusa", "--strategy-opt", f"tree={tmp_path / 'tree.json'}")
+    assert run.returncode == 0, run.stderr
+
+
+def test_grow_tree_follows_expected_acceptance():
+    from edgert.runtime.llm.tune import grow_tree
+
+    acc = np.array([[0.6, 0.2, 0.1], [0.5, 0.1, 0.05]])
+    nodes = grow_tree(acc, 4)
+    # E: (0,)=.6, (0,0)=.3, (1,)=.2, (0,1)=.06, (2,)=.1, (1,0)=.1
+    assert [p for p, _ in nodes] == [(0,), (0, 0), (1,), (2,)] or [p for p, _ in nodes] == [(0,), (0, 0), (1,), (1, 0)]
+    assert [round(e, 3) for _, e in nodes][:3] == [0.6, 0.3, 0.2]
+
+
 def test_bad_medusa_heads_file(bundles, tmp_path):
     from safetensors.torch import save_file
     import torch
