@@ -5,11 +5,12 @@ offline: the Python standard library's top-level modules (every 10th file held o
 prompts). Stages are cached under build/bench/spec/ and skipped when present:
 
 1. tokenizer: byte-level BPE, 4096 tokens (``tokenizers``);
-2. target: a Llama (transformers LlamaForCausalLM: 6 layers, hidden 384, 6 query / 2 kv heads,
-   MLP 1024, ~14 M parameters), trained from scratch for ``--target-minutes`` on the CPU;
-3. draft: the same family, 2 layers, hidden 192, trained the same way for ``--draft-minutes``;
-4. Medusa heads: ``edgert train medusa`` on the target (self-distillation, 4 heads);
-5. bundles: ``edgert export llama`` (target with its heads; draft).
+2. target: a Llama (transformers LlamaForCausalLM: 4 layers, hidden 256, 4 query / 2 kv heads,
+   MLP 768, tied embeddings, ~4 M parameters), trained from scratch for ``--target-minutes``;
+3. draft: the same family, 1 layer, hidden 128, trained the same way for ``--draft-minutes``;
+4. Medusa heads (4) and an MTP module: ``edgert train medusa`` / ``edgert train mtp`` on the
+   target (self-distillation);
+5. bundles: ``edgert export llama`` (the target with its heads and MTP graph; the draft).
 
 Then, on held-out prompts (64 tokens of code each), 128 greedy new tokens per prompt with every
 strategy on the same bundle in the same run, same threads: tokens per decoder pass, tokens/s,
@@ -107,14 +108,14 @@ def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minut
     return out
 
 
-def medusa_heads(target: Path) -> Path:
-    out = ROOT / "medusa_lm_head.safetensors"
+def speculative_part(kind: str, target: Path) -> Path:
+    out = ROOT / f"{kind}.safetensors"
     if not out.is_file():
-        from edgert.exporters.llm.train import train_medusa
+        from edgert.exporters.llm.train import train
 
-        train, _ = corpus_files()
-        train_medusa(str(target), [str(f) for f in train[:40]], str(out), num_heads=4, steps=1500, batch=8,
-                     samples=512, prompt_len=64, new_tokens=128, lr=1e-3)
+        files, _ = corpus_files()
+        train(kind, str(target), [str(f) for f in files], str(out), num_heads=4, steps=800, batch=8,
+              samples=512, prompt_len=64, new_tokens=128, lr=1e-3)
     return out
 
 
@@ -139,15 +140,15 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--target-minutes", type=float, default=12)
+    parser.add_argument("--target-minutes", type=float, default=15)
     parser.add_argument("--draft-minutes", type=float, default=4)
     parser.add_argument("--prepare-only", action="store_true", help="train and export, do not time")
     parser.add_argument("--out")
     args = parser.parse_args()
-    target = train_model("target", 6, 384, 6, 1024, args.target_minutes)
-    draft = train_model("draft", 2, 192, 6, 512, args.draft_minutes)
-    heads = medusa_heads(target)
-    target_bundle = bundle("target", target, {"medusa": str(heads)})
+    target = train_model("target", 4, 256, 4, 768, args.target_minutes)
+    draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
+    heads, mtp = speculative_part("medusa", target), speculative_part("mtp", target)
+    target_bundle = bundle("target", target, {"medusa": str(heads), "mtp": str(mtp)})
     draft_bundle = bundle("draft", draft, {})
     if args.prepare_only:
         return
@@ -160,7 +161,7 @@ def main() -> None:
     cases = prompts(args.prompts)
     strategies = [("ar", {}), ("lookup", {}), ("draft", {"model": str(draft_bundle)}),
                   ("medusa", {"tree": "chain_4"}), ("medusa", {"tree": "mc_sim_7"}), ("medusa", {"tree": "mc_sim_15"}),
-                  ("medusa", {"tree": "mc_sim_7b_63"})]
+                  ("medusa", {"tree": "mc_sim_7b_63"}), ("mtp", {"depth": "2"}), ("mtp", {"depth": "4"})]
     for name, options in strategies:  # warm-up: sessions, draft bundle, first-call allocations
         gen.generate(cases[0][:16], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options)
     rows, reference = [], None
@@ -172,7 +173,7 @@ def main() -> None:
         per_pass = sum(len(r.tokens) for r in results) / sum(max(1, r.stats.forward_calls + 1) for r in results)
         outputs = [r.tokens for r in results]
         reference = reference or outputs
-        label = name + (f" ({options['tree']})" if "tree" in options else "")
+        label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth"))
         rows.append({"strategy": label, "tokens_per_pass": per_pass,
                      "mean_accepted_per_verify": float(np.mean([r.stats.tokens_per_step for r in results])),
                      "tokens_per_s": tokens / seconds, "same_as_ar": sum(o == a for o, a in zip(outputs, reference))})

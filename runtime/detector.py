@@ -49,6 +49,16 @@ def positive_int(text: str) -> int:
 positive_int.__name__ = "a positive integer"
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "an integer >= 0"
+
+
 def boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):

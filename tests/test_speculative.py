@@ -172,6 +172,17 @@ def test_medusa_bad_trees(bundles, tree, fragments):
                       *fragments)
 
 
+def test_tree_larger_than_the_bundle_allows(bundles, tmp_path):
+    target = bundles[0].parent / "target"
+    heads = bundles[0].parent / "heads.safetensors"
+    export("llama", tmp_path / "short", {"medusa": str(heads), "context": "32"}, checkpoint=str(target))
+    assert_user_error(edgert("generate", tmp_path / "short", "--prompt", "hi", "--strategy", "medusa", "--strategy-opt",
+                             "tree=[[0], [0, 0], [0, 0, 0], [0, 0, 1], " + ", ".join(f"[{r}]" for r in range(1, 10)) + ", "
+                             + ", ".join(f"[{r}, 0]" for r in range(1, 10)) + ", " + ", ".join(f"[0, {r}]" for r in range(1, 10))
+                             + "]", "--strategy-opt", "top_k=10"),
+                      "medusa tree of 32 tokens does not fit the bundle's context of 32 positions")
+
+
 def test_strategies_need_their_heads(bundles):
     target, _, _ = bundles
     assert_user_error(edgert("generate", target, "--prompt", "hi", "--strategy", "medusa"),

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgert.runtime.detector import Option
+from edgert.runtime.detector import Option, non_negative_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.hookspecs import hookimpl
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-non_negative_int.__name__ = "an integer >= 0"
 
 
 class LlamaFamily:
