@@ -158,6 +158,11 @@ def cmd_info(args) -> int:
         print(f"decoder    context {dec['context']} positions, {dec['num_layers']} layers, KV cache {dec['kv_dtype']} "
               f"[batch, {dec['num_kv_heads']}, positions, {dec['head_dim']}], eos ids {dec['eos_token_ids']}, "
               f"chat template: {'yes' if dec.get('chat_template') else 'no'}")
+        extras = [f"{dec['medusa']['num_heads']} Medusa heads" if dec.get("medusa") else "",
+                  "MTP module (graph 'mtp')" if dec.get("mtp") else "",
+                  f"verify graphs: {', '.join(dec['verify'])}" if dec.get("verify") else ""]
+        if any(extras):
+            print("speculate  " + "; ".join(e for e in extras if e))
     if m["preprocessing"]:
         print("preprocess " + ", ".join(f"{k}={v}" for k, v in m["preprocessing"].items()))
     labels = m["labels"]

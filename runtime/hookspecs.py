@@ -73,17 +73,28 @@ def edgert_register_decoders():
 def edgert_register_strategies():
     """Return an iterable of decoding strategies (``edgert generate --strategy <name>``).
 
-    A strategy has a unique ``name``, a ``description`` and ``decode(d)``: a Python generator
-    that proposes and verifies tokens and yields each list of tokens it has decided, in order.
-    ``d`` is a :class:`edgert.runtime.llm.generator.Decoding`: ``d.prefill()`` runs the prompt
-    and returns the first logits, ``d.forward(tokens, mask=..., positions=..., logits_at=...)``
-    runs new tokens (a chain or a tree) over the KV cache ``d.cache`` (``truncate``/``keep``
-    drop rejected positions), ``d.sample(logits)`` applies the user's sampling settings,
-    ``d.tokens`` is the prompt plus everything accepted so far, ``d.stats.accepted`` takes the
-    tokens gained per verify step. The Generator handles stop conditions and text: it stops
-    consuming (and closes the generator) at eos, a stop string, max new tokens or the context,
-    so ``decode`` simply loops. The built-in ``ar`` strategy (edgert.plugins.ar) is the model
-    to copy. Strategies run on numpy and the backend only, never torch.
+    A strategy has a unique ``name``, a ``description``, optionally ``options`` (a dict of
+    :class:`edgert.runtime.detector.Option`, set with ``--strategy-opt key=value``) and
+    ``decode(d)``: a Python generator that proposes and verifies tokens and yields each list of
+    tokens it has decided, in order. ``d`` is a :class:`edgert.runtime.llm.generator.Decoding`:
+
+    * ``d.prefill()`` runs the prompt and returns the first logits; ``d.step(token)`` runs one
+      token; ``d.sample(logits)`` applies the user's sampling settings;
+    * ``d.verify(tree, tokens, mode=None, draft_probs=None)`` runs a speculation tree (node 0
+      is the next token, already chosen; a linear draft is ``Tree.chain(n)``) in one pass,
+      applies the verification op (greedy, typical or speculative sampling), compacts the KV
+      cache to the accepted path and returns it with the bonus token — the one way to verify,
+      so that every strategy is lossless where the op is;
+    * ``d.forward(...)``, ``d.cache`` (``truncate``/``keep``) for anything else; ``d.heads``
+      (Medusa logits) and ``d.hidden`` (hidden states) of the last accepted tokens; ``d.room``
+      (positions left in the context); ``d.options``; ``d.resource(key, make)`` for objects
+      that outlive one generation (a draft model's session);
+    * ``d.tokens`` is the prompt plus everything accepted so far; ``d.stats`` the statistics.
+
+    The Generator handles stop conditions and text: it stops consuming (and closes the
+    generator) at eos, a stop string, max new tokens or the context, so ``decode`` simply loops.
+    The built-in ``ar`` (edgert.plugins.ar) and ``lookup`` strategies are the models to copy.
+    Strategies run on numpy and the backend only, never torch.
     """
 
 
