@@ -5,7 +5,8 @@ Each step: the root is the target's own next token; head k's top-k tokens fill d
 the tree given by ``medusa_choices`` (tree indices as Medusa computes them); one decoder pass
 over the tree with its ancestor mask and depth positions; the verification op picks the path;
 the cache keeps only that path; the next root is the bonus token and the heads' logits at the
-path's last node propose the next tree.
+path's last node (the bundle's small ``medusa`` graph, run on that one hidden state) propose
+the next tree.
 
 Verification: ``greedy`` (default at temperature 0) is lossless; ``typical`` (Medusa's typical
 acceptance, default when sampling; ε = 0.09, δ = 0.3) accepts plausible tokens and is faster but
@@ -20,6 +21,7 @@ from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
 from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.medusa_trees import load_choices
+from edgert.runtime.llm.session import MedusaSession
 from edgert.runtime.llm.tree import medusa_buffers
 
 
@@ -40,10 +42,13 @@ class Medusa:
                "verify": Option("auto", "greedy, typical or sampling (auto: greedy at temperature 0, else typical)", _mode)}
 
     def decode(self, d):
-        heads = d.session.medusa_heads
-        if not heads:
+        session = d.session
+        if not session.info.get("medusa"):
             raise InputError("strategy 'medusa' needs a bundle exported with Medusa heads "
                              "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
+        medusa = d.resource(("medusa", str(session.bundle.root)),
+                            lambda: MedusaSession(session.bundle, session.device, session.threads))
+        heads = medusa.num_heads
         key = ("medusa-buffers", str(d.options["tree"]), d.options["top_k"], heads)
         buffers = d.resource(key, lambda: medusa_buffers(load_choices(d.options["tree"]), d.options["top_k"], heads))
         mode = d.options["verify"]
@@ -60,8 +65,9 @@ class Medusa:
                 yield [root]
                 root = d.sample(d.step(root))
                 continue
-            top = np.argpartition(-d.heads, k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(d.heads, top, axis=1).argsort(axis=1)[:, ::-1]  # ranks 0..k-1 by score
+            scores = medusa(d.hidden[-1])  # (heads, vocab) at the last accepted token
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]  # ranks 0..k-1 by score
             top = np.take_along_axis(top, order, axis=1)
             candidates = np.concatenate([[root], top[: max(map(len, buffers.choices))].reshape(-1)])
             tokens = candidates[buffers.tree_indices]

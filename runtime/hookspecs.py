@@ -85,8 +85,8 @@ def edgert_register_strategies():
       applies the verification op (greedy, typical or speculative sampling), compacts the KV
       cache to the accepted path and returns it with the bonus token — the one way to verify,
       so that every strategy is lossless where the op is;
-    * ``d.forward(...)``, ``d.cache`` (``truncate``/``keep``) for anything else; ``d.heads``
-      (Medusa logits) and ``d.hidden`` (hidden states) of the last accepted tokens; ``d.room``
+    * ``d.forward(...)``, ``d.cache`` (``truncate``/``keep``) for anything else; ``d.hidden``
+      (final hidden states) of the tokens the last pass accepted, for draft heads; ``d.room``
       (positions left in the context); ``d.options``; ``d.resource(key, make)`` for objects
       that outlive one generation (a draft model's session);
     * ``d.tokens`` is the prompt plus everything accepted so far; ``d.stats`` the statistics.

@@ -45,7 +45,7 @@ def test_logits_match_transformers_prefill_and_cached_decode(model):
     scale = np.abs(expected).max()
     prefill = len(ids) - 5
     d = Decoding(gen.session, ids[:prefill], Sampler(SamplingParams()), len(ids), GenerationStats())
-    logits, hidden, _ = d.forward(ids[:prefill], logits_at=range(prefill))
+    logits, hidden = d.forward(ids[:prefill], logits_at=range(prefill))
     np.testing.assert_allclose(logits, expected[:prefill], atol=1e-4 * scale)
     assert hidden.shape == (prefill, reference.config.hidden_size)
     for t in range(prefill, len(ids)):  # decode steps over the cache

@@ -32,7 +32,7 @@ GRAPH = "decoder"
 TOTAL = "total_sequence_length"
 
 
-def decoder_graph(cfg, kv_dtype: str, medusa_heads: int = 0) -> GraphSpec:
+def decoder_graph(cfg, kv_dtype: str) -> GraphSpec:
     """The decoder graph's I/O, names as Optimum and onnxruntime-genai use them."""
     kv = ("batch", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim)
     present = ("batch", cfg.num_kv_heads, TOTAL, cfg.head_dim)
@@ -42,13 +42,16 @@ def decoder_graph(cfg, kv_dtype: str, medusa_heads: int = 0) -> GraphSpec:
               TensorSpec("logit_positions", "int64", ("batch", "num_logits"))]
     outputs = [TensorSpec("logits", "float32", ("batch", "num_logits", cfg.vocab_size)),
                TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
-    if medusa_heads:
-        outputs.append(TensorSpec("medusa_logits", "float32", ("batch", "num_logits", medusa_heads, cfg.vocab_size)))
     for i in range(cfg.num_layers):
         for part in ("key", "value"):
             inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, kv))
             outputs.append(TensorSpec(f"present.{i}.{part}", kv_dtype, present))
     return GraphSpec(GRAPH, f"{GRAPH}.onnx", tuple(inputs), tuple(outputs))
+
+
+def medusa_graph(cfg, heads: int) -> GraphSpec:
+    return GraphSpec("medusa", "medusa.onnx", (TensorSpec("hidden_states", "float32", ("batch", "positions", cfg.hidden_size)),),
+                     (TensorSpec("medusa_logits", "float32", ("batch", "positions", heads, cfg.vocab_size)),))
 
 
 def mtp_graph(cfg, kv_dtype: str) -> GraphSpec:
@@ -141,6 +144,8 @@ def check_parity(path: Path, reference, graph: GraphSpec, cases: dict, tolerance
         with torch.inference_mode():
             expected = reference(*[torch.from_numpy(feeds[t.name]).float() if feeds[t.name].dtype == np.float16
                                    else torch.from_numpy(feeds[t.name]) for t in graph.inputs])
+        if isinstance(expected, torch.Tensor):
+            expected = (expected,)
         for name, got, ref in zip(names, session.run(names, feeds), expected):
             ref, got = ref.float().numpy(), got.astype(np.float32)
             if ref.shape != got.shape:
@@ -195,16 +200,16 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
 
     with step(f"loading {directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
         reference = load_decoder(directory)
+        medusa = None
         if opts["medusa"]:
             from .medusa import load_medusa
 
-            reference.medusa = load_medusa(opts["medusa"], cfg.hidden_size, cfg.vocab_size)
+            medusa = load_medusa(opts["medusa"], cfg.hidden_size, cfg.vocab_size)
     module = reference
     kv_dtype = "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
         module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
-    medusa = reference.medusa
-    graph = decoder_graph(cfg, kv_dtype, len(medusa) if medusa is not None else 0)
+    graph = decoder_graph(cfg, kv_dtype)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     # Distinct example sizes, so that the exporter cannot tie two dynamic dims together.
@@ -219,10 +224,18 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
         jobs.append((mtp_graph(cfg, kv_dtype), mtp_module, MTPGraph(reference, mtp).eval(),
                      _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True),
                      parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)))
+    if medusa is not None:
+        from .medusa import MedusaGraph
+
+        dtype = next(module.parameters()).dtype
+        hidden = {"hidden_states": rng.standard_normal((2, 3, cfg.hidden_size)).astype(np.float32)}
+        jobs.append((medusa_graph(cfg, len(medusa)), MedusaGraph(copy.deepcopy(medusa).to(dtype)).eval(),
+                     MedusaGraph(medusa).eval(), dict(hidden), {"heads": hidden}))
     reports = {}
     with staged_bundle(out, overwrite=force) as stage:
         for spec, exported, ref, trace, cases in jobs:
-            trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
+            if "logit_positions" in trace:
+                trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
             with step(f"exporting graph {spec.name!r} to {spec.file} (torch.onnx, dynamo, opset 23)"):
                 opset = _export_graph(exported, spec, trace, stage / spec.file, translations(), opset=23, derived=(TOTAL,))
             with step(f"checking parity of {spec.file} against PyTorch (prefill, tree over a cache)"):
@@ -249,7 +262,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
             "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
                         "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
                         "vocab_size": cfg.vocab_size, "verify": verify_files, **generation,
-                        "medusa": None if medusa is None else {"num_heads": len(medusa), "num_layers": medusa.num_layers},
+                        "medusa": None if medusa is None else {"graph": "medusa", "num_heads": len(medusa),
+                                                               "num_layers": medusa.num_layers},
                         "mtp": {"graph": "mtp"} if opts["mtp"] else None},
             "preprocessing": {}, "labels": [], "precision": precision,
             "provenance": {**_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",

@@ -200,7 +200,6 @@ class LlamaDecoder(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
-        self.medusa = None  # optional MedusaHeads: adds ``medusa_logits`` (B, K, heads, vocab) after hidden_states
 
     def forward(self, input_ids, position_ids, attention_mask, logit_positions, *past):
         x = self.model.embed_tokens(input_ids)
@@ -213,8 +212,7 @@ class LlamaDecoder(nn.Module):
             present += [k, v]
         hidden = self.model.norm(x)
         picked = hidden.gather(1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))
-        heads = () if self.medusa is None else (self.medusa(picked).float(),)
-        return (self.lm_head(picked).float(), hidden.float(), *heads, *present)
+        return (self.lm_head(picked).float(), hidden.float(), *present)
 
     def empty_cache(self, batch: int) -> list[torch.Tensor]:
         """A zero-length cache, the ``past`` of a prefill."""

@@ -51,6 +51,21 @@ class MedusaHeads(nn.ModuleList):
         return torch.stack([head(hidden) for head in self], dim=-2)
 
 
+class MedusaGraph(nn.Module):
+    """The exported ``medusa`` graph: ``hidden_states`` (B, N, H) -> ``medusa_logits`` (B, N,
+    heads, vocab). A graph of its own rather than extra outputs of the decoder: the heads are
+    needed at one position per step (the accepted path's last token), and K vocabulary
+    projections at every node of a 64-node tree would cost more than the decoder itself."""
+
+    def __init__(self, heads: MedusaHeads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, hidden_states):
+        weight = self.heads[0][-1].weight
+        return self.heads(hidden_states.to(weight.dtype)).float()
+
+
 def load_medusa(path: str | Path, hidden: int, vocab: int) -> MedusaHeads:
     """Heads from a Medusa checkpoint file (.safetensors or .pt), checked against the base model."""
     path = Path(path)

@@ -99,8 +99,7 @@ class Decoding:
         self.options = options or {}
         self._resources = {} if resources is None else resources
         self.verifier = verifier or verify
-        self.hidden: np.ndarray | None = None  # hidden states of the tokens the last pass accepted (MTP drafts)
-        self.heads: np.ndarray | None = None   # Medusa logits (heads, vocab) at the last accepted token
+        self.hidden: np.ndarray | None = None  # hidden states of the tokens the last pass accepted (draft heads)
 
     def resource(self, key, make: Callable):
         if key not in self._resources:
@@ -116,7 +115,7 @@ class Decoding:
         """Run ``tokens`` (1-D) after the cache; causal unless a (S, S) ``mask`` among the new
         tokens is given (a tree: True where token i sees token j); ``positions`` default to
         consecutive ones; logits at ``logits_at`` (default: the last token). Returns batch row
-        0's logits (K, vocab), hidden states (S, hidden) and Medusa logits (K, heads, vocab)."""
+        0's logits (K, vocab) and hidden states (S, hidden)."""
         tokens = np.asarray(tokens, dtype=np.int64)[None]
         new, past = tokens.shape[1], self.cache.length
         if positions is None:
@@ -126,13 +125,13 @@ class Decoding:
         full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
         at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
         out = self.session.forward(self.cache, tokens, np.asarray(positions, np.int64)[None], full, at)
-        return Outputs(out.logits[0], out.hidden[0], None if out.medusa is None else out.medusa[0])
+        return Outputs(out.logits[0], out.hidden[0])
 
     def prefill(self) -> np.ndarray:
         """Run the prompt; the logits (vocab,) for the first new token."""
         t0 = time.perf_counter()
         out = self.forward(self.tokens)
-        self.hidden, self.heads = out.hidden, None if out.medusa is None else out.medusa[-1]
+        self.hidden = out.hidden
         self.stats.prefill_s = time.perf_counter() - t0
         return out.logits[-1]
 
@@ -141,7 +140,7 @@ class Decoding:
         self.stats.forward_calls += 1
         self.stats.accepted.append(1)
         out = self.forward([token])
-        self.hidden, self.heads = out.hidden, None if out.medusa is None else out.medusa[-1]
+        self.hidden = out.hidden
         return out.logits[-1]
 
     def sample(self, logits: np.ndarray) -> int:
@@ -173,7 +172,6 @@ class Decoding:
                                 draft_probs=draft_probs, seed=seed)
         self.cache.keep(np.concatenate([np.arange(start), start + np.asarray(verdict.path)]))
         self.hidden = out.hidden[verdict.path]
-        self.heads = None if out.medusa is None else out.medusa[verdict.path[-1]]
         self.stats.accepted.append(verdict.length)
         return verdict
 

@@ -17,9 +17,8 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 class Outputs(NamedTuple):
-    logits: np.ndarray                # (B, K, vocab) at the requested positions
-    hidden: np.ndarray                # (B, S, hidden) of every new token
-    medusa: np.ndarray | None = None  # (B, K, heads, vocab) when the bundle has Medusa heads
+    logits: np.ndarray  # (B, K, vocab) at the requested positions
+    hidden: np.ndarray  # (B, S, hidden) of every new token
 
 
 class DecoderSession:
@@ -43,7 +42,6 @@ class DecoderSession:
         self.hidden_size = int(outputs[self.hidden_name].dims[-1])
         self.context = int(self.info["context"])
         self.kv_dtype = DTYPES[self.info["kv_dtype"]]
-        self.medusa_heads = 0 if graph == "mtp" else int((self.info.get("medusa") or {}).get("num_heads", 0))
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         info = self.info
@@ -52,8 +50,7 @@ class DecoderSession:
     def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
                 logit_positions: np.ndarray, hidden_states: np.ndarray | None = None) -> Outputs:
         """Run new tokens (B, S) over the cache; returns logits (B, K, vocab) at
-        ``logit_positions`` (B, K), hidden states (B, S, hidden) and Medusa logits if any; the
-        cache grows by S."""
+        ``logit_positions`` (B, K) and hidden states (B, S, hidden); the cache grows by S."""
         batch, new = input_ids.shape
         if cache.length + new > self.context:
             raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
@@ -68,10 +65,7 @@ class DecoderSession:
             binding.bind_cpu_input(name, value)
         logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
-        medusa = (np.empty((batch, logit_positions.shape[1], self.medusa_heads, self.vocab_size), np.float32)
-                  if self.medusa_heads else None)
-        outputs = {"logits": logits, self.hidden_name: hidden, **({"medusa_logits": medusa} if self.medusa_heads else {}),
-                   **cache.present(new)}
+        outputs = {"logits": logits, self.hidden_name: hidden, **cache.present(new)}
         for name, value in outputs.items():
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
         try:
@@ -79,4 +73,22 @@ class DecoderSession:
         except Exception as err:
             raise EdgertError(f"{self.graph.file}: onnxruntime failed to run the decoder: {_first_line(err)}") from None
         cache.advance(new)
-        return Outputs(logits, hidden, medusa)
+        return Outputs(logits, hidden)
+
+
+class MedusaSession:
+    """The bundle's ``medusa`` graph: final hidden states -> every head's logits."""
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+        info = bundle.manifest["decoder"].get("medusa")
+        if not info:
+            raise EdgertError(f"{bundle.root}: no Medusa heads in this bundle "
+                              "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
+        self.num_heads = int(info["num_heads"])
+        self.graph = bundle.graph(info["graph"])
+        self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads)
+
+    def __call__(self, hidden: np.ndarray) -> np.ndarray:
+        """hidden (H,) -> (heads, vocab)."""
+        feeds = {"hidden_states": np.ascontiguousarray(hidden, np.float32).reshape(1, 1, -1)}
+        return self.backend.run(feeds)["medusa_logits"][0, 0]

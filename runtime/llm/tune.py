@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..progress import Bar
 from .generator import Decoding, GenerationStats, Generator
 from .sampling import Sampler, SamplingParams
+from .session import MedusaSession
 
 
 @dataclass
@@ -37,9 +38,10 @@ class TreeChoice:
 
 def head_accuracy(gen: Generator, prompts: list[list[int]], new_tokens: int, top_k: int) -> np.ndarray:
     """acc[k, r]: fraction of steps where head k's rank-r candidate was the token k + 2 ahead."""
-    heads = gen.session.medusa_heads
-    if not heads:
+    if not gen.session.info.get("medusa"):
         raise InputError("tune-tree needs a bundle exported with Medusa heads (--opt medusa=...)")
+    medusa = MedusaSession(gen.bundle, gen.device, gen.threads)
+    heads = medusa.num_heads
     hits, count = np.zeros((heads, top_k)), np.zeros(heads)
     bar = Bar("measuring head accuracy (greedy decoding of the samples)", len(prompts))
     for n, prompt in enumerate(prompts):
@@ -47,7 +49,7 @@ def head_accuracy(gen: Generator, prompts: list[list[int]], new_tokens: int, top
         logits = d.prefill()
         produced, guesses = [], []
         for _ in range(new_tokens):
-            guesses.append(np.argsort(-d.heads, axis=1)[:, :top_k])  # (heads, k) at this position
+            guesses.append(np.argsort(-medusa(d.hidden[-1]), axis=1)[:, :top_k])  # (heads, k) at this position
             token = int(np.argmax(logits))
             produced.append(token)
             logits = d.step(token)
