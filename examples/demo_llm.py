@@ -6,6 +6,8 @@
    downloaded here, and a model that has learnt its sentences shows that the text is right.
 2. `edgert export llama --checkpoint DIR`: one ONNX decoder graph with KV cache, parity checked.
 3. `edgert generate` greedy and streamed, then sampled; speeds on stderr.
+4. `edgert train medusa` (heads on the model's own continuations, seconds), export with the
+   heads, and `edgert generate --strategy medusa --stats`: same text, fewer decoder passes.
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ def main() -> None:
     edgert("generate", str(bundle), "--prompt", "The quick brown", "--stream", "--max-new-tokens", "40")
     edgert("generate", str(bundle), "--prompt", "Grüße", "--stream", "--max-new-tokens", "40")
     edgert("generate", str(bundle), "--prompt", "Edge devices", "--temperature", "0.8", "--top-p", "0.9", "--seed", "1")
+
+    text = OUT / "sentences.txt"
+    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    heads = OUT / "tiny-llama-medusa.safetensors"
+    edgert("train", "medusa", "--checkpoint", str(checkpoint), "--data", str(text), "--out", str(heads), "--steps", "150",
+           "--samples", "64", "--prompt-len", "4", "--new-tokens", "24", "--no-resume")
+    edgert("export", "llama", "--checkpoint", str(checkpoint), "--opt", f"medusa={heads}", "--out", f"{bundle}-medusa", "--force")
+    for strategy in ("ar", "medusa"):
+        edgert("generate", f"{bundle}-medusa", "--prompt", "Speculative", "--strategy", strategy, "--stats")
 
 
 if __name__ == "__main__":
