@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Triton kernels (trt_plugins) run under Triton's CPU interpreter in the tests: no GPU here or in
+# CI. Set before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
 

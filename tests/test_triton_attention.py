@@ -4,14 +4,13 @@ heads, fp16 inputs with fp32 accumulation, rows that see nothing, split-KV with 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run in numpy on the CPU
+# conftest.py sets TRITON_INTERPRET=1 before anything imports triton: the kernels run on the CPU.
 triton = pytest.importorskip("triton", reason="triton is installed by the dev extra")
 torch = pytest.importorskip("torch")
 
