@@ -65,7 +65,7 @@ class DraftModel:
                 yield [root]
                 root = d.sample(d.step(root))
                 continue
-            logits = self._run(draft, cache, context[cache.length:])
+            logits = draft.extend(cache, context[cache.length:]).logits[-1]
             proposals, qs = [], []
             for j in range(room):
                 if sampler.params.greedy:
@@ -76,7 +76,7 @@ class DraftModel:
                     qs.append(q)
                 proposals.append(token)
                 if j + 1 < room:
-                    logits = self._run(draft, cache, [token])
+                    logits = draft.extend(cache, [token]).logits[-1]
             tokens = [root] + proposals
             draft_probs = np.stack(qs + [np.zeros_like(qs[0])]) if qs else None
             verdict = d.verify(Tree.chain(len(tokens)), tokens, draft_probs=draft_probs)
@@ -85,13 +85,6 @@ class DraftModel:
             if d.options["adaptive"]:
                 gamma = gamma + 2 if verdict.length == len(tokens) else max(1, gamma - 1)
             root = verdict.bonus
-
-    @staticmethod
-    def _run(draft: DecoderSession, cache, tokens) -> np.ndarray:
-        tokens = np.asarray(tokens, np.int64)[None]
-        new, past = tokens.shape[1], cache.length
-        mask = np.concatenate([np.ones((new, past), bool), np.tri(new, dtype=bool)], axis=1)[None]
-        return draft.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]])).logits[0, -1]
 
 
 @hookimpl

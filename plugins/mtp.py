@@ -44,27 +44,19 @@ class MultiTokenPrediction:
                 continue
             start = cache.length  # pairs (h_j, t_{j+1}) for j = start .. len(tokens) - 1, t_len = root
             nxt = d.tokens[start + 1:] + [root]
-            out = self._run(mtp, cache, nxt, hidden)
-            drafts = [int(np.argmax(out.logits[0, -1]))]
-            state = out.hidden[:, -1:]
+            out = mtp.extend(cache, nxt, hidden_states=hidden)
+            drafts = [int(np.argmax(out.logits[-1]))]
+            state = out.hidden[-1:]
             for _ in range(depth - 1):  # chained depths: speculative entries
-                out = self._run(mtp, cache, [drafts[-1]], state)
-                drafts.append(int(np.argmax(out.logits[0, -1])))
-                state = out.hidden[:, -1:]
+                out = mtp.extend(cache, [drafts[-1]], hidden_states=state)
+                drafts.append(int(np.argmax(out.logits[-1])))
+                state = out.hidden[-1:]
             tokens = [root] + drafts
             verdict = d.verify(Tree.chain(len(tokens)), tokens)
             cache.truncate(start + len(nxt))  # keep the catch-up pairs, drop the chained guesses
-            hidden = d.hidden[None]           # the target's h of the accepted tokens
+            hidden = d.hidden                 # the target's h of the accepted tokens
             yield [tokens[i] for i in verdict.path]
             root = verdict.bonus
-
-    @staticmethod
-    def _run(mtp: DecoderSession, cache, tokens, hidden):
-        tokens = np.asarray(tokens, np.int64)[None]
-        new, past = tokens.shape[1], cache.length
-        mask = np.concatenate([np.ones((new, past), bool), np.tri(new, dtype=bool)], axis=1)[None]
-        return mtp.forward(cache, tokens, np.arange(past, past + new)[None], mask, np.array([[new - 1]]),
-                           hidden_states=np.asarray(hidden, np.float32).reshape(1, new, -1))
 
 
 @hookimpl

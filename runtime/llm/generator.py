@@ -112,20 +112,8 @@ class Decoding:
         return self.session.context - self.cache.length
 
     def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> Outputs:
-        """Run ``tokens`` (1-D) after the cache; causal unless a (S, S) ``mask`` among the new
-        tokens is given (a tree: True where token i sees token j); ``positions`` default to
-        consecutive ones; logits at ``logits_at`` (default: the last token). Returns batch row
-        0's logits (K, vocab) and hidden states (S, hidden)."""
-        tokens = np.asarray(tokens, dtype=np.int64)[None]
-        new, past = tokens.shape[1], self.cache.length
-        if positions is None:
-            positions = np.arange(past, past + new)
-        if mask is None:
-            mask = np.tri(new, dtype=bool)
-        full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
-        at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
-        out = self.session.forward(self.cache, tokens, np.asarray(positions, np.int64)[None], full, at)
-        return Outputs(out.logits[0], out.hidden[0])
+        """Run ``tokens`` after the cache (see :meth:`DecoderSession.extend`)."""
+        return self.session.extend(self.cache, tokens, mask, positions, logits_at)
 
     def prefill(self) -> np.ndarray:
         """Run the prompt; the logits (vocab,) for the first new token."""

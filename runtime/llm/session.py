@@ -76,6 +76,23 @@ class DecoderSession:
         return Outputs(logits, hidden)
 
 
+    def extend(self, cache: KVCache, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None,
+               hidden_states: np.ndarray | None = None) -> Outputs:
+        """Batch 1: run ``tokens`` (1-D) after everything cached; causal among them unless a
+        (S, S) ``mask`` is given (a tree); ``positions`` default to consecutive ones; logits at
+        ``logits_at`` (default: the last token). Returns row 0's logits (K, vocab) and hidden
+        states (S, hidden)."""
+        tokens = np.asarray(tokens, dtype=np.int64)[None]
+        new, past = tokens.shape[1], cache.length
+        positions = np.arange(past, past + new) if positions is None else positions
+        mask = np.tri(new, dtype=bool) if mask is None else mask
+        full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
+        at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
+        hidden = None if hidden_states is None else np.asarray(hidden_states, np.float32).reshape(1, new, -1)
+        out = self.forward(cache, tokens, np.asarray(positions, np.int64)[None], full, at, hidden)
+        return Outputs(out.logits[0], out.hidden[0])
+
+
 class MedusaSession:
     """The bundle's ``medusa`` graph: final hidden states -> every head's logits."""
 
