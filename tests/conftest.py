@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
 
 
+def load_kernel(op: str):
+    """trt_plugins/<op>/kernel.py as a module of its own name: each op folder has a kernel.py."""
+    import importlib.util
+
+    path = ROOT / "trt_plugins" / op / "kernel.py"
+    spec = importlib.util.spec_from_file_location(f"trt_plugins_{op}_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "edgert", *map(str, args)], capture_output=True, text=True,

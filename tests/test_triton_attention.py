@@ -4,9 +4,6 @@ heads, fp16 inputs with fp32 accumulation, rows that see nothing, split-KV with 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,8 +11,9 @@ import pytest
 triton = pytest.importorskip("triton", reason="triton is installed by the dev extra")
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt_plugins" / "attention"))
-from kernel import attention  # noqa: E402
+from conftest import load_kernel  # noqa: E402
+
+attention = load_kernel("attention").attention
 
 from edgert.runtime.llm.tree import Tree, pack_mask  # noqa: E402
 

@@ -3,17 +3,15 @@ interpreter, including the overlapping case that breaks a naive parallel copy.""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 triton = pytest.importorskip("triton", reason="triton is installed by the dev extra")
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt_plugins" / "kv_compact"))
-from kernel import kv_compact  # noqa: E402
+from conftest import load_kernel  # noqa: E402
+
+kv_compact = load_kernel("kv_compact").kv_compact
 
 
 @pytest.mark.parametrize("select, start", [([0, 2, 3], 0), ([5, 6, 9, 12], 5), ([7], 7), ([8, 9, 10], 8)])

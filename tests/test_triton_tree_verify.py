@@ -3,17 +3,15 @@ runtime/llm/verify.py on random trees, greedy and typical, under the CPU interpr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 triton = pytest.importorskip("triton", reason="triton is installed by the dev extra")
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt_plugins" / "tree_verify"))
-from kernel import tree_verify  # noqa: E402
+from conftest import load_kernel  # noqa: E402
+
+tree_verify = load_kernel("tree_verify").tree_verify
 
 from edgert.runtime.llm.verify import uniforms, verify  # noqa: E402
 from test_verify import random_case  # noqa: E402
