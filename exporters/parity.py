@@ -32,6 +32,18 @@ def torch_outputs(module, graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dic
     return {spec.name: value.detach().float().numpy() for spec, value in zip(graph.outputs, result)}
 
 
+def output_error(ref: np.ndarray, got: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """The parity metric of one output: max_abs, max_rel (relative to the reference's scale),
+    whether ONNX gave finite values, and whether it passed."""
+    got = got.astype(np.float32)
+    finite = bool(np.isfinite(got).all())
+    max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    return {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "finite": finite,
+            "passed": finite and max_rel <= tolerance}
+
+
 def compare(onnx_path: Path, module, graph: GraphSpec, feeds: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
     """Run both and return the parity report; ``report['passed']`` says whether it held."""
     import onnxruntime as ort
@@ -40,18 +52,13 @@ def compare(onnx_path: Path, module, graph: GraphSpec, feeds: dict[str, np.ndarr
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [t.name for t in graph.outputs]
     actual = dict(zip(names, session.run(names, feeds)))
-    outputs, passed = {}, True
+    outputs = {}
     for name in names:
-        ref, got = reference[name], actual[name].astype(np.float32)
+        ref, got = reference[name], actual[name]
         if ref.shape != got.shape:
             raise EdgertError(f"parity: output {name!r} has shape {list(got.shape)} in ONNX, {list(ref.shape)} in PyTorch")
-        finite = bool(np.isfinite(got).all())
-        max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
-        max_rel = max_abs / scale if scale > 0 else max_abs
-        ok = finite and max_rel <= tolerance
-        passed &= ok
-        outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "finite": finite, "passed": ok}
+        outputs[name] = output_error(ref, got, tolerance)
+    passed = all(row["passed"] for row in outputs.values())
     return {
         "reference": "pytorch eager, fp32",
         "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",

@@ -71,6 +71,15 @@ def boolean(text: str) -> bool:
 boolean.__name__ = "true or false"
 
 
+def resolve_options(owner: str, options: dict[str, Option], given: dict[str, Any]) -> dict[str, Any]:
+    """Every declared option's value: the given one converted, else its default. ``owner``
+    names who declares them in the error (a model, or a strategy)."""
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise EdgertError(f"{owner}: unknown option {unknown[0]!r}; options are {sorted(options) or 'none'}")
+    return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in options.items()}
+
+
 @dataclass
 class Prediction:
     """What ``postprocess`` returns: ranked (label, probability) pairs plus raw outputs."""
@@ -91,10 +100,7 @@ class Detector:
 
     # ---- option handling (shared) ------------------------------------------------------
     def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(given) - set(self.options))
-        if unknown:
-            raise EdgertError(f"{self.name}: unknown option {unknown[0]!r}; options are {sorted(self.options)}")
-        return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in self.options.items()}
+        return resolve_options(self.name, self.options, given)
 
     # ---- export half (torch available) ---------------------------------------------------
     def build(self, opts: dict[str, Any], checkpoint: str | None):

@@ -26,7 +26,7 @@ from edgert.runtime.errors import EdgertError
 from edgert.runtime.llm.tokenizer import check_vocab
 from edgert.runtime.progress import step
 
-from ..parity import DEFAULT_TOLERANCE
+from ..parity import DEFAULT_TOLERANCE, output_error
 
 GRAPH = "decoder"
 TOTAL = "total_sequence_length"
@@ -150,14 +150,9 @@ def check_parity(path: Path, reference, graph: GraphSpec, cases: dict, tolerance
             ref, got = ref.float().numpy(), got.astype(np.float32)
             if ref.shape != got.shape:
                 raise EdgertError(f"parity ({case}): output {name!r} has shape {list(got.shape)} in ONNX, {list(ref.shape)} in PyTorch")
-            max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
-            scale = float(np.abs(ref).max()) if ref.size else 0.0
-            row = {"max_abs": max_abs, "max_rel": max_abs / scale if scale else max_abs, "scale": scale,
-                   "finite": bool(np.isfinite(got).all()), "case": case}
+            row = {**output_error(ref, got, tolerance), "case": case}
             if name not in outputs or row["max_rel"] > outputs[name]["max_rel"] or not row["finite"]:
                 outputs[name] = row
-    for row in outputs.values():
-        row["passed"] = row["finite"] and row["max_rel"] <= tolerance
     return {"reference": "pytorch eager, fp32", "backend": f"onnxruntime {ort.__version__} CPUExecutionProvider",
             "metric": "max_rel = max|onnx - torch| / max|torch| per output, worst over the cases",
             "tolerance": tolerance, "cases": {c: {k: list(v.shape) for k, v in f.items() if not k.startswith("past_")}

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgert.runtime.detector import Option, non_negative_int
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.detector import Option, non_negative_int, resolve_options
 from edgert.runtime.hookspecs import hookimpl
 
 
@@ -34,10 +33,7 @@ class LlamaFamily:
                "mtp": Option("", "MTP module file (edgert train mtp) to export as the 'mtp' graph, for --strategy mtp")}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(given) - set(self.options))
-        if unknown:
-            raise EdgertError(f"{self.name}: unknown option {unknown[0]!r}; options are {sorted(self.options)}")
-        return {k: opt.convert(k, given[k]) if k in given else opt.default for k, opt in self.options.items()}
+        return resolve_options(self.name, self.options, given)
 
     def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0):
         from edgert.exporters.llm.export import export_decoder

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..bundle import Bundle
+from ..detector import resolve_options
 from ..errors import BundleError, InputError
 from ..host import get_host
 from .sampling import Sampler, SamplingParams
@@ -69,14 +70,6 @@ class GenerationResult:
     tokens: list[int]
     stop_reason: str  # "eos" | "stop_string" | "max_new_tokens" | "context"
     stats: GenerationStats
-
-
-def resolve_strategy_options(strategy, given: dict) -> dict:
-    declared = getattr(strategy, "options", {}) or {}
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise InputError(f"strategy {strategy.name!r}: unknown option {unknown[0]!r}; options are {sorted(declared) or 'none'}")
-    return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in declared.items()}
 
 
 class Decoding:
@@ -267,7 +260,7 @@ class Generator:
         (``--strategy-opt key=value``), checked against what it declares."""
         params = params or SamplingParams()
         decoder = get_host().get("strategy", strategy).obj
-        options = resolve_strategy_options(decoder, strategy_options or {})
+        options = resolve_options(f"strategy {decoder.name!r}", getattr(decoder, "options", {}) or {}, strategy_options or {})
         prompt_ids = self.encode(prompt, chat, system)
         self._check_prompt(prompt_ids)
         budget = min(params.max_new_tokens, self.context - len(prompt_ids))
