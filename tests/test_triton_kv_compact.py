@@ -1,5 +1,6 @@
 """The Triton KV compaction kernel (trt_plugins/kv_compact) against numpy, under the CPU
-interpreter, including the overlapping case that breaks a naive parallel copy."""
+interpreter, including the overlapping case that breaks a naive parallel copy and a batch whose
+rows accept different paths after different past lengths."""
 
 from __future__ import annotations
 
@@ -14,20 +15,28 @@ from conftest import load_kernel  # noqa: E402
 kv_compact = load_kernel("kv_compact").kv_compact
 
 
-@pytest.mark.parametrize("select, start", [([0, 2, 3], 0), ([5, 6, 9, 12], 5), ([7], 7), ([8, 9, 10], 8)])
-def test_compaction_matches_a_gather(select, start):
-    rng = np.random.default_rng(len(select))
-    cache = rng.standard_normal((2, 3, 16, 40)).astype(np.float32)  # head_dim 40: a partial block of 32
+def padded(paths):
+    width = max(len(p) for p in paths)
+    return (torch.tensor([p + [-1] * (width - len(p)) for p in paths], dtype=torch.int32),
+            torch.tensor([len(p) for p in paths], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("paths, past", [([[0, 2, 3]], [0]), ([[0, 1, 4, 7], [0, 3]], [5, 2]), ([[0], [0, 1, 2]], [7, 3])])
+def test_compaction_matches_a_gather(paths, past):
+    rng = np.random.default_rng(len(paths[0]))
+    cache = rng.standard_normal((len(paths), 3, 16, 40)).astype(np.float32)  # head_dim 40: a partial block of 32
     want = cache.copy()
-    want[:, :, start:start + len(select)] = cache[:, :, select]
+    for b, (p, start) in enumerate(zip(paths, past)):
+        want[b, :, start:start + len(p)] = cache[b][:, [start + i for i in p]]
     got = torch.from_numpy(cache.copy())
-    kv_compact(got, torch.tensor(select, dtype=torch.int32), start)
+    path, length = padded(paths)
+    kv_compact(got, path, length, torch.tensor(past, dtype=torch.int32))
     np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_bad_select_is_refused():
+def test_bad_paths_are_refused():
     cache = torch.zeros(1, 1, 8, 16)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        kv_compact(cache, torch.tensor([3, 2], dtype=torch.int32), 0)
-    with pytest.raises(ValueError, match="must lie in"):
-        kv_compact(cache, torch.tensor([1, 9], dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="strictly increases"):
+        kv_compact(cache, *padded([[0, 3, 2]]), 0)
+    with pytest.raises(ValueError, match="beyond the capacity"):
+        kv_compact(cache, *padded([[0, 1, 4]]), 4)
