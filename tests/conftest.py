@@ -16,15 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
 
 
-def load_kernel(op: str):
-    """trt_plugins/<op>/kernel.py as a module of its own name: each op folder has a kernel.py."""
+def load_trt_module(relative: str, name: str):
+    """A Python file of trt_plugins/ as a module of its own name (each op folder has a kernel.py)."""
     import importlib.util
 
-    path = ROOT / "trt_plugins" / op / "kernel.py"
-    spec = importlib.util.spec_from_file_location(f"trt_plugins_{op}_kernel", path)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "trt_plugins" / relative)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+def load_kernel(op: str):
+    """trt_plugins/<op>/kernel.py."""
+    return load_trt_module(f"{op}/kernel.py", f"trt_plugins_{op}_kernel")
 
 
 def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,8 @@ graph's ``edgert::attention`` op (exporters/llm/attention.py) over a fixed-capac
 * Visibility: the P past positions are always visible; among the new tokens either causal
   (token i sees j <= i) or a tree, given as the bit-packed int32 mask ``[T, ceil(T/32)]``
   (bit j of row i set when new token i sees new token j) of TensorRT-LLM / Edge-LLM and
-  runtime/llm/tree.py.
+  runtime/llm/tree.py. Nodes come in topological order (a parent before its children), so a
+  row never sees a later token, which lets a tile skip the keys past its last row.
 * Grouped-query heads: query head h reads kv head h // (Hq / Hkv).
 * Online softmax per row over KV tiles, running max / sum / accumulator in fp32 whatever the
   input dtype (fp16, bf16, fp32); a row with no visible key gives zeros, not NaN (the running
@@ -66,7 +67,10 @@ def _attention_fwd(Q, K, V, Out, Lse, Mask, PastLen,
     q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     P = tl.load(PastLen + b)
     start = pid_s * KV_PER_SPLIT
-    end = tl.minimum(tl.minimum(start + KV_PER_SPLIT, P + T), C)
+    # New token i sees new tokens j <= i at most (causal, and a tree's nodes come in topological
+    # order): keys past this tile's last row are never visible, so the loop stops there.
+    last_row = tl.minimum((pid_m + 1) * BLOCK_M, T)
+    end = tl.minimum(tl.minimum(start + KV_PER_SPLIT, P + last_row), C)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
