@@ -45,7 +45,7 @@ def cmd_export(args) -> int:
     print(f"exporting {args.model} to {args.out}", file=sys.stderr)
     out = export(args.model, args.out, _parse_opts(args.opt), checkpoint=args.checkpoint, precision=args.precision,
                  tolerance=args.tolerance, force=args.force, seed=args.seed, trt_engine=args.trt_engine,
-                 trt_max_batch=args.trt_max_batch)
+                 trt_max_batch=args.trt_max_batch, backend=args.backend)
     from edgert.runtime.bundle import Bundle
 
     bundle = Bundle.load(out)
@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--trt-engine", action="store_true", help="also build a TensorRT engine (needs edgert[trt])")
     p.add_argument("--trt-max-batch", type=int, default=8, help="largest batch of the engine's profile")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "trt"],
+                   help="graph flavour: standard ONNX ops for ONNX Runtime (default), or, for LLM decoders, edgert's "
+                        "TensorRT plugin ops (EdgertAttention, EdgertTreeVerify, EdgertKVCompact)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="generate text with a decoder bundle")

@@ -156,10 +156,12 @@ def find_exportable(name: str):
 
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
            precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
-           trt_engine: bool = False, trt_max_batch: int = 8) -> Path:
+           trt_engine: bool = False, trt_max_batch: int = 8, backend: str = "onnx") -> Path:
     """Export model ``name`` into the bundle directory ``out``; returns its path.
 
-    ``trt_engine``: also build a TensorRT engine per graph (needs the tensorrt package)."""
+    ``trt_engine``: also build a TensorRT engine per graph (needs the tensorrt package).
+    ``backend``: the graph flavour, "onnx" (standard ops) or, for decoders, "trt" (edgert's
+    TensorRT plugin ops)."""
     import torch
 
     if precision not in DEFAULT_TOLERANCE:
@@ -168,7 +170,13 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
         if trt_engine:
             raise EdgertError(f"{name}: --trt-engine is not available for decoder bundles yet; they run on onnxruntime")
-        return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed)
+        if backend == "onnx":  # a third-party family written before the TensorRT flavour need not know it
+            return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed)
+        return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed,
+                                     backend=backend)
+    if backend != "onnx":
+        raise EdgertError(f"--backend {backend}: only LLM decoders have a TensorRT-plugin flavour; video models export "
+                          "standard ONNX (add --trt-engine to build a TensorRT engine from it)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
     if trt_engine:

@@ -62,10 +62,12 @@ def edgert_register_decoders():
     A decoder family turns a checkpoint into a decoder bundle: ``name`` (``edgert export
     <name>``), ``description``, ``paper``, ``options`` (``--opt key=value``, a dict of
     :class:`edgert.runtime.detector.Option`), ``resolve_options(given)`` and
-    ``export(registered, out, options, checkpoint, precision, tolerance, force, seed)`` which
-    writes the bundle (import torch inside it). The bundle's decoder graph must have the I/O of
-    :func:`edgert.exporters.llm.export.decoder_graph` and a ``decoder`` manifest section, so
-    that every decoding strategy runs on it unchanged.
+    ``export(registered, out, options, checkpoint, precision, tolerance, force, seed, backend)``
+    which writes the bundle (import torch inside it). ``backend`` is ``"onnx"`` (standard ops,
+    for ONNX Runtime) or ``"trt"`` (edgert's TensorRT plugin ops, ``edgert export --backend
+    trt``); a family without a TensorRT flavour raises EdgertError for ``"trt"``. The ONNX
+    flavour's decoder graph must have the I/O of :func:`edgert.exporters.llm.export.decoder_graph`
+    and a ``decoder`` manifest section, so that every decoding strategy runs on it unchanged.
     """
 
 

@@ -36,17 +36,17 @@ def make_tokenizer(directory: Path, vocab_size: int = 300) -> int:
     return tok.get_vocab_size()
 
 
-def make_llama(directory: Path, seed: int = 0, layers: int = 2):
-    """LlamaForCausalLM: grouped-query attention (8 query / 2 kv heads), llama3 rope scaling,
-    untied head."""
+def make_llama(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 8, kv_heads: int = 2):
+    """LlamaForCausalLM: grouped-query attention (8 query / 2 kv heads by default), llama3 rope
+    scaling, untied head."""
     import torch
     import transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     make_tokenizer(directory)
     config = transformers.LlamaConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=layers, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
+        vocab_size=320, hidden_size=hidden, intermediate_size=112, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 32},
         tie_word_embeddings=False)

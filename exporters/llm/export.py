@@ -30,6 +30,7 @@ from ..parity import DEFAULT_TOLERANCE, output_error
 
 GRAPH = "decoder"
 TOTAL = "total_sequence_length"
+BACKENDS = ("onnx", "trt")
 
 
 def decoder_graph(cfg, kv_dtype: str) -> GraphSpec:
@@ -161,8 +162,12 @@ def check_parity(path: Path, reference, graph: GraphSpec, cases: dict, tolerance
 
 
 def export_decoder(registered, checkpoint: str | None, out: str | Path, options: dict[str, str] | None = None,
-                   precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0) -> Path:
-    """Export the checkpoint directory ``checkpoint`` with decoder plugin ``registered``."""
+                   precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
+                   backend: str = "onnx") -> Path:
+    """Export the checkpoint directory ``checkpoint`` with decoder plugin ``registered``.
+
+    ``backend``: "onnx" (standard ops, runs on ONNX Runtime) or "trt" (edgert's TensorRT
+    plugins over an in-place cache, see :mod:`.trt_flavour`)."""
     import torch
 
     from edgert.exporters.driver import _export_graph, _versions
@@ -172,6 +177,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     from .llama import DecoderConfig, load_decoder
 
     plugin = registered.obj
+    if backend not in BACKENDS:
+        raise EdgertError(f"--backend {backend}: expected one of {list(BACKENDS)}")
     if precision not in DEFAULT_TOLERANCE:
         raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
     if checkpoint is None:
@@ -180,8 +187,13 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     if not directory.is_dir():
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
     opts = plugin.resolve_options(options or {})
+    if backend == "trt" and opts["mtp"]:
+        raise EdgertError("--opt mtp: the TensorRT flavour does not carry an MTP module yet; export it with --backend onnx")
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
     cfg = DecoderConfig.from_dir(directory)
+    if backend == "trt" and cfg.head_dim not in (64, 128):
+        raise EdgertError(f"--backend trt: {directory} has head_dim {cfg.head_dim}; edgert's TensorRT attention kernels "
+                          "are built for head_dim 64 and 128 (export with --backend onnx)")
     tokenizer = directory / "tokenizer.json"
     if not tokenizer.is_file():
         raise EdgertError(f"{tokenizer}: missing; the bundle needs the checkpoint's tokenizer.json to read and write text")
@@ -204,37 +216,49 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     kv_dtype = "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
         module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
-    graph = decoder_graph(cfg, kv_dtype)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     # Distinct example sizes, so that the exporter cannot tie two dynamic dims together.
     trace_mask = np.tril(np.ones((4, 9), bool), k=5)
-    jobs = [(graph, module, reference, _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng),
-             parity_cases(cfg, np.dtype(kv_dtype), rng))]
+    trace = _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng)
+    cases = parity_cases(cfg, np.dtype(kv_dtype), rng)
+    if backend == "onnx":
+        graph = decoder_graph(cfg, kv_dtype)
+        jobs = [(graph, module, trace, translations(),
+                 lambda path, g=graph, c=cases: check_parity(path, reference, g, c, tolerance))]
+    else:
+        from . import trt_flavour
+
+        graph = trt_flavour.decoder_graph(cfg, kv_dtype)
+        flavour = trt_flavour.CacheDecoder(module).eval()
+        jobs = [(graph, flavour, trt_flavour.cache_feeds(trace, cfg, 12, rng), trt_flavour.translations(),
+                 lambda path: trt_flavour.check_math(flavour, reference, cfg, cases, tolerance, rng))]
     if opts["mtp"]:
         from .mtp import MTPGraph, load_mtp
 
         mtp = load_mtp(opts["mtp"], cfg)
         mtp_module = MTPGraph(module, copy.deepcopy(mtp).to(next(module.parameters()).dtype)).eval()
-        jobs.append((mtp_graph(cfg, kv_dtype), mtp_module, MTPGraph(reference, mtp).eval(),
-                     _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True),
-                     parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)))
+        spec, mtp_cases = mtp_graph(cfg, kv_dtype), parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)
+        jobs.append((spec, mtp_module, _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True), translations(),
+                     lambda path: check_parity(path, MTPGraph(reference, mtp).eval(), spec, mtp_cases, tolerance)))
     if medusa is not None:
         from .medusa import MedusaGraph
 
         dtype = next(module.parameters()).dtype
         hidden = {"hidden_states": rng.standard_normal((2, 3, cfg.hidden_size)).astype(np.float32)}
-        jobs.append((medusa_graph(cfg, len(medusa)), MedusaGraph(copy.deepcopy(medusa).to(dtype)).eval(),
-                     MedusaGraph(medusa).eval(), dict(hidden), {"heads": hidden}))
+        spec = medusa_graph(cfg, len(medusa))
+        jobs.append((spec, MedusaGraph(copy.deepcopy(medusa).to(dtype)).eval(), dict(hidden), {},
+                     lambda path: check_parity(path, MedusaGraph(medusa).eval(), spec, {"heads": hidden}, tolerance)))
     reports = {}
     with staged_bundle(out, overwrite=force) as stage:
-        for spec, exported, ref, trace, cases in jobs:
+        for spec, exported, trace, table, check in jobs:
             if "logit_positions" in trace:
                 trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
             with step(f"exporting graph {spec.name!r} to {spec.file} (torch.onnx, dynamo, opset 23)"):
-                opset = _export_graph(exported, spec, trace, stage / spec.file, translations(), opset=23, derived=(TOTAL,))
+                opset = _export_graph(exported, spec, trace, stage / spec.file, table, opset=23,
+                                      derived=(TOTAL,) if TOTAL in str(spec.to_json()) else ())
             with step(f"checking parity of {spec.file} against PyTorch (prefill, tree over a cache)"):
-                report = check_parity(stage / spec.file, ref, spec, cases, tolerance)
+                report = check(stage / spec.file)
             if not report["passed"]:
                 name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
                 raise EdgertError(
@@ -243,7 +267,14 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                     f"{'' if worst['finite'] else ' (non-finite values)'}; no bundle was written")
             reports[spec.name] = report
         shutil.copyfile(tokenizer, stage / "tokenizer.json")
-        verify_files = write_verify_graphs(stage)
+        flavour = {"backend": backend}
+        if backend == "onnx":
+            verify_files = write_verify_graphs(stage)
+        else:
+            verify_files = trt_flavour.write_plugin_graphs(stage, cfg, kv_dtype)
+            flavour["kv_compact"] = verify_files.pop("compact")
+            flavour["plugins"] = {"library": "libedgert_trt_plugins.so", **trt_flavour.PLUGIN,
+                                  "ops": ["EdgertAttention", "EdgertTreeVerify", "EdgertKVCompact"]}
         details = {"model_type": cfg.model_type, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                    "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_size": cfg.hidden_size,
                    "vocab_size": cfg.vocab_size, "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
@@ -256,7 +287,7 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
             "graphs": {job[0].name: job[0].to_json() for job in jobs},
             "decoder": {"graph": GRAPH, "tokenizer": "tokenizer.json", "context": context, "kv_dtype": kv_dtype,
                         "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-                        "vocab_size": cfg.vocab_size, "verify": verify_files, **generation,
+                        "vocab_size": cfg.vocab_size, "verify": verify_files, **flavour, **generation,
                         "medusa": None if medusa is None else {"graph": "medusa", "num_heads": len(medusa),
                                                                "num_layers": medusa.num_layers},
                         "mtp": {"graph": "mtp"} if opts["mtp"] else None},

@@ -130,9 +130,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=cfg.model_type == "llama" and cfg.qkv_bias)
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
-        """x (B, S, H); mask (B, S, P+S) bool, True = visible; past (B, kvH, P, D).
-        Returns output and the new key/value cache (past + these S positions)."""
+    def forward(self, x, cos, sin, attend):
+        """x (B, S, H); ``attend(q, k, v)`` -> (output (B, Hq, S, D), key state, value state): the
+        attention op of the graph's flavour over its cache. Returns output and the states."""
         b, s, _ = x.shape
         hd, cfg = self.cfg.head_dim, self.cfg
         q = self.q_proj(x).view(b, s, cfg.num_heads, hd).transpose(1, 2)
@@ -140,7 +140,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out, k, v = attention(q, k, v, mask, past_key, past_value)
+        out, k, v = attend(q, k, v)
         out = out.transpose(1, 2).reshape(b, s, cfg.num_heads * hd)
         return self.o_proj(out), k, v
 
@@ -164,8 +164,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
-        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key, past_value)
+    def forward(self, x, cos, sin, attend):
+        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, attend)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -202,13 +202,20 @@ class LlamaDecoder(nn.Module):
         self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
 
     def forward(self, input_ids, position_ids, attention_mask, logit_positions, *past):
+        def attend(i):  # past ‖ new in, present out: the ONNX Attention flavour
+            return lambda q, k, v: attention(q, k, v, attention_mask, past[2 * i], past[2 * i + 1])
+
+        return self.run(input_ids, position_ids, logit_positions, attend)
+
+    def run(self, input_ids, position_ids, logit_positions, attend):
+        """The body every flavour shares; ``attend(i)`` is layer i's attention over its cache."""
         x = self.model.embed_tokens(input_ids)
         freqs = position_ids[..., None].float() * self.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]          # (B, 1, S, D), fp32
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         present = []
         for i, layer in enumerate(self.model.layers):
-            x, k, v = layer(x, cos, sin, attention_mask, past[2 * i], past[2 * i + 1])
+            x, k, v = layer(x, cos, sin, attend(i))
             present += [k, v]
         hidden = self.model.norm(x)
         picked = hidden.gather(1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))

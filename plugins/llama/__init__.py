@@ -35,10 +35,11 @@ class LlamaFamily:
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         return resolve_options(self.name, self.options, given)
 
-    def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0):
+    def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0,
+               backend="onnx"):
         from edgert.exporters.llm.export import export_decoder
 
-        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed)
+        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed, backend)
 
 
 @hookimpl

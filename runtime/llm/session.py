@@ -32,6 +32,10 @@ class DecoderSession:
         self.bundle, self.manifest = bundle, bundle.manifest
         self.device, self.threads = device, threads
         self.info = bundle.manifest["decoder"]
+        if self.info.get("backend", "onnx") != "onnx":
+            raise EdgertError(f"{bundle.root}: this is the TensorRT flavour of the decoder (exported with --backend "
+                              f"{self.info['backend']}): its graph holds edgert's TensorRT plugin ops, which ONNX Runtime "
+                              "cannot run; export with --backend onnx for onnxruntime")
         self.graph = bundle.graph(graph or self.info["graph"])
         self.num_layers = 1 if graph == "mtp" else int(self.info["num_layers"])
         self.hidden_name = "mtp_hidden_states" if graph == "mtp" else "hidden_states"

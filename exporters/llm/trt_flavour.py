@@ -1,0 +1,270 @@
+"""The TensorRT flavour of a decoder bundle (``edgert export llama ... --backend trt``): the same
+weights and math, with edgert's TensorRT plugins (trt_plugins/) in place of ONNX Attention and
+the verification subgraphs.
+
+* ``decoder.onnx``: one ``EdgertAttention`` node per layer (domain ``edgert``, attributes
+  ``plugin_version`` "1" and ``plugin_namespace`` "edgert", which TensorRT's ONNX parser uses to
+  find the plugin by op type) over a **fixed-capacity, in-place** KV cache:
+  inputs ``input_ids``, ``position_ids`` [batch, seq] int64, ``past_lengths`` [batch] int32,
+  ``tree_mask`` [seq, ceil(seq/32)] int32 (runtime/llm/tree.py's packed layout; a chain for
+  prefill), ``logit_positions``, ``past_key_values.{i}.key/value`` [batch, kv_heads, capacity,
+  head_dim]; outputs ``logits``, ``hidden_states``, ``present.{i}.key/value`` — the same buffers
+  (the plugin aliases them), with the new tokens written at ``past_lengths``.
+* ``verify_trt.onnx``: one ``EdgertTreeVerify`` node (tokens, parents, logits, uniform ->
+  path, length, bonus), mode and its parameters as inputs' attributes per mode file.
+* ``kv_compact_trt.onnx``: one ``EdgertKVCompact`` per cache tensor (path, length, past_lengths).
+
+The ops' schemas are registered with onnx (:func:`register_schemas`) so ``onnx.checker`` checks
+these files like any other. ONNX Runtime cannot run them; the PyTorch side defines the math
+(``edgert::cache_attention``, tested equal to the default flavour's module).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import attention_math
+
+DOMAIN = "edgert"
+PLUGIN = {"plugin_version": "1", "plugin_namespace": "edgert"}
+KV_TYPES = ["tensor(float16)", "tensor(bfloat16)", "tensor(float)"]
+
+
+def register_schemas() -> None:
+    """The three plugins' ONNX schemas (domain ``edgert``, version 1); idempotent."""
+    from onnx import defs
+
+    if defs.has("EdgertAttention", DOMAIN):
+        return
+    P, A, S = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute, defs.OpSchema.AttrType.STRING
+    F = defs.OpSchema.AttrType.FLOAT
+
+    def optional(name, kind, doc):
+        return A(name, kind, doc, required=False)
+
+    Opt = defs.OpSchema.FormalParameterOption.Optional
+    common = [A("plugin_version", S, "TensorRT plugin version ('1')"),
+              A("plugin_namespace", S, "TensorRT plugin namespace ('edgert')")]
+    i32 = "tensor(int32)"
+    schemas = [
+        defs.OpSchema(
+            "EdgertAttention", DOMAIN, 1,
+            doc="Fused attention over an in-place KV cache (trt_plugins/attention).",
+            inputs=[P("q", "T"), P("k", "T"), P("v", "T"), P("k_cache", "T"), P("v_cache", "T"),
+                    P("past_lengths", i32), P("tree_mask", i32, param_option=Opt)],
+            outputs=[P("out", "T"), P("k_cache_out", "T"), P("v_cache_out", "T")],
+            type_constraints=[("T", KV_TYPES[:2] + ["tensor(float)"], "q, k, v and the caches")],
+            attributes=common + [A("num_q_heads", defs.OpSchema.AttrType.INT, ""),
+                                 A("num_kv_heads", defs.OpSchema.AttrType.INT, ""),
+                                 A("head_dim", defs.OpSchema.AttrType.INT, ""),
+                                 optional("scale", F, "softmax scale (default 1/sqrt(head_dim))"),
+                                 optional("mask_type", S, "'causal' (default) or 'tree'")]),
+        defs.OpSchema(
+            "EdgertTreeVerify", DOMAIN, 1,
+            doc="Tree verification, greedy or typical acceptance (trt_plugins/tree_verify).",
+            inputs=[P("tokens", i32), P("parents", i32), P("logits", "T"), P("uniform", "tensor(float)")],
+            outputs=[P("path", i32), P("length", i32), P("bonus", i32)],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "logits")],
+            attributes=common + [optional("mode", S, "'greedy' (default) or 'typical'"),
+                                 optional("temperature", F, "typical: logits / temperature (default 1)"),
+                                 optional("epsilon", F, "typical: Medusa's epsilon (default 0.09)"),
+                                 optional("delta", F, "typical: Medusa's delta (default 0.3)")]),
+        defs.OpSchema(
+            "EdgertKVCompact", DOMAIN, 1,
+            doc="In-place KV compaction after a verify (trt_plugins/kv_compact).",
+            inputs=[P("cache", "T"), P("path", i32), P("length", i32), P("past_lengths", i32)],
+            outputs=[P("cache_out", "T")],
+            type_constraints=[("T", KV_TYPES, "the cache")], attributes=common),
+    ]
+    for schema in schemas:
+        defs.register_schema(schema)
+
+
+def unpack_tree_mask(tree_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """[T, ceil(T/32)] int32 -> [T, T] bool (bit j of row i: new token i sees new token j)."""
+    j = torch.arange(new, device=tree_mask.device)
+    words = tree_mask[:, j // 32]
+    return ((words >> (j % 32)) & 1).bool()
+
+
+def cache_attention_math(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
+    """The plugin's semantics: write k/v at each row's past length, attend over the cache with
+    the past visible and the new tokens as the tree mask says."""
+    batch, _, new, _ = q.shape
+    capacity = k_cache.shape[2]
+    k_out, v_out = k_cache.clone(), v_cache.clone()
+    position = torch.arange(capacity, device=q.device)
+    rel = position[None, :] - past_lengths.long()[:, None]                  # [B, C]: index among the new tokens
+    is_new = (rel >= 0) & (rel < new)
+    slot = rel.clamp(0, new - 1)
+    for part, cache in ((k, k_out), (v, v_out)):  # scatter without a data-dependent loop
+        gathered = part.gather(2, slot[:, None, :, None].expand(-1, part.shape[1], -1, part.shape[3]))
+        cache.copy_(torch.where(is_new[:, None, :, None], gathered, cache))
+    visible_new = unpack_tree_mask(tree_mask, new)                          # [T, T]
+    mask = (rel[:, None, :] < 0) | (is_new[:, None, :] & visible_new[:, slot].permute(1, 0, 2))
+    empty = k_out[:, :, :0]
+    y, _, _ = attention_math(q, k_out, v_out, mask, empty, empty)
+    return y, k_out, v_out
+
+
+@torch.library.custom_op("edgert::cache_attention", mutates_args=())
+def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    past_lengths: torch.Tensor, tree_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return cache_attention_math(q, k, v, k_cache, v_cache, past_lengths, tree_mask)
+
+
+@cache_attention.register_fake
+def _(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
+    return torch.empty_like(q), torch.empty_like(k_cache), torch.empty_like(v_cache)
+
+
+def onnx_cache_attention(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
+    """onnxscript translation: one EdgertAttention node (the TensorRT plugin)."""
+    from onnxscript import values
+
+    register_schemas()
+    edgert = values.Opset(DOMAIN, 1)
+    heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[3]
+    return edgert.EdgertAttention(q, k, v, k_cache, v_cache, past_lengths, tree_mask, num_q_heads=heads,
+                                  num_kv_heads=kv_heads, head_dim=dim, scale=1.0 / math.sqrt(dim), mask_type="tree",
+                                  **PLUGIN)
+
+
+def translations() -> dict:
+    return {torch.ops.edgert.cache_attention.default: onnx_cache_attention}
+
+
+class CacheDecoder(nn.Module):
+    """``forward(input_ids, position_ids, past_lengths, tree_mask, logit_positions, *caches)``
+    -> ``(logits, hidden_states, *caches)``: the decoder over fixed-capacity caches."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids, position_ids, past_lengths, tree_mask, logit_positions, *caches):
+        def attend(i):
+            return lambda q, k, v: cache_attention(q, k, v, caches[2 * i], caches[2 * i + 1], past_lengths, tree_mask)
+
+        return self.decoder.run(input_ids, position_ids, logit_positions, attend)
+
+
+
+# --- the bundle's graphs ---------------------------------------------------------------------
+
+def decoder_graph(cfg, kv_dtype: str):
+    from edgert.runtime.bundle import GraphSpec, TensorSpec
+
+    cache = ("batch", cfg.num_kv_heads, "capacity", cfg.head_dim)
+    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence_length")),
+              TensorSpec("position_ids", "int64", ("batch", "sequence_length")),
+              TensorSpec("past_lengths", "int32", ("batch",)),
+              TensorSpec("tree_mask", "int32", ("sequence_length", "mask_words")),
+              TensorSpec("logit_positions", "int64", ("batch", "num_logits"))]
+    outputs = [TensorSpec("logits", "float32", ("batch", "num_logits", cfg.vocab_size)),
+               TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
+    for i in range(cfg.num_layers):
+        for part in ("key", "value"):
+            inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, cache))
+            outputs.append(TensorSpec(f"present.{i}.{part}", kv_dtype, cache))
+    return GraphSpec("decoder", "decoder.onnx", tuple(inputs), tuple(outputs))
+
+
+def cache_feeds(feeds: dict, cfg, capacity: int, rng) -> dict:
+    """The default flavour's feeds (past ‖ new with a bool mask) as this flavour's: caches of
+    ``capacity`` holding the past, per-row past lengths, the new tokens' packed mask."""
+    import numpy as np
+
+    from edgert.runtime.llm.tree import pack_mask
+
+    batch, new = feeds["input_ids"].shape
+    past = feeds["attention_mask"].shape[2] - new
+    out = {k: feeds[k] for k in ("input_ids", "position_ids", "logit_positions")}
+    out["past_lengths"] = np.full(batch, past, np.int32)
+    out["tree_mask"] = pack_mask(feeds["attention_mask"][0, :, past:])
+    for i in range(cfg.num_layers):
+        for part in ("key", "value"):
+            given = feeds[f"past_key_values.{i}.{part}"]
+            cache = rng.standard_normal((batch, cfg.num_kv_heads, capacity, cfg.head_dim)).astype(given.dtype)
+            cache[:, :, :past] = given
+            out[f"past_key_values.{i}.{part}"] = cache
+    return out
+
+
+def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> dict:
+    """This flavour's PyTorch module (the plugins' semantics) against the default flavour's
+    reference on the same cases: logits, hidden states and the cache's written span."""
+    import numpy as np
+
+    from edgert.exporters.parity import output_error
+
+    names = ["logits", "hidden_states"] + [f"present.{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
+    outputs: dict = {}
+    for case, feeds in cases.items():
+        total = feeds["attention_mask"].shape[2]
+        ours = cache_feeds(feeds, cfg, total + 3, rng)
+        order = ["input_ids", "position_ids", "past_lengths", "tree_mask", "logit_positions"] + names[2:]
+        order = [n.replace("present.", "past_key_values.") for n in order]
+        std_order = ["input_ids", "position_ids", "attention_mask", "logit_positions"] + order[5:]
+        as_torch = lambda a: torch.from_numpy(a).float() if a.dtype == np.float16 else torch.from_numpy(a)  # noqa: E731
+        with torch.inference_mode():
+            want = reference(*[as_torch(feeds[n]) for n in std_order])
+            got = module(*[torch.from_numpy(ours[n]) for n in order])
+        for name, g, w in zip(names, got, want):
+            g = g[:, :, :total] if name.startswith("present.") else g  # the span written so far
+            row = {**output_error(w.float().numpy(), g.float().numpy(), tolerance), "case": case}
+            if name not in outputs or row["max_rel"] > outputs[name]["max_rel"] or not row["finite"]:
+                outputs[name] = row
+    return {"reference": "pytorch eager, default flavour (ONNX Attention contract), fp32",
+            "backend": "pytorch eager with edgert::cache_attention, the plugins' semantics; the ONNX file runs only "
+                       "on TensorRT with libedgert_trt_plugins.so",
+            "metric": "max_rel = max|flavour - reference| / max|reference| per output, worst over the cases",
+            "tolerance": tolerance, "outputs": outputs, "passed": all(r["passed"] for r in outputs.values())}
+
+
+def write_plugin_graphs(stage, cfg, kv_dtype: str) -> dict:
+    """verify_trt_<mode>.onnx (EdgertTreeVerify) and kv_compact_trt.onnx (EdgertKVCompact per
+    cache tensor), written with onnx.helper and checked; returns the manifest's entries."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    register_schemas()
+    i32, f32 = TensorProto.INT32, TensorProto.FLOAT
+    kv = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[kv_dtype]
+    opsets = [helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 1)]
+
+    def save(name, nodes, inputs, outputs):
+        graph = helper.make_graph(nodes, name.removesuffix(".onnx"), inputs, outputs)
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgert")
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(stage / name))
+        return name
+
+    files = {}
+    for mode, params in (("greedy", {}), ("typical", {"temperature": 1.0, "epsilon": 0.09, "delta": 0.3})):
+        files[mode] = save(
+            f"verify_trt_{mode}.onnx",
+            [helper.make_node("EdgertTreeVerify", ["tokens", "parents", "logits", "uniform"], ["path", "length", "bonus"],
+                              domain=DOMAIN, mode=mode, **params, **PLUGIN)],
+            [helper.make_tensor_value_info("tokens", i32, ["batch", "nodes"]),
+             helper.make_tensor_value_info("parents", i32, ["batch", "nodes"]),
+             helper.make_tensor_value_info("logits", f32, ["batch", "nodes", cfg.vocab_size]),
+             helper.make_tensor_value_info("uniform", f32, ["batch"])],
+            [helper.make_tensor_value_info("path", i32, ["batch", "nodes"]),
+             helper.make_tensor_value_info("length", i32, ["batch"]),
+             helper.make_tensor_value_info("bonus", i32, ["batch"])])
+    cache = ["batch", cfg.num_kv_heads, "capacity", cfg.head_dim]
+    names = [f"{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
+    files["compact"] = save(
+        "kv_compact_trt.onnx",
+        [helper.make_node("EdgertKVCompact", [f"past_key_values.{n}", "path", "length", "past_lengths"], [f"present.{n}"],
+                          domain=DOMAIN, name=f"compact.{n}", **PLUGIN) for n in names],
+        [helper.make_tensor_value_info(f"past_key_values.{n}", kv, cache) for n in names]
+        + [helper.make_tensor_value_info("path", i32, ["batch", "nodes"]),
+           helper.make_tensor_value_info("length", i32, ["batch"]),
+           helper.make_tensor_value_info("past_lengths", i32, ["batch"])],
+        [helper.make_tensor_value_info(f"present.{n}", kv, cache) for n in names])
+    return files

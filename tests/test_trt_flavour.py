@@ -1,0 +1,131 @@
+"""The TensorRT flavour of a decoder bundle (`edgert export llama --backend trt`): the exported
+ONNX holds edgert's plugin nodes (domain edgert, plugin_version / plugin_namespace, shapes of
+the in-place cache) and passes onnx.checker with the registered schemas; its PyTorch math is the
+default flavour's on rows with different past lengths; bad requests get one-line errors. Engines
+are built only where TensorRT and the plugin library exist."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import assert_user_error, edgert
+from llm_checkpoints import make_llama
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trt")
+    make_llama(root / "ckpt", hidden=256, heads=4, kv_heads=1)  # head_dim 64, 4 query heads per kv head
+    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--backend", "trt")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def shape(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_decoder_graph_holds_the_attention_plugin(bundle):
+    from edgert.exporters.llm.trt_flavour import register_schemas
+
+    model = onnx.load(bundle / "bundle" / "decoder.onnx")
+    register_schemas()
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("EdgertAttention") == 2 and "Attention" not in ops  # one plugin node per layer
+    node = next(n for n in model.graph.node if n.op_type == "EdgertAttention")
+    assert node.domain == "edgert"
+    assert attrs(node) == {"plugin_version": b"1", "plugin_namespace": b"edgert", "num_q_heads": 4, "num_kv_heads": 1,
+                           "head_dim": 64, "scale": pytest.approx(0.125), "mask_type": b"tree"}
+    assert list(node.input[3:]) == ["past_key_values.0.key", "past_key_values.0.value", "past_lengths", "tree_mask"]
+    assert list(node.output[1:]) == ["present.0.key", "present.0.value"]  # the caches, aliased by the plugin
+    inputs = {v.name: shape(v) for v in model.graph.input}
+    outputs = {v.name: shape(v) for v in model.graph.output}
+    assert inputs["past_lengths"] == ["batch"] and inputs["tree_mask"] == ["sequence_length", "mask_words"]
+    assert inputs["past_key_values.1.value"] == outputs["present.1.value"] == ["batch", 1, "capacity", 64]
+    assert {v.name: v.type.tensor_type.elem_type for v in model.graph.input}["tree_mask"] == onnx.TensorProto.INT32
+    assert outputs["logits"] == ["batch", "num_logits", 320]
+
+
+def test_verify_and_compaction_graphs(bundle):
+    manifest = json.loads((bundle / "bundle" / "manifest.json").read_text())["decoder"]
+    assert manifest["backend"] == "trt" and manifest["plugins"]["plugin_namespace"] == "edgert"
+    typical = onnx.load(bundle / "bundle" / manifest["verify"]["typical"])
+    (node,) = typical.graph.node
+    assert node.op_type == "EdgertTreeVerify" and attrs(node)["mode"] == b"typical"
+    assert attrs(node)["epsilon"] == pytest.approx(0.09) and attrs(node)["delta"] == pytest.approx(0.3)
+    assert [shape(v) for v in typical.graph.output] == [["batch", "nodes"], ["batch"], ["batch"]]
+    compact = onnx.load(bundle / "bundle" / manifest["kv_compact"])
+    assert [n.op_type for n in compact.graph.node] == ["EdgertKVCompact"] * 4  # 2 layers x key, value
+    assert list(compact.graph.node[3].input) == ["past_key_values.1.value", "path", "length", "past_lengths"]
+
+
+def test_parity_of_the_flavour_is_recorded(bundle):
+    report = json.loads((bundle / "bundle" / "manifest.json").read_text())["parity"]["graphs"]["decoder"]
+    assert report["passed"] and report["outputs"]["logits"]["max_rel"] < 1e-5
+    assert "TensorRT" in report["backend"]
+    info = edgert("info", bundle / "bundle")
+    assert info.returncode == 0 and "parity     decoder/logits" in info.stdout
+
+
+def test_rows_with_different_past_lengths_match_the_default_flavour(bundle):
+    """Each row's new tokens land at its own past length; the rest of the cache is untouched;
+    logits equal the default flavour's with that row's past."""
+    from edgert.exporters.llm.llama import load_decoder
+    from edgert.exporters.llm.trt_flavour import CacheDecoder
+    from edgert.runtime.llm.tree import Tree
+
+    decoder = load_decoder(bundle / "ckpt")
+    cfg = decoder.cfg
+    rng = np.random.default_rng(0)
+    past, new, capacity = [3, 9], 5, 20
+    tree = Tree(np.array([-1, 0, 0, 1, 2]))
+    ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (2, new)))
+    depth = torch.from_numpy(tree.depths())
+    caches = [torch.randn(2, cfg.num_kv_heads, capacity, cfg.head_dim) for _ in range(2 * cfg.num_layers)]
+    with torch.inference_mode():
+        got = CacheDecoder(decoder)(ids, torch.stack([p + depth for p in past]), torch.tensor(past, dtype=torch.int32),
+                                    torch.from_numpy(tree.packed_mask()), torch.arange(new).expand(2, new), *caches)
+        for row, p in enumerate(past):
+            mask = torch.cat([torch.ones(new, p, dtype=torch.bool), torch.from_numpy(tree.ancestor_mask())], 1)[None]
+            want = decoder(ids[row:row + 1], (p + depth)[None], mask, torch.arange(new)[None],
+                           *[c[row:row + 1, :, :p] for c in caches])
+            torch.testing.assert_close(got[0][row], want[0][0], atol=1e-4, rtol=0)  # logits span ~±45
+            for cache_in, out, present in zip(caches, got[2:], want[2:]):
+                torch.testing.assert_close(out[row, :, : p + new], present[0], atol=1e-5, rtol=0)
+                assert torch.equal(out[row, :, p + new:], cache_in[row, :, p + new:])
+
+
+def test_bad_requests_get_one_line_errors(bundle, tmp_path):
+    make_llama(tmp_path / "small")  # head_dim 8
+    assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "small", "--out", tmp_path / "b",
+                             "--backend", "trt"), "head_dim 8", "built for head_dim 64 and 128")
+    assert not (tmp_path / "b").exists()
+    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "v", "--backend", "trt"),
+                      "only LLM decoders have a TensorRT-plugin flavour")
+    assert_user_error(edgert("generate", bundle / "bundle", "--prompt", "hello"),
+                      "TensorRT flavour", "--backend onnx")
+
+
+def test_engine_builds_with_the_plugin_library(bundle):
+    trt = pytest.importorskip("tensorrt", reason="needs TensorRT (not installable here) and libedgert_trt_plugins.so")
+    from conftest import ROOT
+
+    library = ROOT / "build" / "native" / "trt_plugins" / "libedgert_trt_plugins.so"
+    if not library.is_file():
+        pytest.skip("libedgert_trt_plugins.so not built (cmake -S . -B build/native with TensorRT present)")
+    from edgert.runtime.llm.tensorrt import build_decoder_engine
+
+    engine = build_decoder_engine(bundle / "bundle", library, max_batch=2, max_tokens=64, capacity=256)
+    assert engine.num_io_tensors == 7 + 4 * 2  # 5 + 2 caches per layer in, 2 + 2 per layer out
+    assert trt.__version__
