@@ -117,3 +117,35 @@ def test_random_trees_after_appending_to_a_batch_of_caches(dim, group, nodes, dt
         np.testing.assert_allclose(got[b:b + 1], want, atol=2e-5 if dtype == torch.float32 else 4e-3)
     np.testing.assert_array_equal(k.numpy(), k_ref.numpy())  # the append wrote exactly past .. past + nodes - 1
 
+
+
+def test_matches_the_onnx_runtime_op_of_the_decoder_graph():
+    """The default flavour's attention (ONNX Attention, opset 23, in ONNX Runtime) and the kernel
+    agree on a tree over a cache with grouped heads."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(9)
+    batch, hq, hkv, past, dim = 1, 8, 2, 45, 64
+    tree = random_tree(rng, 23)
+    new = tree.size
+    q, k, v = case(rng, batch, hq, hkv, new, past, dim, capacity=past + new)
+    f32, boolean = TensorProto.FLOAT, TensorProto.BOOL
+    node = helper.make_node("Attention", ["q", "k", "v", "mask", "past_key", "past_value"], ["y", "present_key", "present_value"],
+                            softmax_precision=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "attention", [
+        helper.make_tensor_value_info("q", f32, [batch, hq, new, dim]),
+        helper.make_tensor_value_info("k", f32, [batch, hkv, new, dim]),
+        helper.make_tensor_value_info("v", f32, [batch, hkv, new, dim]),
+        helper.make_tensor_value_info("mask", boolean, [batch, 1, new, past + new]),
+        helper.make_tensor_value_info("past_key", f32, [batch, hkv, past, dim]),
+        helper.make_tensor_value_info("past_value", f32, [batch, hkv, past, dim])],
+        [helper.make_tensor_value_info(n, f32, None) for n in ("y", "present_key", "present_value")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    mask = np.concatenate([np.ones((new, past), bool), tree.ancestor_mask()], axis=1)[None, None]
+    kn, vn = k.numpy(), v.numpy()
+    (want,) = session.run(["y"], {"q": q.numpy(), "k": kn[:, :, past:], "v": vn[:, :, past:], "mask": mask,
+                                  "past_key": kn[:, :, :past], "past_value": vn[:, :, :past]})
+    got = attention(q, k, v, past, tree_mask=torch.from_numpy(tree.packed_mask()), num_splits=2).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
