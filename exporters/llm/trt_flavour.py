@@ -156,21 +156,28 @@ class CacheDecoder(nn.Module):
 # --- the bundle's graphs ---------------------------------------------------------------------
 
 def decoder_graph(cfg, kv_dtype: str):
-    from edgert.runtime.bundle import GraphSpec, TensorSpec
+    """The default flavour's I/O with the mask replaced by past lengths and the packed tree mask,
+    and the caches at their fixed capacity in and out."""
+    from dataclasses import replace
+
+    from edgert.runtime.bundle import TensorSpec
+
+    from .export import decoder_graph as default_graph
 
     cache = ("batch", cfg.num_kv_heads, "capacity", cfg.head_dim)
-    inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence_length")),
-              TensorSpec("position_ids", "int64", ("batch", "sequence_length")),
-              TensorSpec("past_lengths", "int32", ("batch",)),
-              TensorSpec("tree_mask", "int32", ("sequence_length", "mask_words")),
-              TensorSpec("logit_positions", "int64", ("batch", "num_logits"))]
-    outputs = [TensorSpec("logits", "float32", ("batch", "num_logits", cfg.vocab_size)),
-               TensorSpec("hidden_states", "float32", ("batch", "sequence_length", cfg.hidden_size))]
-    for i in range(cfg.num_layers):
-        for part in ("key", "value"):
-            inputs.append(TensorSpec(f"past_key_values.{i}.{part}", kv_dtype, cache))
-            outputs.append(TensorSpec(f"present.{i}.{part}", kv_dtype, cache))
-    return GraphSpec("decoder", "decoder.onnx", tuple(inputs), tuple(outputs))
+
+    def flavour(specs):
+        out = []
+        for spec in specs:
+            if spec.name == "attention_mask":
+                out += [TensorSpec("past_lengths", "int32", ("batch",)),
+                        TensorSpec("tree_mask", "int32", ("sequence_length", "mask_words"))]
+            else:
+                out.append(replace(spec, dims=cache) if spec.name.startswith(("past_key_values.", "present.")) else spec)
+        return tuple(out)
+
+    base = default_graph(cfg, kv_dtype)
+    return replace(base, inputs=flavour(base.inputs), outputs=flavour(base.outputs))
 
 
 def cache_feeds(feeds: dict, cfg, capacity: int, rng) -> dict:
