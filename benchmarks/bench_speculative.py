@@ -2,12 +2,17 @@
 
 Nothing can be downloaded here, so the script trains its own models on text every machine has
 offline: the Python standard library's top-level modules (every 10th file held out for the
-prompts). Stages are cached under build/bench/spec/ and skipped when present:
+prompts). Stages are cached under build/bench/spec/ (``--size medium``: build/bench/spec-medium/)
+and skipped when present:
 
 1. tokenizer: byte-level BPE, 4096 tokens (``tokenizers``);
-2. target: a Llama (transformers LlamaForCausalLM: 4 layers, hidden 256, 4 query / 2 kv heads,
-   MLP 768, tied embeddings, ~4 M parameters), trained from scratch for ``--target-minutes``;
-3. draft: the same family, 1 layer, hidden 128, trained the same way for ``--draft-minutes``;
+2. target: a Llama (transformers LlamaForCausalLM, tied embeddings), trained from scratch for
+   ``--target-minutes``: ``--size small`` 4 layers, hidden 256, 4 query / 2 kv heads, MLP 768
+   (4.2 M parameters, 17 MB: it lives in the CPU's caches, a pass is compute-bound);
+   ``--size medium`` 8 layers, hidden 512, 8 / 2 heads, MLP 1408 (25 M parameters, 100 MB: a
+   pass reads the weights from memory, as an LLM's does);
+3. draft: the same family, 1 layer, hidden 128, trained the same way for ``--draft-minutes``
+   (medium: the small target, when it was trained before, is the draft);
 4. Medusa heads (4) and an MTP module: ``edgert train medusa`` / ``edgert train mtp`` on the
    target (self-distillation);
 5. bundles: ``edgert export llama`` (the target with its heads and MTP graph; the draft).
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path("build/bench/spec")
+SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768), "medium": dict(layers=8, hidden=512, heads=8, mlp=1408)}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SEQ = 256
 
@@ -143,10 +149,23 @@ def main() -> None:
     parser.add_argument("--target-minutes", type=float, default=15)
     parser.add_argument("--draft-minutes", type=float, default=4)
     parser.add_argument("--prepare-only", action="store_true", help="train and export, do not time")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="target model size (see above)")
     parser.add_argument("--out")
     args = parser.parse_args()
-    target = train_model("target", 4, 256, 4, 768, args.target_minutes)
-    draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
+    global ROOT
+    small = ROOT
+    if args.size != "small":
+        ROOT = ROOT.with_name(f"spec-{args.size}")
+        ROOT.mkdir(parents=True, exist_ok=True)
+        if (small / "tokenizer.json").is_file() and not (ROOT / "tokenizer.json").is_file():
+            import shutil
+
+            shutil.copyfile(small / "tokenizer.json", ROOT / "tokenizer.json")  # one tokenizer: the draft needs it
+    target = train_model("target", **SIZES[args.size], minutes=args.target_minutes)
+    if args.size != "small" and (small / "target" / "model.safetensors").is_file():
+        draft = small / "target"
+    else:
+        draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
     heads, mtp = speculative_part("medusa", target), speculative_part("mtp", target)
     target_bundle = bundle("target", target, {"medusa": str(heads), "mtp": str(mtp)})
     draft_bundle = bundle("draft", draft, {})

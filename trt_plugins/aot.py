@@ -26,9 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # the CPU interpreter replaces @triton.jit: no compiler then
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp16": "fp16", "bf16": "bf16"}
 BITS = {"b16": "i16", "b32": "i32"}  # moved, not computed: one kernel per element size
@@ -155,6 +152,10 @@ def main(argv=None) -> int:
     parser.add_argument("--archs", nargs="+", type=int, default=[87, 90, 110], help="compute capabilities, e.g. 87 90 110")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
+    # Before triton is imported here and in the workers: the CPU interpreter (which the test
+    # suite turns on) replaces @triton.jit, and there is nothing to compile then.
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     try:
         import triton  # noqa: F401
     except ImportError:

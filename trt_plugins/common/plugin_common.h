@@ -4,6 +4,7 @@
 #pragma once
 
 #include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
 
 #include <string>
 #include <vector>
