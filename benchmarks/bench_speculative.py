@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path("build/bench/spec")
-SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768), "medium": dict(layers=8, hidden=512, heads=8, mlp=1408)}
+SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768, batch=16),
+         "medium": dict(layers=8, hidden=512, heads=8, mlp=1408, batch=8)}
+PART_STEPS = {"small": 800, "medium": 250}  # Medusa / MTP training steps: a medium step costs ~5 small ones
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SEQ = 256
 
@@ -75,7 +77,7 @@ def token_stream(files: list[Path]) -> np.ndarray:
     return np.asarray(ids, np.int64)
 
 
-def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minutes: float) -> Path:
+def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minutes: float, batch: int = 16) -> Path:
     """Train a LlamaForCausalLM from scratch for a fixed time; save it as a HF checkpoint."""
     out = ROOT / name
     if (out / "model.safetensors").is_file():
@@ -92,7 +94,7 @@ def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minut
                                       bos_token_id=0, eos_token_id=1, tie_word_embeddings=True)
     model = transformers.LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.95))
-    budget, t0, step, batch = minutes * 60, time.perf_counter(), 0, 16
+    budget, t0, step = minutes * 60, time.perf_counter(), 0
     print(f"training {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"{data.numel() / 1e6:.2f} M tokens, {minutes} min", file=sys.stderr)
     while (elapsed := time.perf_counter() - t0) < budget:
@@ -114,13 +116,13 @@ def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minut
     return out
 
 
-def speculative_part(kind: str, target: Path) -> Path:
+def speculative_part(kind: str, target: Path, steps: int) -> Path:
     out = ROOT / f"{kind}.safetensors"
     if not out.is_file():
         from edgert.exporters.llm.train import train
 
         files, _ = corpus_files()
-        train(kind, str(target), [str(f) for f in files], str(out), num_heads=4, steps=800, batch=8,
+        train(kind, str(target), [str(f) for f in files], str(out), num_heads=4, steps=steps, batch=8,
               samples=512, prompt_len=64, new_tokens=128, lr=1e-3)
     return out
 
@@ -166,7 +168,8 @@ def main() -> None:
         draft = small / "target"
     else:
         draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
-    heads, mtp = speculative_part("medusa", target), speculative_part("mtp", target)
+    steps = PART_STEPS[args.size]
+    heads, mtp = speculative_part("medusa", target, steps), speculative_part("mtp", target, steps)
     target_bundle = bundle("target", target, {"medusa": str(heads), "mtp": str(mtp)})
     draft_bundle = bundle("draft", draft, {})
     if args.prepare_only:

@@ -187,6 +187,9 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     if not directory.is_dir():
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
     opts = plugin.resolve_options(options or {})
+    if backend == "trt" and precision != "fp16":
+        raise EdgertError(f"--backend trt --precision {precision}: edgert's TensorRT attention plugin takes fp16 tensors "
+                          "(the deployment precision on Jetson-class GPUs); add --precision fp16")
     if backend == "trt" and opts["mtp"]:
         raise EdgertError("--opt mtp: the TensorRT flavour does not carry an MTP module yet; export it with --backend onnx")
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
@@ -225,40 +228,39 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     if backend == "onnx":
         graph = decoder_graph(cfg, kv_dtype)
         jobs = [(graph, module, trace, translations(),
-                 lambda path, g=graph, c=cases: check_parity(path, reference, g, c, tolerance))]
+                 lambda path, spec: check_parity(path, reference, spec, cases, tolerance))]
     else:
         from . import trt_flavour
 
         graph = trt_flavour.decoder_graph(cfg, kv_dtype)
         flavour = trt_flavour.CacheDecoder(module).eval()
         jobs = [(graph, flavour, trt_flavour.cache_feeds(trace, cfg, 12, rng), trt_flavour.translations(),
-                 lambda path: trt_flavour.check_math(flavour, reference, cfg, cases, tolerance, rng))]
+                 lambda path, spec: trt_flavour.check_math(flavour, reference, cfg, cases, tolerance, rng))]
     if opts["mtp"]:
         from .mtp import MTPGraph, load_mtp
 
         mtp = load_mtp(opts["mtp"], cfg)
         mtp_module = MTPGraph(module, copy.deepcopy(mtp).to(next(module.parameters()).dtype)).eval()
-        spec, mtp_cases = mtp_graph(cfg, kv_dtype), parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)
-        jobs.append((spec, mtp_module, _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True), translations(),
-                     lambda path: check_parity(path, MTPGraph(reference, mtp).eval(), spec, mtp_cases, tolerance)))
+        mtp_cases = parity_cases(cfg, np.dtype(kv_dtype), rng, mtp=True)
+        jobs.append((mtp_graph(cfg, kv_dtype), mtp_module, _feeds(cfg, 2, 4, 5, trace_mask, np.dtype(kv_dtype), rng, mtp=True),
+                     translations(),
+                     lambda path, spec: check_parity(path, MTPGraph(reference, mtp).eval(), spec, mtp_cases, tolerance)))
     if medusa is not None:
         from .medusa import MedusaGraph
 
         dtype = next(module.parameters()).dtype
         hidden = {"hidden_states": rng.standard_normal((2, 3, cfg.hidden_size)).astype(np.float32)}
-        spec = medusa_graph(cfg, len(medusa))
-        jobs.append((spec, MedusaGraph(copy.deepcopy(medusa).to(dtype)).eval(), dict(hidden), {},
-                     lambda path: check_parity(path, MedusaGraph(medusa).eval(), spec, {"heads": hidden}, tolerance)))
-    reports = {}
+        jobs.append((medusa_graph(cfg, len(medusa)), MedusaGraph(copy.deepcopy(medusa).to(dtype)).eval(), dict(hidden), {},
+                     lambda path, spec: check_parity(path, MedusaGraph(medusa).eval(), spec, {"heads": hidden}, tolerance)))
+    reports = {}  # jobs: (graph spec, module to export, trace feeds, translation table, parity check)
     with staged_bundle(out, overwrite=force) as stage:
         for spec, exported, trace, table, check in jobs:
             if "logit_positions" in trace:
                 trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
             with step(f"exporting graph {spec.name!r} to {spec.file} (torch.onnx, dynamo, opset 23)"):
-                opset = _export_graph(exported, spec, trace, stage / spec.file, table, opset=23,
-                                      derived=(TOTAL,) if TOTAL in str(spec.to_json()) else ())
+                opset = _export_graph(exported, spec, trace, stage / spec.file, table, opset=23, derived=(TOTAL,))
             with step(f"checking parity of {spec.file} against PyTorch (prefill, tree over a cache)"):
-                report = check(stage / spec.file)
+                report = check(stage / spec.file, spec)
             if not report["passed"]:
                 name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
                 raise EdgertError(

@@ -152,7 +152,6 @@ class CacheDecoder(nn.Module):
         return self.decoder.run(input_ids, position_ids, logit_positions, attend)
 
 
-
 # --- the bundle's graphs ---------------------------------------------------------------------
 
 def decoder_graph(cfg, kv_dtype: str):
@@ -208,17 +207,17 @@ def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> di
 
     from edgert.exporters.parity import output_error
 
-    names = ["logits", "hidden_states"] + [f"present.{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
+    caches = [f"past_key_values.{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
+    order = ["input_ids", "position_ids", "past_lengths", "tree_mask", "logit_positions", *caches]
+    default_order = ["input_ids", "position_ids", "attention_mask", "logit_positions", *caches]
+    names = ["logits", "hidden_states", *[c.replace("past_key_values.", "present.") for c in caches]]
     outputs: dict = {}
     for case, feeds in cases.items():
         total = feeds["attention_mask"].shape[2]
         ours = cache_feeds(feeds, cfg, total + 3, rng)
-        order = ["input_ids", "position_ids", "past_lengths", "tree_mask", "logit_positions"] + names[2:]
-        order = [n.replace("present.", "past_key_values.") for n in order]
-        std_order = ["input_ids", "position_ids", "attention_mask", "logit_positions"] + order[5:]
         as_torch = lambda a: torch.from_numpy(a).float() if a.dtype == np.float16 else torch.from_numpy(a)  # noqa: E731
         with torch.inference_mode():
-            want = reference(*[as_torch(feeds[n]) for n in std_order])
+            want = reference(*[as_torch(feeds[n]) for n in default_order])
             got = module(*[torch.from_numpy(ours[n]) for n in order])
         for name, g, w in zip(names, got, want):
             g = g[:, :, :total] if name.startswith("present.") else g  # the span written so far
