@@ -4,6 +4,8 @@ logits), seeded sampling reproducible, and the errors a user can make."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,30 @@ def test_greedy_is_lossless(bundles, strategy, options):
             assert near_tie(gen, ids + reference[:first]), f"{strategy}: diverged at token {first} without a near-tie"
         assert len(result.tokens) == NEW_TOKENS
     assert np.mean(gained) > 1.2, gained  # the drafts were exercised, not only single steps
+
+
+def test_int8_proposals_stay_lossless(bundles, tmp_path):
+    """--opt proposals=int8: the Medusa and MTP graphs' MatMuls in int8 (after an fp32 parity
+    check); they only propose, so greedy output still equals ar's."""
+    import onnx
+
+    root = bundles[0].parent
+    export("llama", tmp_path / "int8", {"medusa": str(root / "heads.safetensors"), "mtp": str(root / "mtp.safetensors"),
+                                       "proposals": "int8"}, checkpoint=str(root / "target"))
+    for graph in ("medusa.onnx", "mtp.onnx"):
+        assert "MatMulInteger" in {n.op_type for n in onnx.load(tmp_path / "int8" / graph).graph.node}
+    report = json.loads((tmp_path / "int8" / "manifest.json").read_text())["parity"]["graphs"]["medusa"]
+    assert report["quantized"]["top1_agreement_with_pytorch"] > 0.8
+    gen = Generator(tmp_path / "int8")
+    gen.eos = set()
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    for ids in prompts(gen, 10):
+        reference = gen.generate(ids, params).tokens
+        for name, options in (("medusa", {"tree": "mc_sim_7"}), ("mtp", {"depth": "3"})):
+            result = gen.generate(ids, params, strategy=name, strategy_options=options)
+            if result.tokens != reference:
+                first = next(i for i, (a, b) in enumerate(zip(result.tokens, reference)) if a != b)
+                assert near_tie(gen, ids + reference[:first]), f"{name}: diverged at token {first} without a near-tie"
 
 
 def test_onnx_verifier_gives_the_same_output(bundles):

@@ -30,7 +30,10 @@ class LlamaFamily:
                                  non_negative_int),
                "medusa": Option("", "Medusa heads file (medusa_lm_head.safetensors layout) to export with the "
                                     "decoder, for --strategy medusa"),
-               "mtp": Option("", "MTP module file (edgert train mtp) to export as the 'mtp' graph, for --strategy mtp")}
+               "mtp": Option("", "MTP module file (edgert train mtp) to export as the 'mtp' graph, for --strategy mtp"),
+               "proposals": Option("fp32", "weights of the Medusa and MTP graphs: fp32, or int8 (dynamic int8 MatMuls, "
+                                           "4x less to read per step on a CPU; they only propose tokens, the target "
+                                           "verifies them, so greedy output stays exact)", choices=("fp32", "int8"))}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         return resolve_options(self.name, self.options, given)
