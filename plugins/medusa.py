@@ -57,6 +57,7 @@ class Medusa:
         if mode != "greedy" and d.sampler.params.greedy:
             raise InputError(f"medusa verify={mode} needs sampling: give --temperature > 0")
         k, size = buffers.top_k, buffers.tree.size
+        ranks = 1 + max(rank for path in buffers.choices for rank in path)  # candidates a head must rank
         if size >= d.session.context:
             raise InputError(f"medusa tree of {size} tokens does not fit the bundle's context of {d.session.context} positions")
         root = d.sample(d.prefill())
@@ -66,9 +67,13 @@ class Medusa:
                 root = d.sample(d.step(root))
                 continue
             scores = medusa(d.hidden[-1])  # (heads, vocab) at the last accepted token
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]  # ranks 0..k-1 by score
-            top = np.take_along_axis(top, order, axis=1)
+            if ranks == 1:  # a chain uses each head's best token only: argmax, not a partial sort
+                top = np.zeros((scores.shape[0], k), np.int64)
+                top[:, 0] = scores.argmax(axis=1)
+            else:
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]  # ranks 0..k-1 by score
+                top = np.take_along_axis(top, order, axis=1)
             candidates = np.concatenate([[root], top[: max(map(len, buffers.choices))].reshape(-1)])
             tokens = candidates[buffers.tree_indices]
             verdict = d.verify(buffers.tree, tokens, mode=mode)
