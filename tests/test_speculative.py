@@ -298,3 +298,17 @@ def test_generate_stats_on_the_cli(bundles):
                     "--stats", "--max-new-tokens", "32")
     assert result.returncode == 0, result.stderr
     assert "tokens per pass" in result.stderr and "acceptance by draft depth" in result.stderr
+
+
+
+def test_a_generations_sessions_stop_spinning_between_runs(bundles):
+    """Decoder, Medusa heads and MTP graph take turns on the cores: each session's threads stop
+    spinning when its run ends (idle spinning pools took the cores from the next session)."""
+    from edgert.runtime.bundle import Bundle
+    from edgert.runtime.llm.session import DecoderSession, MedusaSession
+
+    bundle = Bundle.load(bundles[2])
+    for session in (DecoderSession(bundle, threads=2), DecoderSession(bundle, threads=2, graph="mtp"),
+                    MedusaSession(bundle, threads=2)):
+        options = session.backend.session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -22,25 +22,6 @@ PROVIDERS = {
 }
 
 
-_shared_pool_threads: int | None = None  # intra-op threads of the process-wide pool, once set
-
-
-def _shared_pool(threads: int | None) -> bool:
-    """One intra-op thread pool for the sessions that run one after another in a generation step
-    (decoder, Medusa heads, MTP module, draft model). With a pool per session, the idle
-    sessions' threads keep spinning and take the cores from the one that runs: on 2 cores that
-    made Medusa's decoder pass 1.7x and its heads 2x slower (benchmarks/bench_speculative.py).
-    The first caller's thread count sizes the pool; a later, different one gets its own pool."""
-    global _shared_pool_threads
-    import onnxruntime.capi._pybind_state as C
-
-    wanted = int(threads or 0)  # 0: ONNX Runtime's default, one thread per core
-    if _shared_pool_threads is None:
-        C.set_global_thread_pool_sizes(wanted, 1)
-        _shared_pool_threads = wanted
-    return _shared_pool_threads == wanted
-
-
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -51,7 +32,11 @@ class OnnxRuntimeBackend(Backend):
     file_key = "file"
     description = "ONNX Runtime (CPU, or CUDA / TensorRT execution providers)"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, shared_threads: bool = False):
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, interleaved: bool = False):
+        """``interleaved``: this session takes turns with others on the same cores (a generation's
+        decoder, Medusa heads, MTP module, draft). Its threads then stop spinning when a run ends:
+        spinning idle threads took the cores from the session that ran next, which made Medusa's
+        decoder pass 1.7x and its heads 2x slower on 2 cores (benchmarks/bench_speculative.py)."""
         super().__init__(path, device=device, threads=threads)
         import onnxruntime as ort
 
@@ -67,12 +52,11 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # ORT's own warnings go to its log, not the user's terminal
-        self.shared = shared_threads and _shared_pool(threads)
-        if self.shared:
-            options.use_per_session_threads = False
-        elif threads:
+        if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if interleaved:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
@@ -88,5 +72,5 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(self.output_names, values))
 
     def describe(self) -> str:
-        threads = f"{self.threads or 'default'}{' (a pool shared with the other graphs)' if self.shared else ''}"
+        threads = self.threads or "default"
         return f"onnxruntime {__import__('onnxruntime').__version__} [{self.providers[0]}], intra-op threads: {threads}"
