@@ -83,13 +83,6 @@ def register_schemas() -> None:
         defs.register_schema(schema)
 
 
-def unpack_tree_mask(tree_mask: torch.Tensor, new: int) -> torch.Tensor:
-    """[T, ceil(T/32)] int32 -> [T, T] bool (bit j of row i: new token i sees new token j)."""
-    j = torch.arange(new, device=tree_mask.device)
-    words = tree_mask[:, j // 32]
-    return ((words >> (j % 32)) & 1).bool()
-
-
 def cache_attention_math(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
     """The plugin's semantics: write k/v at each row's past length, attend over the cache with
     the past visible and the new tokens as the tree mask says."""
@@ -103,7 +96,9 @@ def cache_attention_math(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
     for part, cache in ((k, k_out), (v, v_out)):  # scatter without a data-dependent loop
         gathered = part.gather(2, slot[:, None, :, None].expand(-1, part.shape[1], -1, part.shape[3]))
         cache.copy_(torch.where(is_new[:, None, :, None], gathered, cache))
-    visible_new = unpack_tree_mask(tree_mask, new)                          # [T, T]
+    from edgert.runtime.llm.tree import unpack_mask
+
+    visible_new = torch.from_numpy(unpack_mask(tree_mask.cpu().numpy(), new)).to(q.device)  # [T, T]
     mask = (rel[:, None, :] < 0) | (is_new[:, None, :] & visible_new[:, slot].permute(1, 0, 2))
     empty = k_out[:, :, :0]
     y, _, _ = attention_math(q, k_out, v_out, mask, empty, empty)
