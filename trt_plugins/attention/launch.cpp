@@ -16,29 +16,34 @@ constexpr int kMaxSplits = 32;
 
 // Split-KV: about one split per 512 cache positions, at most 32. A function of the shapes
 // only, so a TensorRT plugin can size its workspace at build time.
-int num_splits(int new_tokens, int capacity) {
-  if (new_tokens > kDecodeRows) return 1;
+int num_splits(int capacity) {
   int64_t splits = cdiv(capacity, 512);
   return static_cast<int>(splits < 1 ? 1 : splits > kMaxSplits ? kMaxSplits : splits);
 }
 
 int per_split(int capacity, int splits) { return static_cast<int>(round_up(cdiv(capacity, splits), kBlockN)); }
 
-struct Workspace {
-  size_t parts = 0, lse = 0, total = 0;
+// How a call is tiled and where its partials live: the one place that decides it, for the
+// workspace query and the launch alike.
+struct Plan {
+  bool decode = false;    // 16-row tiles with split-KV and a merge; else 128-row tiles, no split
+  int splits = 1, chunk = 0;  // KV ranges per row tile, positions per range
+  size_t parts = 0, lse = 0, total = 0;  // workspace bytes
 };
 
-Workspace layout(int batch, int q_heads, int new_tokens, int capacity, int head_dim) {
-  Workspace w;
-  int splits = num_splits(new_tokens, capacity);
-  if (new_tokens <= kDecodeRows) {
-    splits = static_cast<int>(cdiv(capacity, per_split(capacity, splits)));
-    int64_t rows = int64_t(batch) * q_heads * splits * new_tokens;
-    w.parts = round_up(rows * head_dim * sizeof(float), 256);
-    w.lse = round_up(rows * sizeof(float), 256);
+Plan plan(int batch, int q_heads, int new_tokens, int capacity, int head_dim) {
+  Plan p;
+  p.decode = new_tokens <= kDecodeRows;
+  p.chunk = capacity;
+  if (p.decode) {
+    p.chunk = per_split(capacity, num_splits(capacity));
+    p.splits = static_cast<int>(cdiv(capacity, p.chunk));
+    int64_t rows = int64_t(batch) * q_heads * p.splits * new_tokens;
+    p.parts = round_up(rows * head_dim * sizeof(float), 256);
+    p.lse = round_up(rows * sizeof(float), 256);
   }
-  w.total = w.parts + w.lse;
-  return w;
+  p.total = p.parts + p.lse;
+  return p;
 }
 
 edgert_status check_shapes(int batch, int q_heads, int kv_heads, int new_tokens, int capacity, int head_dim) {
@@ -65,7 +70,7 @@ extern "C" edgert_status edgert_attention_workspace_size(int batch, int q_heads,
   if (!bytes) return fail(EDGERT_INVALID_ARGUMENT, "edgert_attention_workspace_size: bytes is NULL");
   edgert_status status = check_shapes(batch, q_heads, 1, new_tokens, capacity, head_dim);
   if (status != EDGERT_OK) return status;
-  *bytes = layout(batch, q_heads, new_tokens, capacity, head_dim).total;
+  *bytes = plan(batch, q_heads, new_tokens, capacity, head_dim).total;
   return EDGERT_OK;
 }
 
@@ -85,7 +90,7 @@ extern "C" edgert_status edgert_attention(edgert_stream stream, edgert_dtype dty
                         static_cast<const void*>(past_lengths), static_cast<const void*>(tree_mask),
                         static_cast<const void*>(out), static_cast<const void*>(workspace)})
     if (!aligned16(p)) return fail(EDGERT_INVALID_ARGUMENT, "edgert_attention: device pointers must be 16-byte aligned");
-  Workspace w = layout(batch, q_heads, new_tokens, capacity, head_dim);
+  const Plan w = plan(batch, q_heads, new_tokens, capacity, head_dim);
   if (workspace_bytes < w.total || (w.total && !workspace))
     return fail(EDGERT_WORKSPACE_TOO_SMALL, "edgert_attention: workspace of " + std::to_string(workspace_bytes) +
                                                 " bytes, needs " + std::to_string(w.total));
@@ -104,9 +109,8 @@ extern "C" edgert_status edgert_attention(edgert_stream stream, edgert_dtype dty
     }
   }
 
-  const bool decode = new_tokens <= kDecodeRows;
-  const int splits = decode ? static_cast<int>(cdiv(C, per_split(capacity, num_splits(new_tokens, capacity)))) : 1;
-  const int chunk = decode ? per_split(capacity, num_splits(new_tokens, capacity)) : capacity;
+  const bool decode = w.decode;
+  const int splits = w.splits, chunk = w.chunk;
   char* ws = static_cast<char*>(workspace);
   float* parts = decode ? reinterpret_cast<float*>(ws) : nullptr;
   float* lse = decode ? reinterpret_cast<float*>(ws + w.parts) : nullptr;

@@ -67,16 +67,12 @@ class AttentionPlugin final : public PluginBase {
                           int32_t) const noexcept override {
     // The largest need over the profile: split-KV partials peak at 64 new tokens and grow with capacity.
     int64_t tokens = in[0].max.d[2] < 64 ? in[0].max.d[2] : 64;
-    size_t bytes = 0;
-    if (edgert_attention_workspace_size(static_cast<int>(in[0].max.d[0]), q_heads_, static_cast<int>(tokens),
-                                        static_cast<int>(in[3].max.d[2]), head_dim_, &bytes) != EDGERT_OK)
-      return 0;
-    return bytes;
+    return workspace_for(static_cast<int>(in[0].max.d[0]), static_cast<int>(tokens), static_cast<int>(in[3].max.d[2]));
   }
 
   int32_t getAliasedInput(int32_t output) noexcept override { return output == 1 ? 3 : output == 2 ? 4 : -1; }
 
-  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const* out, void const* const* inputs,
+  int32_t enqueue(PluginTensorDesc const* in, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
     edgert_dtype dtype;
     if (!to_edgert_dtype(in[0].type, &dtype)) return -1;
@@ -94,7 +90,7 @@ class AttentionPlugin final : public PluginBase {
           return -1;
       }
     }
-    size_t ws = getWorkspaceSizeFor(batch, tokens, capacity);
+    size_t ws = workspace_for(batch, tokens, capacity);
     edgert_status status = edgert_attention(
         reinterpret_cast<edgert_stream>(stream), dtype, inputs[0], inputs[1], inputs[2], outputs[1], outputs[2],
         static_cast<int32_t const*>(inputs[5]), tree_ ? static_cast<int32_t const*>(inputs[6]) : nullptr, outputs[0],
@@ -103,7 +99,6 @@ class AttentionPlugin final : public PluginBase {
       log_error(std::string(kName) + ": " + edgert_last_error());
       return -1;
     }
-    (void)out;
     return 0;
   }
 
@@ -119,9 +114,9 @@ class AttentionPlugin final : public PluginBase {
 
  private:
   int32_t expected_inputs() const { return tree_ ? 7 : 6; }
-  size_t getWorkspaceSizeFor(int batch, int tokens, int capacity) const {
+  size_t workspace_for(int batch, int tokens, int capacity) const {  // 0 for shapes the library refuses
     size_t bytes = 0;
-    edgert_attention_workspace_size(batch, q_heads_, tokens, capacity, head_dim_, &bytes);
+    if (edgert_attention_workspace_size(batch, q_heads_, tokens, capacity, head_dim_, &bytes) != EDGERT_OK) return 0;
     return bytes;
   }
 
