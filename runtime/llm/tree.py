@@ -17,7 +17,8 @@ tree indices into [root, top-k of head 0, top-k of head 1, ...], position ids, r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,14 +27,19 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class Tree:
+    """Immutable: the arrays it returns are read-only and computed once, as a generation verifies
+    the same tree (or chain length) at every step."""
+
     parents: np.ndarray  # (T,) int64, -1 for the root
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def chain(cls, length: int) -> "Tree":
-        return cls(np.arange(-1, length - 1, dtype=np.int64))
+        return _chain(int(length))
 
     def __post_init__(self):
-        p = np.asarray(self.parents, dtype=np.int64)
+        p = np.array(self.parents, dtype=np.int64)
+        p.flags.writeable = False
         object.__setattr__(self, "parents", p)
         if p.ndim != 1 or p.size == 0 or p[0] != -1:
             raise InputError("tree: parents must be a non-empty 1-D list starting with -1 (the root)")
@@ -44,28 +50,42 @@ class Tree:
     def size(self) -> int:
         return int(self.parents.size)
 
+    def _once(self, key: str, make):
+        if key not in self._derived:
+            value = make()
+            value.flags.writeable = False
+            self._derived[key] = value
+        return self._derived[key]
+
     def depths(self) -> np.ndarray:
-        depth = np.zeros(self.size, np.int64)
-        for i in range(1, self.size):
-            depth[i] = depth[self.parents[i]] + 1
-        return depth
+        def make():
+            depth = np.zeros(self.size, np.int64)
+            for i in range(1, self.size):
+                depth[i] = depth[self.parents[i]] + 1
+            return depth
+        return self._once("depths", make)
 
     def ancestor_mask(self) -> np.ndarray:
         """(T, T) bool: node i sees node j when j is i or one of its ancestors."""
-        mask = np.eye(self.size, dtype=bool)
-        for i in range(1, self.size):
-            mask[i] |= mask[self.parents[i]]
-        return mask
+        def make():
+            mask = np.eye(self.size, dtype=bool)
+            for i in range(1, self.size):
+                mask[i] |= mask[self.parents[i]]
+            return mask
+        return self._once("ancestor_mask", make)
 
     def packed_mask(self) -> np.ndarray:
         """(T, ceil(T/32)) int32, bit j % 32 of word j // 32 in row i = node i sees node j."""
         return pack_mask(self.ancestor_mask())
 
-    def children(self) -> list[list[int]]:
-        kids: list[list[int]] = [[] for _ in range(self.size)]
-        for i in range(1, self.size):
-            kids[self.parents[i]].append(i)
-        return kids
+    def children(self) -> tuple[tuple[int, ...], ...]:
+        """Each node's children, in node order."""
+        if "children" not in self._derived:
+            kids: list[list[int]] = [[] for _ in range(self.size)]
+            for i in range(1, self.size):
+                kids[self.parents[i]].append(i)
+            self._derived["children"] = tuple(map(tuple, kids))
+        return self._derived["children"]
 
     def path(self, node: int) -> list[int]:
         """Root ... node."""
@@ -73,6 +93,11 @@ class Tree:
         while self.parents[out[-1]] >= 0:
             out.append(int(self.parents[out[-1]]))
         return out[::-1]
+
+
+@lru_cache(maxsize=256)
+def _chain(length: int) -> Tree:
+    return Tree(np.arange(-1, length - 1, dtype=np.int64))
 
 
 def pack_mask(mask: np.ndarray) -> np.ndarray:
