@@ -8,7 +8,8 @@ top-k / top-p) and each token is accepted with min(1, p/q), else the next token 
 norm(max(0, p − q)): the output follows the target's distribution exactly.
 
 γ adapts as in transformers' assisted generation: +2 after a step that accepted every draft
-token, −1 otherwise (``adaptive=false`` keeps it fixed).
+token, −1 otherwise (``adaptive=false`` keeps it fixed). ``confidence`` ends a draft early at
+a token the draft itself gives less probability (transformers' ``assistant_confidence_threshold``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgert.runtime.bundle import Bundle
-from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.detector import Option, boolean, positive_int, probability
 from edgert.runtime.errors import BundleError, InputError
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.llm.sampling import Sampler
+from edgert.runtime.llm.sampling import Sampler, top_probability
 from edgert.runtime.llm.session import DecoderSession
 from edgert.runtime.llm.tree import Tree
 
@@ -45,7 +46,8 @@ class DraftModel:
     description = "speculative decoding with a smaller draft bundle (same tokenizer), lossless"
     options = {"model": Option(None, "the draft bundle (required)", str),
                "gamma": Option(4, "draft tokens per step (the start value when adaptive)", positive_int),
-               "adaptive": Option(True, "adapt gamma to the acceptance", boolean)}
+               "adaptive": Option(True, "adapt gamma to the acceptance", boolean),
+               "confidence": Option(0.0, "stop drafting after a token the draft gives less probability", probability)}
 
     def decode(self, d):
         path = d.options["model"]
@@ -56,7 +58,7 @@ class DraftModel:
         cache = draft.new_cache(d.cache.capacity)
         sampler = Sampler(d.sampler.params)
         sampler.rng = np.random.default_rng(d.sampler.rng.integers(2**63))  # its own stream, derived from the seed
-        gamma = d.options["gamma"]
+        gamma, confidence = d.options["gamma"], d.options["confidence"]
         root = d.sample(d.prefill())
         while True:
             context = d.tokens + [root]
@@ -69,14 +71,18 @@ class DraftModel:
             proposals, qs = [], []
             for j in range(room):
                 if sampler.params.greedy:
-                    token = int(np.argmax(sampler.adjust(logits, context + proposals)))
+                    adjusted = sampler.adjust(logits, context + proposals)
+                    token = int(np.argmax(adjusted))
+                    sure = not confidence or top_probability(adjusted) >= confidence
                 else:
                     q = sampler.probabilities(logits, context + proposals)
                     token = sampler.draw(q)
                     qs.append(q)
+                    sure = q[token] >= confidence
                 proposals.append(token)
-                if j + 1 < room:
-                    logits = draft.extend(cache, [token]).logits[-1]
+                if j + 1 == room or not sure:  # a token the draft doubts ends the draft
+                    break
+                logits = draft.extend(cache, [token]).logits[-1]
             tokens = [root] + proposals
             draft_probs = np.stack(qs + [np.zeros_like(qs[0])]) if qs else None
             verdict = d.verify(Tree.chain(len(tokens)), tokens, draft_probs=draft_probs)

@@ -59,6 +59,16 @@ def non_negative_int(text: str) -> int:
 non_negative_int.__name__ = "an integer >= 0"
 
 
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
+probability.__name__ = "a number from 0 to 1"
+
+
 def boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
