@@ -6,19 +6,13 @@ apoorvumang/prompt-lookup-decoding do; it pays off where the output repeats the 
 (summaries, code edits, extraction). The draft is verified as a chain in one pass: greedy
 verification is exact, sampling uses the deterministic-draft rule (accept with p(x), else
 sample the rest of p), which keeps the target's distribution.
-
-The draft's length adapts (``adaptive``, on by default), as transformers' assisted generation
-adapts its assistant's: +2 after a step that accepted the whole draft, -1 after one that did
-not, between 1 and ``tokens``. A copied span is either right to its end (the output repeats
-an earlier passage) or wrong after a token or two, and on a CPU every token verified costs
-(9 tokens take ~1.4 passes of one on the medium benchmark model).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.tree import Tree
 
@@ -40,23 +34,18 @@ class PromptLookup:
     name = "lookup"
     description = "prompt lookup: drafts copied from earlier n-gram matches in the context, verified in one pass"
     options = {"ngram": Option(3, "longest n-gram to match", positive_int),
-               "tokens": Option(8, "most draft tokens per step", positive_int),
-               "adaptive": Option(True, "adapt the draft length to the acceptance", boolean)}
+               "tokens": Option(8, "most draft tokens per step", positive_int)}
 
     def decode(self, d):
-        most = d.options["tokens"]
-        length = most
         root = d.sample(d.prefill())
         while True:
-            draft = find_draft(d.tokens + [root], d.options["ngram"], min(length, d.room - 1))
+            draft = find_draft(d.tokens + [root], d.options["ngram"], min(d.options["tokens"], d.room - 1))
             if not draft:  # nothing to copy: an ordinary step
                 yield [root]
                 root = d.sample(d.step(root))
                 continue
             tokens = [root] + draft
             verdict = d.verify(Tree.chain(len(tokens)), tokens)
-            if d.options["adaptive"]:
-                length = min(most, length + 2) if verdict.length == len(tokens) else max(1, length - 1)
             yield [tokens[i] for i in verdict.path]
             root = verdict.bonus
 

@@ -8,20 +8,15 @@ verify). Its KV cache holds only pairs (h_j, t_{j+1}) of accepted tokens with th
 h_j: after each verify the module catches up on the newly accepted tokens in one pass, which
 also yields the first draft of the next step. Drafts are the module's argmax; the target's
 verification makes greedy output exact and sampling exact in distribution.
-
-``confidence``: the chain stops early where the module's probability for its own proposal
-falls below it (transformers' ``assistant_confidence_threshold``): a guess the module doubts
-is usually rejected, and each further depth costs a module pass and a verified token.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgert.runtime.detector import Option, positive_int, probability
+from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.llm.sampling import top_probability
 from edgert.runtime.llm.session import DecoderSession
 from edgert.runtime.llm.tree import Tree
 
@@ -29,8 +24,7 @@ from edgert.runtime.llm.tree import Tree
 class MultiTokenPrediction:
     name = "mtp"
     description = "DeepSeek-style MTP module drafts a chain from the target's hidden states, verified in one pass"
-    options = {"depth": Option(3, "most draft tokens per step (the module chained)", positive_int),
-               "confidence": Option(0.0, "stop the chain after a proposal the module gives less probability", probability)}
+    options = {"depth": Option(3, "draft tokens per step (the module chained)", positive_int)}
 
     def decode(self, d):
         if not d.session.info.get("mtp"):
@@ -40,7 +34,6 @@ class MultiTokenPrediction:
         mtp = d.resource(("mtp", str(session.bundle.root)),
                          lambda: DecoderSession(session.bundle, session.device, session.threads, graph="mtp"))
         cache = mtp.new_cache(d.cache.capacity)
-        confidence = d.options["confidence"]
         root = d.sample(d.prefill())
         hidden = d.hidden  # the target's h_j for every j whose pair is not yet in the module's cache
         while True:
@@ -55,8 +48,6 @@ class MultiTokenPrediction:
             drafts = [int(np.argmax(out.logits[-1]))]
             state = out.hidden[-1:]
             for _ in range(depth - 1):  # chained depths: speculative entries
-                if confidence and top_probability(out.logits[-1]) < confidence:
-                    break
                 out = mtp.extend(cache, [drafts[-1]], hidden_states=state)
                 drafts.append(int(np.argmax(out.logits[-1])))
                 state = out.hidden[-1:]
