@@ -135,7 +135,7 @@ def test_attention_matches_torch(lib, dtype, dim, group, kind, new, past):
     if kind == "tree":
         rng = np.random.default_rng(new)
         tree = Tree(np.array([-1] + [int(rng.integers(0, i)) for i in range(1, new)]))
-        visible, packed = torch.from_numpy(tree.ancestor_mask()).cuda(), torch.from_numpy(tree.packed_mask()).cuda()
+        visible, packed = torch.tensor(tree.ancestor_mask()).cuda(), torch.from_numpy(tree.packed_mask()).cuda()
     else:
         visible, packed = torch.ones(new, new, dtype=torch.bool, device="cuda").tril(), None
     got = lib.attention(q, k_new, v_new, k_cache, v_cache, past_t, tree_mask=packed)

@@ -94,13 +94,13 @@ def test_rows_with_different_past_lengths_match_the_default_flavour(bundle):
     past, new, capacity = [3, 9], 5, 20
     tree = Tree(np.array([-1, 0, 0, 1, 2]))
     ids = torch.from_numpy(rng.integers(0, cfg.vocab_size, (2, new)))
-    depth = torch.from_numpy(tree.depths())
+    depth = torch.tensor(tree.depths())  # a copy: the tree's arrays are read-only
     caches = [torch.randn(2, cfg.num_kv_heads, capacity, cfg.head_dim) for _ in range(2 * cfg.num_layers)]
     with torch.inference_mode():
         got = CacheDecoder(decoder)(ids, torch.stack([p + depth for p in past]), torch.tensor(past, dtype=torch.int32),
                                     torch.from_numpy(tree.packed_mask()), torch.arange(new).expand(2, new), *caches)
         for row, p in enumerate(past):
-            mask = torch.cat([torch.ones(new, p, dtype=torch.bool), torch.from_numpy(tree.ancestor_mask())], 1)[None]
+            mask = torch.cat([torch.ones(new, p, dtype=torch.bool), torch.tensor(tree.ancestor_mask())], 1)[None]
             want = decoder(ids[row:row + 1], (p + depth)[None], mask, torch.arange(new)[None],
                            *[c[row:row + 1, :, :p] for c in caches])
             torch.testing.assert_close(got[0][row], want[0][0], atol=1e-4, rtol=0)  # logits span ~±45
