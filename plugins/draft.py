@@ -24,9 +24,10 @@ from edgert.runtime.bundle import Bundle
 from edgert.runtime.detector import Option, boolean, positive_int, probability
 from edgert.runtime.errors import BundleError, InputError
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.llm.sampling import Sampler, top_probability
+from edgert.runtime.llm.sampling import Sampler
 from edgert.runtime.llm.session import DecoderSession
 from edgert.runtime.llm.tree import Tree
+from edgert.runtime.llm.verify import softmax
 
 
 def open_draft(path: str, target: DecoderSession, device: str, threads: int | None) -> DecoderSession:
@@ -75,7 +76,7 @@ class DraftModel:
                 if sampler.params.greedy:
                     adjusted = sampler.adjust(logits, context + proposals)
                     token = int(np.argmax(adjusted))
-                    sure = not confidence or top_probability(adjusted) >= confidence
+                    sure = not confidence or softmax(adjusted)[token] >= confidence
                 else:
                     q = sampler.probabilities(logits, context + proposals)
                     token = sampler.draw(q)

@@ -44,12 +44,6 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def top_probability(logits: np.ndarray) -> float:
-    """The softmax probability of the best token: a drafter's confidence in its proposal."""
-    z = np.asarray(logits, np.float64)
-    return float(1.0 / np.exp(z - z.max()).sum())
-
-
 class Sampler:
     def __init__(self, params: SamplingParams):
         self.params = params

@@ -53,7 +53,8 @@ class Tree:
     def _once(self, key: str, make):
         if key not in self._derived:
             value = make()
-            value.flags.writeable = False
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
             self._derived[key] = value
         return self._derived[key]
 
@@ -80,12 +81,12 @@ class Tree:
 
     def children(self) -> tuple[tuple[int, ...], ...]:
         """Each node's children, in node order."""
-        if "children" not in self._derived:
+        def make():
             kids: list[list[int]] = [[] for _ in range(self.size)]
             for i in range(1, self.size):
                 kids[self.parents[i]].append(i)
-            self._derived["children"] = tuple(map(tuple, kids))
-        return self._derived["children"]
+            return tuple(map(tuple, kids))
+        return self._once("children", make)
 
     def path(self, node: int) -> list[int]:
         """Root ... node."""
