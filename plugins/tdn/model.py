@@ -20,9 +20,11 @@ class LongTermTDM(nn.Module):
     depthwise 3x3 conv and the current one, forwards and backwards in time (zero at the clip
     end / start); three scales of the difference averaged (itself; avg-pool 2 -> 3x3 conv -> BN ->
     nearest upsample; 3x3 conv -> BN); 1x1 conv + BN back to C channels; attention
-    ``sigmoid(.) - 0.5``; ``out = x + x * (y_fwd + y_bwd) / 2``. Kept from the official code so
-    its checkpoints give its outputs: the backward direction's full-resolution path applies
-    the 3x3 conv + BN to the forward path's (already convolved) result.
+    ``sigmoid(.) - 0.5``; ``out = x + x * (y_fwd + y_bwd) / 2``. The two directions share the
+    scale convolutions (``conv3_smallscale2``/``4`` and their BNs), each applied to its own
+    direction's difference, as the official module does (MCG-NJU/TDN ``ops/base_module.py``);
+    the forward difference at segment t is ``conv2(f[t+1]) - f[t]``, the backward one
+    ``conv2(f[t-1]) - f[t]``.
     """
 
     def __init__(self, channels: int, segments: int, reduction: int = 16):
@@ -53,7 +55,7 @@ class LongTermTDM(nn.Module):
         fwd2 = F.interpolate(self.bn3_smallscale2(self.conv3_smallscale2(self.avg_pool_forward2(forward))), size)
         bwd2 = F.interpolate(self.bn3_smallscale2(self.conv3_smallscale2(self.avg_pool_backward2(backward))), size)
         fwd4 = self.bn3_smallscale4(self.conv3_smallscale4(forward))
-        bwd4 = self.bn3_smallscale4(self.conv3_smallscale4(fwd4))  # sic: the official code's input
+        bwd4 = self.bn3_smallscale4(self.conv3_smallscale4(backward))
         y_fwd = torch.sigmoid(self.bn3(self.conv3((forward + fwd2 + fwd4) / 3.0))) - 0.5
         y_bwd = torch.sigmoid(self.bn3(self.conv3((backward + bwd2 + bwd4) / 3.0))) - 0.5
         return x + x * (0.5 * y_fwd + 0.5 * y_bwd)
@@ -98,8 +100,9 @@ class TDN(SegmentNet):
     resize), then the difference branch runs its own copy of layer1 (``resnext_layer1``) and is
     fused again after layer1. a = b = 0.5 for 8 segments, else 0.75 / 0.25 (as the official
     code). L-TDM plus the shift-initialised temporal conv after conv1-BN-ReLU of every block in
-    layers 2-4. Average consensus. Backbone: torchvision-layout ResNet (the official code uses
-    Cadene's FBResNet, whose convs carry biases, so its checkpoints do not map onto this one).
+    layers 2-4. Average consensus. Backbone: torchvision-layout ResNet; the official code uses
+    Cadene's FBResNet, whose convs carry biases: its checkpoints load with each bias folded
+    into the BatchNorm after it (``exporters/layouts.py``), which is exact.
     """
 
     def __init__(self, num_classes: int, segments: int, backbone: str = "resnet50", dropout: float = 0.8):
