@@ -8,6 +8,7 @@ missing, unexpected or mis-shaped key is an error that lists them, never a silen
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -17,9 +18,20 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def read_state_dict(path: str | Path) -> dict:
+    """The checkpoint's tensors by name (a new dict; the tensors are shared with a memo of the
+    last file read, since an export reads it twice: for its options, then its weights)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise EdgertError(f"{path}: cannot read checkpoint: {err.strerror}") from None
+    return dict(_read(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=1)
+def _read(path: Path, mtime_ns: int, size: int) -> dict:
     import torch
 
-    path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -154,6 +154,23 @@ def find_exportable(name: str):
     raise EdgertError(f"no exportable model named {name!r} (installed: {', '.join(exportable) or 'none'})")
 
 
+def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> dict[str, Any]:
+    """The plugin's options: the user's, with what the checkpoint fixes filled in; an explicit
+    option that contradicts the checkpoint is an error naming both."""
+    found = plugin.checkpoint_options(checkpoint) if checkpoint else {}
+    stated = plugin.resolve_options(given)
+    for key, (value, evidence) in found.items():
+        if key in given and stated[key] != value:
+            raise EdgertError(f"--opt {key}={given[key]} contradicts the checkpoint {checkpoint}: {evidence} ({key}={value})")
+    try:
+        return plugin.resolve_options({**{k: v for k, (v, _) in found.items()}, **given})
+    except EdgertError as err:
+        if not found:
+            raise
+        fixed = "; ".join(f"{k}={v} ({why})" for k, (v, why) in found.items())
+        raise EdgertError(f"{err} (from the checkpoint {checkpoint}: {fixed})") from None
+
+
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
            precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
            trt_engine: bool = False, trt_max_batch: int = 8, backend: str = "onnx") -> Path:
@@ -182,7 +199,7 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     if trt_engine:
         require_tensorrt()  # fail before minutes of export, not after
     plugin = registered.obj
-    opts = plugin.resolve_options(options or {})
+    opts = _resolve_options(plugin, options or {}, checkpoint)
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
 
     torch.manual_seed(seed)

@@ -10,14 +10,14 @@ backbone (a shift, an adaptive module) or the consensus (relations); the key lay
 from __future__ import annotations
 
 import re
+import sys
 
 import torch
 from torch import nn
 
-from edgert.runtime.errors import EdgertError
-
 from .backbones import make_backbone
 from .checkpoints import check_keys, load_strict, read_state_dict
+from .layouts import Converted, to_edgert
 
 
 class SegmentNet(nn.Module):
@@ -60,56 +60,36 @@ class SegmentFeatures(nn.Module):
         return self.model.features(video).unflatten(0, (-1, self.model.segments)).mean(dim=1)
 
 
-# ---- checkpoint layouts --------------------------------------------------------------------
-# mmaction2's ResNet wraps each conv and its BN in a ConvModule (``conv1.conv``/``conv1.bn``);
-# its heads are ``cls_head.fc_cls``. These rules map that layout onto torchvision's names.
-_MMACTION_RULES = [
-    (re.compile(r"^backbone\.conv1\.conv\.(.*)$"), r"base_model.conv1.\1"),
-    (re.compile(r"^backbone\.conv1\.bn\.(.*)$"), r"base_model.bn1.\1"),
-    (re.compile(r"^backbone\.(layer\d+\.\d+)\.conv(\d)\.conv\.(.*)$"), r"base_model.\1.conv\2.\3"),
-    (re.compile(r"^backbone\.(layer\d+\.\d+)\.conv(\d)\.bn\.(.*)$"), r"base_model.\1.bn\2.\3"),
-    (re.compile(r"^backbone\.(layer\d+\.\d+)\.downsample\.conv\.(.*)$"), r"base_model.\1.downsample.0.\2"),
-    (re.compile(r"^backbone\.(layer\d+\.\d+)\.downsample\.bn\.(.*)$"), r"base_model.\1.downsample.1.\2"),
-    (re.compile(r"^cls_head\.fc_cls\.(.*)$"), r"new_fc.\1"),
-]
-
-
-def _from_mmaction2(state: dict) -> dict:
-    out, unmapped = {}, []
-    for key, value in state.items():
-        for pattern, repl in _MMACTION_RULES:
-            if pattern.match(key):
-                out[pattern.sub(repl, key)] = value
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        raise EdgertError(f"mmaction2 checkpoint has keys edgert cannot map: {', '.join(unmapped[:8])}"
-                          + (f", ... ({len(unmapped)} in all)" if len(unmapped) > 8 else ""))
-    return out
+# ---- checkpoints ----------------------------------------------------------------------------
+def read_checkpoint(path: str) -> Converted:
+    """A checkpoint file in edgert's names (see ``layouts``)."""
+    return to_edgert(read_state_dict(path), path)
 
 
 def load_checkpoint(model: nn.Module, path: str) -> str:
     """Load a checkpoint into a SegmentNet-based model; returns the layout recognised.
 
-    Layouts: ours / the official repositories' (``base_model.*``, ``new_fc.*``, optionally under
-    ``state_dict`` with DataParallel's ``module.``: tsn-pytorch, TSM, TRN-pytorch, TDN, TAM);
-    mmaction2 recognizers (``backbone.*``, ``cls_head.fc_cls.*``); a bare torchvision backbone
-    (its classifier dropped, the class head left freshly initialised). Strict: anything that
-    does not fit is listed in the error.
+    Layouts (``exporters/layouts.py``): ours / the official repositories' (``base_model.*``,
+    ``new_fc.*``, optionally under ``state_dict`` with DataParallel's ``module.``: tsn-pytorch,
+    TSM, TRN-pytorch, TAM); TDN's (FBResNet, conv biases folded); MobileNetV2 numbered flat
+    (TSM's and its online demo's); mmaction2 recognizers; a bare torchvision backbone (its
+    classifier dropped, the class head left freshly initialised). Strict: anything that does
+    not fit is listed in the error; official keys with no place in the model are listed on
+    stderr.
     """
-    state = read_state_dict(path)
-    if any(k.startswith("base_model.") for k in state):
-        load_strict(model, state, path)
-        return "edgert/official"
-    if any(k.startswith("backbone.") for k in state):
-        load_strict(model, _from_mmaction2(state), path)
-        return "mmaction2"
-    if any(k.startswith(("layer1.", "features.")) for k in state):
-        _load_torchvision_backbone(model, state, path)
-        return "torchvision"
-    raise EdgertError(f"{path}: unrecognised checkpoint layout (expected 'base_model.*', mmaction2 'backbone.*' or "
-                      f"torchvision backbone keys); first keys: {', '.join(list(state)[:4])}")
+    converted = read_checkpoint(path)
+    if converted.dropped:
+        print(f"  {path}: {converted.layout} layout; not used by the model: {', '.join(converted.dropped)}",
+              file=sys.stderr)
+    if converted.layout == "torchvision":
+        _load_torchvision_backbone(model, converted.state, path)
+    elif converted.layout == "mobilenetv2-flat":
+        # the flat layout has no TSM wrappers: put ``.net`` back where this model shifts
+        targets = {re.sub(r"\.net(?=\.)", "", k): k for k in model.state_dict()}
+        load_strict(model, {targets.get(k, k): v for k, v in converted.state.items()}, path)
+    else:
+        load_strict(model, converted.state, path)
+    return converted.layout
 
 
 def _load_torchvision_backbone(model: nn.Module, state: dict, path: str) -> None:

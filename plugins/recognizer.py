@@ -41,7 +41,7 @@ def resolve_classes(opts: dict[str, Any], default: int, minimum: int = 1) -> Non
         opts["labels"] = str(Path(opts["labels"]).resolve())
         count = len(read_labels(opts["labels"]))
         if opts["num_classes"] not in (0, count):
-            raise EdgertError(f"--opt num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
+            raise EdgertError(f"num_classes={opts['num_classes']} but {opts['labels']} has {count} labels")
         opts["num_classes"] = count
     elif opts["num_classes"] == 0:
         opts["num_classes"] = default
@@ -76,6 +76,13 @@ class SegmentRecognizer(Detector):
     def make_model(self, opts):
         """The PyTorch module for ``opts`` (export side; import torch inside)."""
         raise NotImplementedError
+
+    def checkpoint_options(self, checkpoint):
+        from edgert.exporters.layouts import checkpoint_options
+        from edgert.exporters.video import read_checkpoint
+
+        found = checkpoint_options(read_checkpoint(checkpoint))
+        return {k: v for k, v in found.items() if k in self.options}
 
     def build(self, opts, checkpoint):
         from edgert.exporters.video import load_checkpoint

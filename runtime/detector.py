@@ -117,6 +117,13 @@ class Detector:
         """Return the ``torch.nn.Module`` to export, in eval mode, weights loaded."""
         raise NotImplementedError
 
+    def checkpoint_options(self, checkpoint: str) -> dict[str, tuple[Any, str]]:
+        """What a checkpoint fixes about the model, read from the file before ``build``:
+        ``{option: (value, evidence)}``, e.g. ``{"num_classes": (10, "new_fc.weight is [10, 512]")}``.
+        ``edgert export`` fills these options in and refuses an ``--opt`` that contradicts one,
+        naming both values. Default: nothing."""
+        return {}
+
     def graphs(self, opts: dict[str, Any]) -> list[GraphSpec]:
         """Describe the graph(s) to export: names, files, inputs and outputs with dims."""
         raise NotImplementedError

@@ -42,6 +42,15 @@ class TwoStreamDetector(SegmentRecognizer):
     def motion_channels(self, opts) -> int:
         return (2 if opts["modality"] == "flow" else 3) * opts["flow_length"]
 
+    def checkpoint_options(self, checkpoint):
+        """Read from the RGB stream (``rgb.*``), which has the plain TSN layout."""
+        from edgert.exporters.checkpoints import read_state_dict
+        from edgert.exporters.layouts import Converted, checkpoint_options
+
+        rgb = {k[len("rgb."):]: v for k, v in read_state_dict(checkpoint).items() if k.startswith("rgb.")}
+        found = checkpoint_options(Converted(rgb, "edgert/official"))
+        return {k: (v, f"the RGB stream's {why}") for k, (v, why) in found.items() if k in self.options}
+
     def build(self, opts, checkpoint):
         from edgert.exporters.checkpoints import load_strict, read_state_dict
 
