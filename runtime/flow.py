@@ -35,7 +35,7 @@ def optical_flow(frames: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     import cv2
 
     cropped = center_crop(resize_shorter(frames, int(pre["scale_size"])), int(pre["crop_size"]))
-    gray = [cv2.cvtColor(np.clip(f + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY) for f in cropped]
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in cropped]
     bound = float(pre["flow_bound"])
     fields = [_flow_pair(a, b, pre["flow_method"]) for a, b in zip(gray[:-1], gray[1:])]
     flow = np.clip(np.stack(fields), -bound, bound) / bound          # (L, crop, crop, 2)

@@ -7,8 +7,8 @@ asks for.
 
 Preprocessing follows TSN's test pipeline (``GroupScale`` -> ``GroupCenterCrop`` ->
 normalise): shorter side resized to ``scale_size``, centre crop ``crop_size``, scaled and
-normalised per channel. The resize is antialiased bilinear (a triangle filter widened by the
-downscale factor), the filter PIL's bilinear resize uses, which TSN's transforms call.
+normalised per channel. Sizes, offsets and the resampling are torchvision's and PIL's to the
+bit (see "image transforms" below); sampling is the official repositories' test sampling.
 """
 
 from __future__ import annotations
@@ -25,14 +25,19 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 # ---- sampling -------------------------------------------------------------------------
-def segment_indices(num_frames: int, segments: int, new_length: int = 1) -> np.ndarray:
-    """TSN's test-time sampling: the middle frame of each of ``segments`` equal segments.
+def segment_indices(num_frames: int, segments: int, new_length: int = 1, short_clip: str = "spread") -> np.ndarray:
+    """The official test-time sampling: the middle of each of ``segments`` equal segments,
+    with snippets of ``new_length`` frames starting there.
 
-    Same formula as tsn-pytorch's ``_get_test_indices`` (0-based here). A clip shorter than
-    ``segments`` still works: segments then share frames.
+    Same arithmetic as tsn-pytorch's / TSM's ``_get_test_indices`` (0-based here). A clip too
+    short for distinct snippets: ``short_clip="spread"`` (TSN, TSM) keeps the formula, so
+    segments share frames; ``"start"`` (TDN's sampler, when the clip has no more than
+    ``segments + new_length - 1`` frames) starts every snippet at the first frame.
     """
     if num_frames < 1:
         raise InputError("cannot sample segments from a clip with no frames")
+    if short_clip == "start" and num_frames <= segments + new_length - 1:
+        return np.zeros(segments, dtype=np.int64)
     span = max(num_frames - new_length + 1, 1)
     tick = span / float(segments)
     return np.array([int(tick / 2.0 + tick * k) for k in range(segments)], dtype=np.int64)
@@ -175,41 +180,77 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
 
 
 # ---- image transforms -------------------------------------------------------------------
-def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Antialiased bilinear resampling taps: (indices, weights), each (out_size, taps)."""
+# The official test pipelines (tsn-pytorch, TSM, TDN, TAM, TRN-pytorch) resize PIL images with
+# torchvision's ``Resize(int)`` and PIL's bilinear filter. Both are reproduced exactly here, so
+# a bundle sees the pixels the released accuracy numbers were measured on: the output size as
+# torchvision computes it, and PIL's 8-bit resampling (Pillow's ``Resample.c``): a triangle
+# filter widened by the downscale factor, coefficients in 22-bit fixed point, a horizontal
+# pass rounded to uint8 and then a vertical one. (Pillow 13 may take the vertical pass first
+# when the height shrinks much more than the width; a shorter-side resize scales both alike.)
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
+
+
+def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's bilinear taps for one axis: (indices, fixed-point weights), each (out_size, taps)."""
     scale = in_size / out_size
-    support = max(scale, 1.0)  # the triangle filter's half-width, widened when downscaling
-    centers = (np.arange(out_size) + 0.5) * scale
-    starts = np.clip(np.floor(centers - support + 0.5).astype(np.int64), 0, in_size)
+    filterscale = max(scale, 1.0)
+    support = filterscale  # the bilinear filter's support is 1, widened when downscaling
     taps = int(np.ceil(support)) * 2 + 1
+    centers = (np.arange(out_size) + 0.5) * scale
+    starts = np.maximum(np.trunc(centers - support + 0.5), 0).astype(np.int64)
     idx = starts[:, None] + np.arange(taps)[None, :]
-    weights = np.maximum(0.0, 1.0 - np.abs((idx - centers[:, None] + 0.5) / support))
+    weights = np.maximum(0.0, 1.0 - np.abs((idx - centers[:, None] + 0.5) * (1.0 / filterscale)))
     weights[idx >= in_size] = 0.0
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.minimum(idx, in_size - 1), weights.astype(np.float32)
+    total = weights[:, 0].copy()
+    for t in range(1, taps):  # summed in Pillow's order: a different order can move a rounding
+        total += weights[:, t]
+    weights /= total[:, None]
+    fixed = np.trunc(0.5 + weights * (1 << PRECISION_BITS)).astype(np.int32)  # weights are >= 0
+    return np.minimum(idx, in_size - 1), fixed
+
+
+def _resample(frames: np.ndarray, axis: int, out_size: int) -> np.ndarray:
+    """One pass of PIL's 8-bit resampling along ``axis`` of (n, H, W, C) uint8 frames."""
+    idx, fixed = _taps(frames.shape[axis], out_size)
+    shape = [1] * frames.ndim
+    shape[axis] = out_size
+    total = np.full(frames.shape[:axis] + (out_size,) + frames.shape[axis + 1:], 1 << (PRECISION_BITS - 1), np.int32)
+    term = np.empty_like(total)
+    for t in range(idx.shape[1]):  # a tap at a time: no (.., out, taps, ..) temporary
+        np.multiply(np.take(frames, idx[:, t], axis=axis), fixed[:, t].reshape(shape), out=term)
+        total += term
+    np.right_shift(total, PRECISION_BITS, out=total)
+    return np.clip(total, 0, 255).astype(np.uint8)
 
 
 def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Antialiased bilinear resize of (n, H, W, C) frames to float32 (n, height, width, C)."""
-    out = frames.astype(np.float32, copy=False)
-    if out.shape[1] != height:
-        idx, w = _aa_weights(out.shape[1], height)
-        out = np.einsum("nhtwc,ht->nhwc", out[:, idx], w)
+    """(n, H, W, C) uint8 frames to (n, height, width, C) uint8, bit for bit as PIL's
+    ``Image.resize((width, height), BILINEAR)``: the width first, then the height; an axis
+    that keeps its size is left alone."""
+    out = np.asarray(frames, dtype=np.uint8)
     if out.shape[2] != width:
-        idx, w = _aa_weights(out.shape[2], width)
-        out = np.einsum("nhwtc,wt->nhwc", out[:, :, idx], w)
+        out = _resample(out, 2, width)
+    if out.shape[1] != height:
+        out = _resample(out, 1, height)
     return out
+
+
+def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after scaling the shorter side to ``size``, as torchvision's
+    ``Resize(size)`` computes it: the longer side is ``int(size * long / short)`` (truncated,
+    not rounded: 240x320 to 128 gives 128x170)."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
 
 
 def resize_shorter(frames: np.ndarray, size: int) -> np.ndarray:
     """Scale so the shorter side is ``size``, keeping the aspect ratio (TSN's GroupScale)."""
-    h, w = frames.shape[1:3]
-    if h <= w:
-        return resize(frames, size, max(1, round(w * size / h)))
-    return resize(frames, max(1, round(h * size / w)), size)
+    return resize(frames, *shorter_side_size(*frames.shape[1:3], size))
 
 
 def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``CenterCrop``: offsets ``int(round((side - size) / 2))``."""
     h, w = frames.shape[1:3]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return frames[:, top:top + size, left:left + size]
@@ -220,7 +261,7 @@ def preprocess(frames: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     x = center_crop(resize_shorter(frames, int(pre["scale_size"])), int(pre["crop_size"]))
     if pre.get("channel_order", "RGB") == "BGR":
         x = x[..., ::-1]
-    x = x * float(pre.get("input_scale", 1.0 / 255.0))
+    x = x * np.float32(pre.get("input_scale", 1.0 / 255.0))
     x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
@@ -239,7 +280,7 @@ def clip_segments(clip: Clip, pre: dict[str, Any]) -> np.ndarray:
     when a segment is a snippet of several frames.
     """
     segments, new_length = int(pre["segments"]), int(pre.get("new_length", 1))
-    starts = segment_indices(clip.num_frames, segments, new_length)
+    starts = segment_indices(clip.num_frames, segments, new_length, pre.get("short_clip", "spread"))
     frames = preprocess(clip.frames(snippet_indices(starts, new_length, clip.num_frames)), pre)
     if new_length == 1:
         return frames[None]

@@ -2,9 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-
 from edgert.exporters.synthetic import render_clip, write_video
 from edgert.runtime.errors import InputError
 from edgert.runtime.video import center_crop, open_clip, preprocess, resize, resize_shorter, segment_indices
@@ -29,12 +26,42 @@ def test_short_clip_repeats_frames():
     assert list(segment_indices(3, 8)) == [0, 0, 0, 1, 1, 2, 2, 2]
 
 
-@pytest.mark.parametrize("size", [(73, 97), (240, 320), (31, 200), (120, 160)])
-def test_resize_matches_torch_antialiased_bilinear(size):
+def test_short_clip_of_tdn_starts_every_snippet_at_the_first_frame():
+    """TDN's test sampler: a clip of at most segments + new_length - 1 frames -> all zeros."""
+    assert list(segment_indices(12, 8, 5, "start")) == [0] * 8
+    tick = (13 - 5 + 1) / 8
+    assert list(segment_indices(13, 8, 5, "start")) == [int(tick / 2 + tick * k) for k in range(8)]
+    assert list(segment_indices(12, 8, 5)) == list(tsn_pytorch_test_indices(12, 8, 5))  # TSN keeps the formula
+
+
+@pytest.mark.parametrize("size", [(7, 5), (240, 320), (97, 31), (120, 160), (240, 80), (1, 1)])
+def test_resize_is_pil_bilinear_bit_for_bit(size):
+    """One axis at a time, and both (the width shrinking no less than the height: Pillow 13 may
+    take the vertical pass first otherwise, see runtime/video.py)."""
+    from PIL import Image
+
     x = np.random.default_rng(0).integers(0, 256, (2, 120, 160, 3)).astype(np.uint8)
-    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=size, mode="bilinear",
-                        antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(resize(x, *size), ref, atol=2e-3)
+    for height, width in (size, (120, size[1]), (size[0], 160)):
+        ref = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in x])
+        np.testing.assert_array_equal(resize(x, height, width), ref)
+
+
+@pytest.mark.parametrize("shape,size,expected", [
+    ((240, 320), 128, (128, 170)), ((480, 640), 128, (128, 170)), ((480, 640), 256, (256, 341)),
+    ((1080, 1920), 256, (256, 455)), ((321, 239), 256, (343, 256)), ((97, 73), 128, (170, 128))])
+def test_resize_shorter_is_torchvision_resize_of_pil(shape, size, expected):
+    """torchvision's Resize(int): the long side truncated (240x320 -> 128x170, not 171), then
+    PIL's bilinear filter; the centre crop then takes torchvision's CenterCrop offsets."""
+    from PIL import Image
+
+    x = np.random.default_rng(1).integers(0, 256, (1, *shape, 3)).astype(np.uint8)
+    out = resize_shorter(x, size)
+    assert out.shape[1:3] == expected
+    ref = np.asarray(Image.fromarray(x[0]).resize(expected[::-1], Image.BILINEAR))
+    np.testing.assert_array_equal(out[0], ref)
+    crop = center_crop(out, 112)
+    top, left = int(round((expected[0] - 112) / 2.0)), int(round((expected[1] - 112) / 2.0))
+    np.testing.assert_array_equal(crop[0], ref[top:top + 112, left:left + 112])
 
 
 def test_resize_shorter_and_crop():

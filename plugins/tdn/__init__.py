@@ -12,7 +12,10 @@ class TDNDetector(SegmentRecognizer):
     """TDN: Temporal Difference Networks (Wang et al., CVPR 2021), see ``model.TDN``.
 
     Five consecutive frames per segment (TDN's ``new_length = 5``): the run-time sampler takes
-    the frames starting at TSN's segment offsets (repeating the last frame of a short clip).
+    the frames starting at TSN's segment offsets, repeating the last frame of a short clip;
+    a clip of at most ``segments + 4`` frames starts every snippet at its first frame, as
+    TDN's test sampler does. Official checkpoints (FBResNet layout) load with their conv
+    biases folded into the BatchNorms (``exporters/layouts.py``).
     ResNet-50 as in the paper; ResNet-18/34/101 also build.
     """
 
@@ -25,6 +28,9 @@ class TDNDetector(SegmentRecognizer):
     def input_spec(self, opts) -> TensorSpec:
         size, k = opts["size"], opts["segments"]
         return TensorSpec("video", "float32", ("batch", k, self.new_length, 3, size, size))
+
+    def preprocessing(self, opts):
+        return {**super().preprocessing(opts), "short_clip": "start"}
 
     def make_model(self, opts):
         from .model import TDN
