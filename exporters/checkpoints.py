@@ -25,11 +25,12 @@ def read_state_dict(path: str | Path) -> dict:
         stat = path.stat()
     except OSError as err:
         raise EdgertError(f"{path}: cannot read checkpoint: {err.strerror}") from None
-    return dict(_read(path.resolve(), stat.st_mtime_ns, stat.st_size))
+    return dict(_read(path.resolve(), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)))
 
 
 @lru_cache(maxsize=1)
-def _read(path: Path, mtime_ns: int, size: int) -> dict:
+def _read(path: Path, version: tuple) -> dict:
+    """``version``: what identifies the file's contents without reading them (a rewrite changes it)."""
     import torch
 
     try:

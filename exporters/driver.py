@@ -159,15 +159,16 @@ def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> d
     option that contradicts the checkpoint is an error naming both."""
     found = plugin.checkpoint_options(checkpoint) if checkpoint else {}
     stated = plugin.resolve_options(given)
-    for key, (value, evidence) in found.items():
-        if key in given and stated[key] != value:
-            raise EdgertError(f"--opt {key}={given[key]} contradicts the checkpoint {checkpoint}: {evidence} ({key}={value})")
+    for key, fixed in found.items():
+        if fixed.strict and key in given and stated[key] != fixed.value:
+            raise EdgertError(f"--opt {key}={given[key]} contradicts the checkpoint {checkpoint}: {fixed.evidence} "
+                              f"({key}={fixed.value})")
     try:
-        return plugin.resolve_options({**{k: v for k, (v, _) in found.items()}, **given})
+        return plugin.resolve_options({**{k: f.value for k, f in found.items()}, **given})
     except EdgertError as err:
         if not found:
             raise
-        fixed = "; ".join(f"{k}={v} ({why})" for k, (v, why) in found.items())
+        fixed = "; ".join(f"{k}={f.value} ({f.evidence})" for k, f in found.items())
         raise EdgertError(f"{err} (from the checkpoint {checkpoint}: {fixed})") from None
 
 

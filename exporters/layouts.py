@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
+from edgert.runtime.detector import Fixed
 from edgert.runtime.errors import EdgertError
 
 from .checkpoints import _listing
@@ -190,8 +190,8 @@ def _resnet_name(state: dict) -> str | None:
             (23, True): "resnet101"}.get((len(blocks), bottleneck))
 
 
-def checkpoint_options(converted: Converted) -> dict[str, tuple[Any, str]]:
-    """What a checkpoint in edgert's names fixes: ``{option: (value, the evidence)}`` for the
+def checkpoint_options(converted: Converted) -> dict[str, Fixed]:
+    """What a checkpoint in edgert's names fixes (``{option: Fixed}``): the
     class count (from the class head; TRN: its relation MLPs), the backbone (MobileNetV2, or
     the ResNet depth from layer3's block count and the block type) and, for TRN, the segments
     (the largest relation takes all of them)."""
@@ -199,16 +199,16 @@ def checkpoint_options(converted: Converted) -> dict[str, tuple[Any, str]]:
     if converted.layout == "torchvision":
         return found  # a bare backbone: the class head starts fresh
     if "base_model.features.0.0.weight" in state:
-        found["backbone"] = ("mobilenetv2", "MobileNetV2 keys (base_model.features.*)")
+        found["backbone"] = Fixed("mobilenetv2", "MobileNetV2 keys (base_model.features.*)")
     elif (resnet := _resnet_name(state)) is not None:
-        found["backbone"] = (resnet, f"{resnet}'s blocks under base_model.layer1-4")
+        found["backbone"] = Fixed(resnet, f"{resnet}'s blocks under base_model.layer1-4")
     relation = state.get("consensus.fc_fusion_scales.0.3.weight")
     head = "consensus.fc_fusion_scales.0.3.weight" if relation is not None else "new_fc.weight"
     if head in state and state[head].dim() == 2:
-        found["num_classes"] = (int(state[head].shape[0]), f"{head} is {list(state[head].shape)}")
+        found["num_classes"] = Fixed(int(state[head].shape[0]), f"{head} is {list(state[head].shape)}")
     largest, per_frame = state.get("consensus.fc_fusion_scales.0.1.weight"), state.get("new_fc.weight")
     if relation is not None and largest is not None and per_frame is not None and per_frame.shape[0]:
         frames, rest = divmod(int(largest.shape[1]), int(per_frame.shape[0]))
         if rest == 0:
-            found["segments"] = (frames, f"consensus.fc_fusion_scales.0.1.weight takes {frames} frames' features")
+            found["segments"] = Fixed(frames, f"consensus.fc_fusion_scales.0.1.weight takes {frames} frames' features")
     return found

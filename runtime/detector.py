@@ -39,6 +39,15 @@ class Option:
         return value
 
 
+@dataclass(frozen=True)
+class Fixed:
+    """What a checkpoint says about an option (see ``Detector.checkpoint_options``)."""
+
+    value: Any
+    evidence: str          # for messages: where in the checkpoint it was read
+    strict: bool = True    # False: only a default, an --opt may differ (e.g. read off a file name)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -117,11 +126,11 @@ class Detector:
         """Return the ``torch.nn.Module`` to export, in eval mode, weights loaded."""
         raise NotImplementedError
 
-    def checkpoint_options(self, checkpoint: str) -> dict[str, tuple[Any, str]]:
+    def checkpoint_options(self, checkpoint: str) -> dict[str, Fixed]:
         """What a checkpoint fixes about the model, read from the file before ``build``:
-        ``{option: (value, evidence)}``, e.g. ``{"num_classes": (10, "new_fc.weight is [10, 512]")}``.
-        ``edgert export`` fills these options in and refuses an ``--opt`` that contradicts one,
-        naming both values. Default: nothing."""
+        ``{option: Fixed(value, evidence)}``, e.g. ``{"num_classes": Fixed(10, "new_fc.weight is
+        [10, 512]")}``. ``edgert export`` fills these options in and refuses an ``--opt`` that
+        contradicts a strict one, naming both values. Default: nothing."""
         return {}
 
     def graphs(self, opts: dict[str, Any]) -> list[GraphSpec]:

@@ -105,7 +105,7 @@ def test_tdn_official_checkpoint_loads_with_its_biases_folded(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 60}, path)
     tdn = detector("tdn")
     found = tdn.checkpoint_options(str(path))
-    assert found["num_classes"][0] == 10 and found["backbone"][0] == "resnet50"
+    assert found["num_classes"].value == 10 and found["backbone"].value == "resnet50"
     opts = tdn.resolve_options({"segments": "3", "size": "64", "num_classes": "10"})
     model = tdn.build(opts, str(path))
     reference = _official_reference(state, opts)
@@ -151,8 +151,9 @@ def test_tsm_mobilenetv2_official_checkpoint(tmp_path):
     path = tmp_path / "TSM_kinetics_RGB_mobilenetv2_shift8_blockres_avg_segment8_e100_dense.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
     tsm = detector("tsm")
-    found = {k: v for k, (v, _) in tsm.checkpoint_options(str(path)).items()}
+    found = {k: f.value for k, f in tsm.checkpoint_options(str(path)).items()}
     assert found == {"backbone": "mobilenetv2", "num_classes": 10, "shift_div": 8, "segments": 8}
+    assert not tsm.checkpoint_options(str(path))["segments"].strict  # a file name: a default, TSM tests at 16 too
     model = tsm.build(tsm.resolve_options({k: str(v) for k, v in found.items()}), str(path))
     _assert_flat_weights_landed(model.state_dict(), state, "base_model.")
     torch.testing.assert_close(model.state_dict()["new_fc.weight"], state["new_fc.weight"])
@@ -167,7 +168,7 @@ def test_tsm_online_demo_checkpoint_streams(tmp_path):
     path = tmp_path / "mobilenetv2_jester_online.pth.tar"
     torch.save(state, path)
     tsm = detector("tsm")
-    found = {k: v for k, (v, _) in tsm.checkpoint_options(str(path)).items()}
+    found = {k: f.value for k, f in tsm.checkpoint_options(str(path)).items()}
     assert found == {"backbone": "mobilenetv2", "num_classes": 27}
     opts = tsm.resolve_options({"online": "true", "size": "64", "segments": "4", **{k: str(v) for k, v in found.items()}})
     online = tsm.build(opts, str(path))
@@ -201,7 +202,7 @@ def test_trn_segments_and_classes_come_from_its_relations(tmp_path):
 
     path = tmp_path / "trn.pth"
     torch.save({"state_dict": TRN(7, 5, "resnet18").state_dict()}, path)
-    found = {k: v for k, (v, _) in detector("trn").checkpoint_options(str(path)).items()}
+    found = {k: f.value for k, f in detector("trn").checkpoint_options(str(path)).items()}
     assert found == {"backbone": "resnet18", "num_classes": 7, "segments": 5}
 
 
@@ -240,3 +241,17 @@ def test_labels_contradicting_the_checkpoint_name_both(ten_class_tsn, tmp_path):
     labels.write_text("\n".join(f"c{i}" for i in range(4)))
     result = edgert("export", "tsn", "--out", tmp_path / "b", "--checkpoint", ten_class_tsn, "--opt", f"labels={labels}")
     assert_user_error(result, "num_classes=10 but", "has 4 labels", "new_fc.weight is [10, 512]")
+
+
+def test_tsm_file_name_gives_defaults_an_option_may_override(tmp_path):
+    """An official TSM file name says segment8: exported with --opt segments=3 (TSM tests models
+    at other segment counts too), its shift8 filled in."""
+    from edgert.plugins.tsm.model import TSM
+
+    path = tmp_path / "TSM_kinetics_RGB_resnet18_shift4_blockres_avg_segment8_e50.pth"
+    torch.save({"state_dict": TSM(4, 8, "resnet18", shift_div=4).state_dict()}, path)
+    out = tmp_path / "b"
+    result = edgert("export", "tsm", "--out", out, "--checkpoint", path, "--opt", "segments=3", "--opt", "size=32")
+    assert result.returncode == 0, result.stderr
+    options = json.loads((out / "manifest.json").read_text())["model"]["options"]
+    assert (options["segments"], options["shift_div"], options["num_classes"]) == (3, 4, 4)

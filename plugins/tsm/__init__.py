@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from edgert.runtime.bundle import GraphSpec, TensorSpec
-from edgert.runtime.detector import Option, boolean, positive_int
+from edgert.runtime.detector import Fixed, Option, boolean, positive_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.hookspecs import hookimpl
 
@@ -52,13 +52,14 @@ class TSMDetector(SegmentRecognizer):
     def checkpoint_options(self, checkpoint):
         """The layout's options, plus what the official release's file name says (TSM's own
         ``parse_shift_option_from_log_name`` reads it the same way), e.g.
-        ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth``: shift8, segment8."""
+        ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth``: shift8, segment8 —
+        as defaults only: TSM tests a model with other segment counts too."""
         found = super().checkpoint_options(checkpoint)
         name = Path(checkpoint).name
         if name.startswith("TSM_"):
             for key, pattern in (("shift_div", r"_shift(\d+)_"), ("segments", r"_segment(\d+)_")):
                 if (m := re.search(pattern, name)) and int(m.group(1)) > 0:
-                    found[key] = (int(m.group(1)), f"its file name says {m.group(0).strip('_')}")
+                    found[key] = Fixed(int(m.group(1)), f"its file name says {m.group(0).strip('_')}", strict=False)
         return found
 
     def build(self, opts, checkpoint):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.runtime.bundle import Bundle, GraphSpec, TensorSpec
-from edgert.runtime.detector import Option, positive_int
+from edgert.runtime.detector import Fixed, Option, positive_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.flow import METHODS, optical_flow, rgb_difference
 from edgert.runtime.hookspecs import hookimpl
@@ -49,7 +49,7 @@ class TwoStreamDetector(SegmentRecognizer):
 
         rgb = {k[len("rgb."):]: v for k, v in read_state_dict(checkpoint).items() if k.startswith("rgb.")}
         found = checkpoint_options(Converted(rgb, "edgert/official"))
-        return {k: (v, f"the RGB stream's {why}") for k, (v, why) in found.items() if k in self.options}
+        return {k: Fixed(f.value, f"the RGB stream's {f.evidence}") for k, f in found.items() if k in self.options}
 
     def build(self, opts, checkpoint):
         from edgert.exporters.checkpoints import load_strict, read_state_dict
