@@ -298,6 +298,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                 trace["logit_positions"] = trace["logit_positions"][:, :3].copy()
             with step(f"exporting graph {spec.name!r} to {spec.file} (torch.onnx, dynamo, opset 23)"):
                 opset = _export_graph(exported, spec, trace, stage / spec.file, table, opset=23, derived=(TOTAL,))
+                if backend == "trt" and spec.name == GRAPH:
+                    trt_flavour.finish_decoder(stage / spec.file)
             with step(f"checking parity of {spec.file} against PyTorch (prefill, tree over a cache)"):
                 report = check(stage / spec.file, spec)
             if not report["passed"]:

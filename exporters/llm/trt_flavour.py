@@ -10,8 +10,15 @@ the verification subgraphs.
   prefill), ``logit_positions``, ``past_key_values.{i}.key/value`` [batch, kv_heads, capacity,
   head_dim]; outputs ``logits``, ``hidden_states``, ``present.{i}.key/value`` — the same buffers
   (the plugin aliases them), with the new tokens written at ``past_lengths``.
-* ``verify_trt.onnx``: one ``EdgertTreeVerify`` node (tokens, parents, logits, uniform ->
-  path, length, bonus), mode and its parameters as inputs' attributes per mode file.
+  Every plugin node is named (``layers.{i}.attention``: TensorRT names the layer and reports
+  errors by it). RMSNorm is written as primitive ops (Cast, Mul, ReduceMean, Add, Sqrt,
+  Reciprocal, statistics in fp32), not the opset-23 ``RMSNormalization`` the dynamo exporter
+  fuses it into: TensorRT's ONNX parser imports that op only from 10.15, and the plugins run
+  from 10.3, the TensorRT of JetPack 6 on Orin (Thor's JetPack 7 ships 10.13); TensorRT fuses
+  the primitive pattern into its normalization kernel itself.
+* ``verify_trt_{greedy,typical}.onnx``: one ``EdgertTreeVerify`` node (tokens, parents, logits,
+  uniform -> path, length, bonus) with all four fields (mode, temperature, epsilon, delta; the
+  greedy file writes the defaults, which it ignores) so the parser never relies on a default.
 * ``kv_compact_trt.onnx``: one ``EdgertKVCompact`` per cache tensor (path, length, past_lengths).
 
 The ops' schemas are registered with onnx (:func:`register_schemas`) so ``onnx.checker`` checks
@@ -25,6 +32,8 @@ import math
 
 import torch
 from torch import nn
+
+from edgert.runtime.errors import EdgertError
 
 from .attention import attention_math
 
@@ -226,6 +235,60 @@ def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> di
             "tolerance": tolerance, "outputs": outputs, "passed": all(r["passed"] for r in outputs.values())}
 
 
+def finish_decoder(path) -> None:
+    """The TensorRT-flavour decoder as the parser wants it: plugin nodes named, RMSNormalization
+    expanded into primitive ops (see the module docstring). Weights stay where they are."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    nodes, layer = [], 0
+    for node in graph.node:
+        if node.op_type == "EdgertAttention":
+            node.name = f"layers.{layer}.attention"
+            layer += 1
+        if node.op_type != "RMSNormalization":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x, scale = node.input[0], node.input[1]
+        if attrs.get("axis", -1) != -1 or attrs.get("stash_type", 1) != TensorProto.FLOAT or x not in types:
+            raise EdgertError(f"{path}: {node.name}: RMSNormalization with {attrs} is not the pattern edgert exports")
+        n = node.name or f"rms_norm_{len(nodes)}"
+        eps = helper.make_tensor(f"{n}.epsilon", TensorProto.FLOAT, [], [attrs.get("epsilon", 1e-5)])
+        axes = helper.make_tensor(f"{n}.axes", TensorProto.INT64, [1], [-1])
+        xf = x if types[x] == TensorProto.FLOAT else f"{n}.x_fp32"
+        if xf != x:
+            nodes.append(helper.make_node("Cast", [x], [xf], name=f"{n}.cast_in", to=TensorProto.FLOAT))
+        nodes += [
+            helper.make_node("Constant", [], [f"{n}.epsilon"], name=f"{n}.epsilon", value=eps),
+            helper.make_node("Constant", [], [f"{n}.axes"], name=f"{n}.axes", value=axes),
+            helper.make_node("Mul", [xf, xf], [f"{n}.square"], name=f"{n}.square"),
+            helper.make_node("ReduceMean", [f"{n}.square", f"{n}.axes"], [f"{n}.mean"], name=f"{n}.mean", keepdims=1),
+            helper.make_node("Add", [f"{n}.mean", f"{n}.epsilon"], [f"{n}.variance"], name=f"{n}.add_epsilon"),
+            helper.make_node("Sqrt", [f"{n}.variance"], [f"{n}.rms"], name=f"{n}.sqrt"),
+            helper.make_node("Reciprocal", [f"{n}.rms"], [f"{n}.inverse_rms"], name=f"{n}.reciprocal"),
+            helper.make_node("Mul", [xf, f"{n}.inverse_rms"], [f"{n}.normalized"], name=f"{n}.normalize"),
+        ]
+        normalized = f"{n}.normalized"
+        if xf != x:
+            nodes.append(helper.make_node("Cast", [normalized], [f"{n}.normalized_in_type"], name=f"{n}.cast_out",
+                                          to=types[x]))
+            normalized = f"{n}.normalized_in_type"
+        nodes.append(helper.make_node("Mul", [normalized, scale], list(node.output), name=f"{n}.scale"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    unnamed = [n.op_type for n in graph.node if n.domain == DOMAIN and not n.name]
+    if unnamed:
+        raise EdgertError(f"{path}: plugin nodes without a name: {unnamed}")
+    register_schemas()
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
 def write_plugin_graphs(stage, cfg, kv_dtype: str) -> dict:
     """verify_trt_<mode>.onnx (EdgertTreeVerify) and kv_compact_trt.onnx (EdgertKVCompact per
     cache tensor), written with onnx.helper and checked; returns the manifest's entries."""
@@ -245,11 +308,12 @@ def write_plugin_graphs(stage, cfg, kv_dtype: str) -> dict:
         return name
 
     files = {}
-    for mode, params in (("greedy", {}), ("typical", {"temperature": 1.0, "epsilon": 0.09, "delta": 0.3})):
+    for mode in ("greedy", "typical"):  # Medusa's epsilon and delta; greedy ignores them, but carries them
         files[mode] = save(
             f"verify_trt_{mode}.onnx",
             [helper.make_node("EdgertTreeVerify", ["tokens", "parents", "logits", "uniform"], ["path", "length", "bonus"],
-                              domain=DOMAIN, mode=mode, **params, **PLUGIN)],
+                              domain=DOMAIN, name=f"verify.{mode}", mode=mode, temperature=1.0, epsilon=0.09, delta=0.3,
+                              **PLUGIN)],
             [helper.make_tensor_value_info("tokens", i32, ["batch", "nodes"]),
              helper.make_tensor_value_info("parents", i32, ["batch", "nodes"]),
              helper.make_tensor_value_info("logits", f32, ["batch", "nodes", cfg.vocab_size]),

@@ -136,22 +136,26 @@ class AttentionCreator final : public CreatorBase {
                             PluginField("mask_type", nullptr, PluginFieldType::kCHAR, 0)}) {}
 
   IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
-    Fields f(fc);
-    int q_heads = f.get_int("num_q_heads", 0), kv_heads = f.get_int("num_kv_heads", 0), dim = f.get_int("head_dim", 0);
+    Fields f = fields(name, fc);
+    int q_heads = f.get_int("num_q_heads"), kv_heads = f.get_int("num_kv_heads"), dim = f.get_int("head_dim");
     std::string mask = f.get_string("mask_type", "causal");
-    float scale = f.get_float("scale", dim > 0 ? 1.f / std::sqrt(static_cast<float>(dim)) : 0.f);
-    std::string where = std::string(kName) + " '" + (name ? name : "") + "': ";
+    float scale = f.get_float("scale", dim > 0 ? 1.f / std::sqrt(static_cast<float>(dim)) : 1.f);
+    if (f.failed()) return nullptr;
     if (q_heads < 1 || kv_heads < 1 || q_heads % kv_heads) {
-      log_error(where + "num_q_heads " + std::to_string(q_heads) + " and num_kv_heads " + std::to_string(kv_heads) +
+      log_error(f.where() + "num_q_heads " + std::to_string(q_heads) + " and num_kv_heads " + std::to_string(kv_heads) +
                 " must be >= 1 and group");
       return nullptr;
     }
     if (dim != 64 && dim != 128) {
-      log_error(where + "head_dim " + std::to_string(dim) + "; the kernels are built for 64 and 128");
+      log_error(f.where() + "head_dim " + std::to_string(dim) + "; the kernels are built for 64 and 128");
       return nullptr;
     }
     if (mask != "causal" && mask != "tree") {
-      log_error(where + "mask_type '" + mask + "', expected 'causal' or 'tree'");
+      log_error(f.where() + "mask_type '" + mask + "', expected 'causal' or 'tree'");
+      return nullptr;
+    }
+    if (!(scale > 0.f) || !std::isfinite(scale)) {
+      log_error(f.where() + "scale " + std::to_string(scale) + " must be a finite number > 0");
       return nullptr;
     }
     return new (std::nothrow) AttentionPlugin(q_heads, kv_heads, dim, scale, mask == "tree");

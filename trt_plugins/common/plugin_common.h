@@ -6,6 +6,7 @@
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,19 +18,31 @@ constexpr char const* kPluginNamespace = "edgert";
 constexpr char const* kPluginVersion = "1";
 
 void log(nvinfer1::ILogger::Severity severity, std::string const& message);
+// Empty when the TensorRT loaded in this process is the major the library was built for (or none
+// is loaded); otherwise the one line, printed once to stderr, that says both versions.
+std::string const& tensorrt_mismatch();
 inline void log_error(std::string const& message) { log(nvinfer1::ILogger::Severity::kERROR, message); }
 
-// Creator fields (ONNX attributes): INT(S) arrive as kINT32, FLOAT(S) as kFLOAT32, STRING as kCHAR.
+// Creator fields, checked against the creator's declared list: the ONNX parser passes INT(S) as
+// kINT32, FLOAT(S) as kFLOAT32, STRING as kCHAR (its length may count the NUL), and only the
+// declared names. A read with no fallback is a required field. The first problem (an unknown
+// name, a field twice, the wrong type or count, a missing required field) is kept, and failed()
+// logs it once, naming the plugin, the node and the field: the creator then returns null.
 class Fields {
  public:
-  explicit Fields(nvinfer1::PluginFieldCollection const* fc) : fc_(fc) {}
-  int32_t get_int(char const* name, int32_t fallback) const;
-  float get_float(char const* name, float fallback) const;
-  std::string get_string(char const* name, std::string const& fallback) const;
+  Fields(std::string where, nvinfer1::PluginFieldCollection const* fc, nvinfer1::PluginFieldCollection const& declared);
+  int32_t get_int(char const* name, std::optional<int32_t> fallback = std::nullopt);
+  float get_float(char const* name, std::optional<float> fallback = std::nullopt);
+  std::string get_string(char const* name, std::optional<std::string> fallback = std::nullopt);
+  bool failed() const;
+  std::string const& where() const { return where_; }
 
  private:
-  nvinfer1::PluginField const* find(char const* name, nvinfer1::PluginFieldType type) const;
+  nvinfer1::PluginField const* find(char const* name, nvinfer1::PluginFieldType type, bool required, bool one_value);
+  void fail(std::string message);
+  std::string where_;
   nvinfer1::PluginFieldCollection const* fc_;
+  std::string error_;
 };
 
 // The fields a plugin serializes into the engine (they come back through createPlugin at kRUNTIME).
@@ -84,6 +97,8 @@ class CreatorBase : public nvinfer1::IPluginCreatorV3One {
  public:
   CreatorBase(char const* name, std::vector<nvinfer1::PluginField> fields);
   nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &collection_; }
+  // "EdgertAttention 'node name': ", the start of every error about one createPlugin call.
+  Fields fields(nvinfer1::AsciiChar const* name, nvinfer1::PluginFieldCollection const* fc) const;
   nvinfer1::AsciiChar const* getPluginName() const noexcept override { return name_; }
   nvinfer1::AsciiChar const* getPluginVersion() const noexcept override { return kPluginVersion; }
   nvinfer1::AsciiChar const* getPluginNamespace() const noexcept override { return kPluginNamespace; }

@@ -79,7 +79,8 @@ class KVCompactPlugin final : public PluginBase {
 class KVCompactCreator final : public CreatorBase {
  public:
   KVCompactCreator() : CreatorBase(kName, {}) {}
-  IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const*, TensorRTPhase) noexcept override {
+  IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
+    if (fields(name, fc).failed()) return nullptr;  // it takes none: any field is unknown
     return new (std::nothrow) KVCompactPlugin();
   }
 };

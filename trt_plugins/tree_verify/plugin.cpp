@@ -5,6 +5,7 @@
 //          2 logits [B, T, V] fp32 / fp16 / bf16   3 uniform [B] fp32 (typical: draws the bonus)
 // Outputs  0 path [B, T] int32 (-1 padded)   1 length [B] int32   2 bonus [B] int32
 // Fields   mode ("greedy" | "typical"), temperature, epsilon, delta (Medusa: 0.09, 0.3).
+#include <cmath>
 #include <memory>
 
 #include "plugin_common.h"
@@ -106,21 +107,26 @@ class TreeVerifyCreator final : public CreatorBase {
                             PluginField("delta", nullptr, PluginFieldType::kFLOAT32, 1)}) {}
 
   IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
-    Fields f(fc);
+    Fields f = fields(name, fc);
     std::string mode = f.get_string("mode", "greedy");
-    float temperature = f.get_float("temperature", 1.f);
-    std::string where = std::string(kName) + " '" + (name ? name : "") + "': ";
+    float temperature = f.get_float("temperature", 1.f), epsilon = f.get_float("epsilon", 0.09f);
+    float delta = f.get_float("delta", 0.3f);
+    if (f.failed()) return nullptr;
     if (mode != "greedy" && mode != "typical") {
-      log_error(where + "mode '" + mode + "', expected 'greedy' or 'typical' (speculative sampling runs in the "
-                        "ONNX verify graph)");
+      log_error(f.where() + "mode '" + mode + "', expected 'greedy' or 'typical' (speculative sampling runs in the "
+                            "ONNX verify graph)");
       return nullptr;
     }
-    if (!(temperature > 0.f)) {
-      log_error(where + "temperature " + std::to_string(temperature) + " must be > 0");
+    if (!(temperature > 0.f) || !std::isfinite(temperature)) {
+      log_error(f.where() + "temperature " + std::to_string(temperature) + " must be a finite number > 0");
       return nullptr;
     }
-    return new (std::nothrow)
-        TreeVerifyPlugin(mode == "typical", temperature, f.get_float("epsilon", 0.09f), f.get_float("delta", 0.3f));
+    if (!(epsilon >= 0.f && delta >= 0.f) || !std::isfinite(epsilon) || !std::isfinite(delta)) {
+      log_error(f.where() + "epsilon " + std::to_string(epsilon) + " and delta " + std::to_string(delta) +
+                " must be finite numbers >= 0");
+      return nullptr;
+    }
+    return new (std::nothrow) TreeVerifyPlugin(mode == "typical", temperature, epsilon, delta);
   }
 };
 
