@@ -32,6 +32,20 @@ def load_kernel(op: str):
     return load_trt_module(f"{op}/kernel.py", f"trt_plugins_{op}_kernel")
 
 
+CUBIN_CACHE = ROOT / "build" / "cubin-cache"  # one Triton AOT run for every CMake tree the tests build
+
+
+def cmake_build(tree: Path, *defines: str) -> str:
+    """Configure and build the native parts into ``tree``; returns the log (asserts success)."""
+    log = ""
+    for cmd in (["cmake", "-S", str(ROOT), "-B", str(tree), f"-DEDGERT_CUBIN_CACHE={CUBIN_CACHE}", *defines],
+                ["cmake", "--build", str(tree), "-j", "2"]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        log += done.stdout + done.stderr
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-3000:]}"
+    return log
+
+
 def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "edgert", *map(str, args)], capture_output=True, text=True,

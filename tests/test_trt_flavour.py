@@ -134,3 +134,44 @@ def test_engine_builds_with_the_plugin_library(bundle):
     engine = build_decoder_engine(bundle / "bundle", library, max_batch=2, max_tokens=64, capacity=256)
     assert engine.num_io_tensors == 7 + 4 * 2  # 5 + 2 caches per layer in, 2 + 2 per layer out
     assert trt.__version__
+
+
+def test_every_plugin_node_is_named_and_carries_all_its_fields(bundle):
+    names = []
+    for path in sorted((bundle / "bundle").glob("*.onnx")):
+        names += [n.name for n in onnx.load(path).graph.node if n.domain == "edgert"]
+    assert all(names) and len(set(names)) == len(names) == 2 + 2 + 4
+    assert {"layers.0.attention", "layers.1.attention", "verify.greedy", "verify.typical"} <= set(names)
+    (greedy,) = onnx.load(bundle / "bundle" / "verify_trt_greedy.onnx").graph.node
+    assert attrs(greedy) == {"mode": b"greedy", "temperature": 1.0, "epsilon": pytest.approx(0.09),
+                             "delta": pytest.approx(0.3), "plugin_version": b"1", "plugin_namespace": b"edgert"}
+
+
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT])
+def test_rms_norm_is_written_as_primitive_ops_equal_to_rms_normalization(bundle, tmp_path, dtype):
+    """TensorRT's parser imports RMSNormalization only from 10.15: the flavour writes the same math
+    (fp32 statistics) as Cast/Mul/ReduceMean/Add/Sqrt/Reciprocal, equal to ONNX Runtime's op."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgert.exporters.llm.trt_flavour import finish_decoder
+
+    ops = [n.op_type for n in onnx.load(bundle / "bundle" / "decoder.onnx").graph.node]
+    assert "RMSNormalization" not in ops and ops.count("ReduceMean") == 2 * 2 + 1  # two per layer, the final norm
+    rng = np.random.default_rng(0)
+    np_type = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    scale = (1 + rng.standard_normal(256) * 0.1).astype(np_type)
+    node = helper.make_node("RMSNormalization", ["x", "weight"], ["y"], name="norm", axis=-1, epsilon=1e-5, stash_type=1)
+    graph = helper.make_graph([node], "norm", [helper.make_tensor_value_info("x", dtype, ["batch", "seq", 256])],
+                              [helper.make_tensor_value_info("y", dtype, ["batch", "seq", 256])],
+                              [helper.make_tensor("weight", dtype, [256], scale.astype(np.float32).tolist()
+                                                  if dtype == TensorProto.FLOAT else scale.view(np.uint16).tolist())])
+    path = tmp_path / "norm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), path)
+    x = (rng.standard_normal((2, 5, 256)) * 100).astype(np_type)  # x² overflows fp16: the statistics must be fp32
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    finish_decoder(path)
+    assert "RMSNormalization" not in [n.op_type for n in onnx.load(path).graph.node]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.isfinite(got).all() and got.dtype == want.dtype
+    np.testing.assert_array_max_ulp(got, want, maxulp=4)  # the same math; ONNX Runtime sums in another order
