@@ -27,7 +27,7 @@ from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
 
 from .parity import DEFAULT_TOLERANCE, compare
-from .tensorrt import build_engine, require_tensorrt
+from .tensorrt import build_engine, check_available as check_tensorrt
 
 # Symbolic dims get this size in the tracing / parity inputs: 2 rather than 1, because
 # torch.export specialises size-1 dims to constants and the parity check should exercise
@@ -198,7 +198,7 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
     if trt_engine:
-        require_tensorrt()  # fail before minutes of export, not after
+        check_tensorrt()
     plugin = registered.obj
     opts = _resolve_options(plugin, options or {}, checkpoint)
     tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)

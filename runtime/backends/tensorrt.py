@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, EdgertError
+from ..errors import BundleError
+from ..trt_build import require_tensorrt
 from .base import Backend
 
 
@@ -22,13 +23,7 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def check_available(cls) -> None:
-        try:
-            import polygraphy  # noqa: F401
-            import tensorrt  # noqa: F401
-        except ImportError as err:
-            raise EdgertError(
-                f"the tensorrt backend needs the 'tensorrt' and 'polygraphy' packages (pip install 'edgert[trt]'): {err}"
-            ) from None
+        require_tensorrt("the tensorrt backend")
 
     def __init__(self, path: Path, *, device: str = "cuda", threads: int | None = None):
         super().__init__(path, device=device, threads=threads)
