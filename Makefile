@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch first and pinned: its CPU wheel is on local disk; an unpinned torch pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tsn.py
+
+# On a machine with an NVIDIA GPU and a CUDA torch: every GPU test and the kernel benchmarks,
+# one report (build/gpu-check/report.{json,md}); see benchmarks/gpu_check.py.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py
 
 clean:
 	rm -rf build .pytest_cache

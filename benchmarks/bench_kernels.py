@@ -7,7 +7,7 @@ against a baseline measured in the same run on the same card:
   read, as a fraction of a device-to-device copy of the same bytes (target >= 0.7);
 * tree verification (64 nodes, 32k / 152k vocabulary) and KV compaction: microseconds per call.
 
-    python benchmarks/bench_kernels.py [--quick]     # needs a CUDA GPU, a CUDA torch, the library
+    python benchmarks/bench_kernels.py [--quick] [--json OUT.json]   # needs a CUDA GPU, a CUDA torch, the library
 
 Timing: CUDA events around 20 calls after 5 warm-up calls, median of 5 such runs.
 """
@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS: list[dict] = []  # every figure printed, for --json
 
 
 def load_binding():
@@ -65,6 +67,8 @@ def bench_prefill(lib, quick: bool) -> None:
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 theirs = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
             flops = 4 * heads * tokens * tokens * dim / 2  # causal: half the score matrix
+            ROWS.append({"bench": "prefill", "head_dim": dim, "tokens": tokens, "tflops": flops / ours / 1e12,
+                         "sdpa_tflops": flops / theirs / 1e12, "ratio_vs_sdpa": theirs / ours})
             print(f"  d{dim} {tokens:>6} tokens: {flops / ours / 1e12:6.1f} vs {flops / theirs / 1e12:6.1f} TFLOP/s "
                   f"= {theirs / ours:.2f}x")
 
@@ -93,6 +97,8 @@ def bench_tree_decode(lib, quick: bool) -> None:
             dst = torch.empty_like(src)
             copy = timed(lambda: dst.copy_(src))
             copy_bw = 2 * kv_bytes / copy  # a copy reads and writes
+            ROWS.append({"bench": "tree_decode", "batch": batch, "cached": cached, "gb_per_s": kv_bytes / ours / 1e9,
+                         "copy_gb_per_s": copy_bw / 1e9, "fraction_of_copy": kv_bytes / ours / copy_bw})
             print(f"  batch {batch} cache {cached:>6}: {kv_bytes / ours / 1e9:7.1f} GB/s read, copy {copy_bw / 1e9:7.1f} "
                   f"GB/s, fraction {kv_bytes / ours / copy_bw:.2f}")
 
@@ -108,18 +114,21 @@ def bench_verify_and_compact(lib) -> None:
         for mode in ("greedy", "typical"):
             u = torch.rand(1, device="cuda")
             t = timed(lambda: lib.tree_verify(tokens, parents, logits, mode, uniform=u))
+            ROWS.append({"bench": "verify", "mode": mode, "vocab": vocab, "us": t * 1e6})
             print(f"  verify {mode:<8} vocab {vocab:>6}: {t * 1e6:7.1f} us")
     cache = torch.randn(1, 8, 4096, 128, device="cuda", dtype=torch.float16)
     path = torch.tensor([[0, 1, 3, 7, 15, 31]], dtype=torch.int32, device="cuda")
     length = torch.tensor([6], dtype=torch.int32, device="cuda")
     past = torch.tensor([4000], dtype=torch.int32, device="cuda")
     t = timed(lambda: lib.kv_compact(cache, path, length, past))
+    ROWS.append({"bench": "kv_compact", "us": t * 1e6})
     print(f"  kv_compact, one cache tensor: {t * 1e6:.1f} us; x 56 tensors of a 28-layer model: {56 * t * 1e6:.0f} us")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     import torch
 
@@ -132,6 +141,9 @@ def main() -> int:
     bench_prefill(lib, args.quick)
     bench_tree_decode(lib, args.quick)
     bench_verify_and_compact(lib)
+    if args.json:
+        args.json.write_text(json.dumps({"card": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                         "rows": ROWS}, indent=1))
     return 0
 
 
