@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 from edgert.runtime.errors import EdgertError
 
@@ -490,8 +492,15 @@ def _version() -> str:
     return __version__
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C: every `finally` runs, so an export's staging directory goes.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except EdgertError as err:

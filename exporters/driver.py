@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, sha256_file, staged_bundle, write_manifest
+from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, sha256_file
+from edgert.runtime.staging import staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.progress import step

@@ -14,8 +14,8 @@ name such as ``"batch"``); ``preprocessing``; ``labels``; ``precision``; ``prove
 ``parity`` (the export's check against PyTorch).
 
 Loading checks the schema and every hash, so a missing, truncated or tampered file, or a
-manifest from a future edgert, is refused with a message naming the file. Writing is atomic:
-files are staged in a sibling temporary directory and renamed into place only when complete.
+manifest from a future edgert, is refused with a message naming the file. Writing
+(:mod:`.staging`) is atomic and never deletes what edgert did not write.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import BundleError
 
@@ -36,6 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
 KINDS = ("detector", "decoder")
+MAX_MANIFEST_BYTES = 16 << 20  # labels and templates included; more is not a manifest edgert wrote
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,29 @@ class GraphSpec:
         if self.state:
             data["state"] = [list(pair) for pair in self.state]
         return data
+
+
+def safe_relative(rel: Any) -> bool:
+    """A path a manifest may name: relative POSIX, inside the bundle, nothing odd on the way."""
+    if not isinstance(rel, str) or not rel or len(rel) > 1024 or "\x00" in rel or "\\" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _named_paths(data: dict) -> list[tuple[str, Any]]:
+    """(field, path) for every path the manifest names besides ``files`` itself."""
+    named = []
+    for gname, graph in data["graphs"].items():
+        named += [(f"graphs.{gname}.{key}", graph[key]) for key in ("file", "engine") if key in graph]
+    decoder = data.get("decoder")
+    if isinstance(decoder, dict):
+        for key in ("tokenizer", "kv_compact"):
+            if key in decoder:
+                named.append((f"decoder.{key}", decoder[key]))
+        verify = decoder.get("verify")
+        if isinstance(verify, dict):
+            named += [(f"decoder.verify.{mode}", rel) for mode, rel in verify.items()]
+    return named
 
 
 def sha256_file(path: Path) -> str:
@@ -125,9 +147,13 @@ def validate_manifest(data: Any, where: Path) -> None:
                      where, f"graphs.{gname}.state: {pair!r} is not an [input, output] pair of the graph")
             _require(names["inputs"][pair[0]]["dims"] == names["outputs"][pair[1]]["dims"], where,
                      f"graphs.{gname}.state: {pair[0]} and {pair[1]} have different dims")
-        for key in ("file", "engine"):
-            if key in graph:
-                _require(graph[key] in data["files"], where, f"graphs.{gname}.{key} {graph[key]!r} has no sha256 in 'files'")
+    for rel, digest in data["files"].items():
+        _require(safe_relative(rel), where, f"files: {rel!r} is not a relative path inside the bundle")
+        _require(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest), where,
+                 f"files.{rel}: not a sha256 hex digest")
+    for field, rel in _named_paths(data):
+        _require(safe_relative(rel), where, f"{field} {rel!r} is not a relative path inside the bundle")
+        _require(rel in data["files"], where, f"{field} {rel!r} has no sha256 in 'files'")
 
 
 class Bundle:
@@ -151,19 +177,51 @@ class Bundle:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{manifest_path}: missing; {root} is not an edgert bundle")
+        for folder, dirs, names in os.walk(root):  # a link anywhere could lead a graph's external data outside
+            for name in dirs + names:
+                if os.path.islink(os.path.join(folder, name)):
+                    raise BundleError(f"{os.path.join(folder, name)}: a symbolic link inside the bundle; refusing it "
+                                      "(it could point outside)")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{manifest_path}: {manifest_path.stat().st_size} bytes; a manifest is at most "
+                              f"{MAX_MANIFEST_BYTES} bytes")
         try:
             data = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
         validate_manifest(data, manifest_path)
-        if verify:
-            for rel, expected in data["files"].items():
-                file = root / rel
-                if not file.is_file():
-                    raise BundleError(f"{file}: listed in the manifest but missing from the bundle")
-                if sha256_file(file) != expected:
-                    raise BundleError(f"{file}: sha256 does not match the manifest (the file is corrupt or was modified)")
-        return cls(root, data)
+        bundle = cls(root, data)
+        for rel in data["files"]:
+            bundle.path(rel)  # confined: no symlink on the way, a regular file
+            if verify and sha256_file(root / rel) != data["files"][rel]:
+                raise BundleError(f"{root / rel}: sha256 does not match the manifest (the file is corrupt or was modified)")
+        return bundle
+
+    def path(self, rel: str) -> Path:
+        """The file ``rel`` of the bundle: listed in ``files``, a regular file, reached through
+        real directories only (a symlink anywhere on the way could lead outside)."""
+        if rel not in self.manifest["files"]:
+            raise BundleError(f"{self.root}: {rel!r} is not listed in the manifest's files")
+        here = self.root
+        for part in rel.split("/"):
+            here = here / part
+            try:
+                mode = os.lstat(here).st_mode
+            except FileNotFoundError:
+                raise BundleError(f"{self.root / rel}: listed in the manifest but missing from the bundle") from None
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"{here}: a symbolic link inside the bundle; refusing it (it could point outside)")
+        if not stat.S_ISREG(mode):
+            raise BundleError(f"{self.root / rel}: not a regular file")
+        return here
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of ``rel``, read once and checked against the manifest's sha256 (no file can
+        be swapped between the check and the use)."""
+        data = self.path(rel).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"][rel]:
+            raise BundleError(f"{self.root / rel}: sha256 does not match the manifest (the file is corrupt or was modified)")
+        return data
 
     @property
     def kind(self) -> str:
@@ -191,43 +249,4 @@ class Bundle:
         return self.graphs[name]
 
 
-@contextmanager
-def staged_bundle(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it atomically becomes ``dest``.
-
-    If anything raises inside the block the staging directory is deleted and ``dest`` is left
-    exactly as it was: a failed export never leaves a half bundle behind.
-    """
-    dest = Path(dest).absolute()
-    if dest.exists() and not overwrite:
-        raise BundleError(f"{dest}: already exists (pass --force to replace it)")
-    if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
-        raise BundleError(f"{dest}: exists and is not an edgert bundle; refusing to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
-        yield stage
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-            os.rename(stage, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(stage, dest)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-
-
-def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file in ``stage`` into ``manifest['files']`` and write manifest.json."""
-    manifest = dict(manifest)
-    manifest["files"] = {
-        p.relative_to(stage).as_posix(): sha256_file(p)
-        for p in sorted(stage.rglob("*")) if p.is_file() and p.name != MANIFEST
-    }
-    validate_manifest(manifest, stage / MANIFEST)
-    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
-__all__ = ["Bundle", "GraphSpec", "TensorSpec", "SCHEMA_VERSION", "staged_bundle", "write_manifest", "sha256_file"]
+__all__ = ["Bundle", "GraphSpec", "TensorSpec", "SCHEMA_VERSION", "sha256_file", "validate_manifest"]

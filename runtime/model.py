@@ -77,5 +77,6 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "c
         if not rel:
             raise BundleError(f"{bundle.root}: graph {name!r} has no {backend_cls.file_key} for the {backend} backend"
                               + (" (export with --trt-engine where TensorRT is installed)" if backend_cls.file_key == "engine" else ""))
-        backends[name] = backend_cls(bundle.root / rel, device=device, threads=threads)
+        extra = {"model": bundle.read(rel)} if getattr(backend_cls, "reads_bytes", False) else {}
+        backends[name] = backend_cls(bundle.path(rel), device=device, threads=threads, **extra)
     return Model(bundle, backends, plugin)

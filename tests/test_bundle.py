@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from edgert.runtime.bundle import MANIFEST, Bundle, staged_bundle, write_manifest
+from edgert.runtime.bundle import MANIFEST, Bundle
+from edgert.runtime.staging import staged_bundle, write_manifest
 from edgert.runtime.errors import BundleError
 
 

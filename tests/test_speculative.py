@@ -258,13 +258,20 @@ def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):
     monkeypatch.setattr(progress.Bar, "update", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_medusa(*args, **kwargs)
-    assert (tmp_path / "heads.safetensors.partial.pt").is_file() and not (tmp_path / "heads.safetensors").exists()
+    partial = tmp_path / "heads.safetensors.partial.safetensors"
+    assert partial.is_file() and not (tmp_path / "heads.safetensors").exists()
     monkeypatch.setattr(progress.Bar, "update", real)
     train_medusa(*args, **kwargs)
-    assert (tmp_path / "heads.safetensors").is_file() and not (tmp_path / "heads.safetensors.partial.pt").exists()
+    assert (tmp_path / "heads.safetensors").is_file() and not partial.exists()
+    from safetensors.torch import load_file
+
     from edgert.exporters.llm.medusa import load_medusa
 
     assert len(load_medusa(tmp_path / "heads.safetensors", 64, 320)) == 2
+    # Weights and optimiser state came back exactly: equal to a run never interrupted.
+    train_medusa(str(target), args[1], str(tmp_path / "straight.safetensors"), **kwargs)
+    resumed, straight = load_file(tmp_path / "heads.safetensors"), load_file(tmp_path / "straight.safetensors")
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
 
 
 def test_tune_tree_picks_a_tree_that_runs(bundles, tmp_path):

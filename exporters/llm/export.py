@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, TensorSpec, staged_bundle, write_manifest
+from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, TensorSpec
+from edgert.runtime.staging import staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.llm.tokenizer import check_vocab
 from edgert.runtime.progress import step

@@ -12,14 +12,17 @@ not what a dataset says):
 2. The base model continues each prompt greedily with its KV cache; the sequences are cached.
 3. The draft part learns with AdamW on continuation targets only.
 
-Long runs are resumable: a ``<out>.partial.pt`` (data, weights, optimiser, step) is written every
-``save_every`` steps and picked up by the next run with the same arguments; the result is
+Long runs are resumable: a ``<out>.partial.safetensors`` (the continuations, the weights and the
+optimiser's tensors; the arguments, the step and the optimiser's settings as JSON in its header,
+so nothing is unpickled) is written every ``save_every`` steps and picked up by the next run with
+the same arguments (one that cannot be read is named and training starts over); the result is
 written atomically at the end (Medusa's layout; DeepSeek's MTP key names), for ``edgert export
 llama --opt medusa=`` / ``--opt mtp=``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -134,6 +137,51 @@ def train_mtp(checkpoint: str, data: list[str], out: str, **kwargs) -> dict:
     return train("mtp", checkpoint, data, out, **kwargs)
 
 
+class ResumeError(Exception):
+    """A resume file that cannot be used; training starts over."""
+
+
+def save_resume_state(path: Path, setup: dict, step: int, heads, optimizer, seqs: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors = {f"heads.{k}": v.contiguous() for k, v in heads.state_dict().items()}
+    tensors["seqs"] = seqs.contiguous()
+    for index, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
+    meta = {"setup": setup, "step": step, "param_groups": opt["param_groups"]}
+    save_file(tensors, str(path), metadata={"edgert_resume": json.dumps(meta)})
+
+
+def load_resume_state(path: Path, setup: dict, heads, optimizer) -> tuple[int, torch.Tensor]:
+    """Weights and optimiser state from ``path`` (safetensors: tensors and JSON only, no code)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["edgert_resume"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise ResumeError(f"not a resume file edgert wrote ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("setup") != setup:
+        raise ResumeError("made with other arguments")
+    step, groups = meta.get("step"), meta.get("param_groups")
+    if not isinstance(step, int) or step < 0 or not isinstance(groups, list) or "seqs" not in tensors:
+        raise ResumeError("incomplete")
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, slot = key.split(".", 2)
+            state.setdefault(int(index), {})[slot] = value
+    try:
+        heads.load_state_dict({k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")})
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ResumeError(f"does not fit these heads ({str(err).splitlines()[0]})") from None
+    return step, tensors["seqs"]
+
+
 def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, steps: int = 500,
           batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
           seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
@@ -147,7 +195,7 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int 
     if kind == "medusa" and new_tokens <= num_heads:
         raise EdgertError(f"--new-tokens {new_tokens} must exceed --heads {num_heads}: head k needs k + 2 tokens ahead")
     out_path = Path(out)
-    partial = out_path.with_name(out_path.name + ".partial.pt")
+    partial = out_path.with_name(out_path.name + ".partial.safetensors")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with step(f"loading {directory}"):
@@ -165,22 +213,19 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int 
              "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(directory.resolve())}
     start, seqs = 0, None
     if resume and partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=False)
-        if state["setup"] == setup:
-            heads.load_state_dict(state["heads"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, seqs = state["step"], state["seqs"]
-            print(f"  resuming {partial} at step {start}/{steps}", flush=True)
+        try:
+            start, seqs = load_resume_state(partial, setup, heads, optimizer)
+        except ResumeError as err:
+            print(f"  {partial}: {err}; starting over", flush=True)
         else:
-            print(f"  {partial} was made with other arguments; starting over", flush=True)
+            print(f"  resuming {partial} at step {start}/{steps}", flush=True)
     if seqs is None:
         corpus = read_corpus(data, directory / "tokenizer.json")
         seqs = continuations(model, corpus, samples, prompt_len, new_tokens, rng)
 
     def save(at: int) -> None:
         tmp = partial.with_name(partial.name + ".tmp")
-        torch.save({"setup": setup, "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": at,
-                    "seqs": seqs}, tmp)
+        save_resume_state(tmp, setup, at, heads, optimizer, seqs)
         os.replace(tmp, partial)
 
     bar = Bar(f"training {'Medusa heads' if kind == 'medusa' else 'the MTP module'}", steps, start)

@@ -18,6 +18,9 @@ class Backend:
     name: str = ""
     file_key: str = "file"
     description: str = ""
+    # True: the constructor takes ``model=bytes``, the file's content as the bundle read and
+    # checked it, and uses those bytes rather than opening ``path`` again.
+    reads_bytes: bool = False
 
     @classmethod
     def check_available(cls) -> None:

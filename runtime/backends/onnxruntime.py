@@ -32,8 +32,12 @@ class OnnxRuntimeBackend(Backend):
     file_key = "file"
     description = "ONNX Runtime (CPU, or CUDA / TensorRT execution providers)"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, interleaved: bool = False):
-        """``interleaved``: this session takes turns with others on the same cores (a generation's
+    reads_bytes = True  # takes the bundle's verified bytes: nothing can swap the file after its check
+
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, interleaved: bool = False,
+                 model: bytes | None = None):
+        """``model``: the graph's bytes (read once and checked by the bundle); its external data,
+        if any, is found beside ``path``. ``interleaved``: this session takes turns with others on the same cores (a generation's
         decoder, Medusa heads, MTP module, draft). Its threads then stop spinning when a run ends:
         spinning idle threads took the cores from the session that ran next, which made Medusa's
         decoder pass 1.7x and its heads 2x slower on 2 cores (benchmarks/bench_speculative.py)."""
@@ -57,8 +61,11 @@ class OnnxRuntimeBackend(Backend):
             options.inter_op_num_threads = 1
         if interleaved:
             options.add_session_config_entry("session.force_spinning_stop", "1")
+        if model is not None:  # external data resolves against the graph's folder; ONNX Runtime refuses escapes
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent))
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(self.path) if model is None else model, sess_options=options,
+                                                providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(f"{self.path}: onnxruntime cannot load this graph: {_first_line(err)}") from None
         self.providers = self.session.get_providers()

@@ -25,14 +25,16 @@ class TensorRTBackend(Backend):
     def check_available(cls) -> None:
         require_tensorrt("the tensorrt backend")
 
-    def __init__(self, path: Path, *, device: str = "cuda", threads: int | None = None):
+    reads_bytes = True
+
+    def __init__(self, path: Path, *, device: str = "cuda", threads: int | None = None, model: bytes | None = None):
         super().__init__(path, device=device, threads=threads)
         self.check_available()
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-        if not self.path.is_file():
+        if model is None and not self.path.is_file():
             raise BundleError(f"{self.path}: TensorRT engine missing")
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(self.path))))
+        self.runner = TrtRunner(EngineFromBytes(model if model is not None else BytesFromPath(str(self.path))))
         try:
             self.runner.activate()
         except Exception as err:

@@ -216,7 +216,7 @@ class Generator:
             raise BundleError(f"{self.bundle.root}: a {self.bundle.kind} bundle, not a decoder; use 'edgert run'")
         self.info = info
         self.session = DecoderSession(self.bundle, device=device, threads=threads)
-        self.tokenizer = TextTokenizer(self.bundle.root / info["tokenizer"], info)
+        self.tokenizer = TextTokenizer(self.bundle.path(info["tokenizer"]), info, data=self.bundle.read(info["tokenizer"]))
         self.eos = set(info["eos_token_ids"])
         self.device, self.threads = device, threads
         self.resources: dict = {}  # what strategies keep between generations (draft sessions)
@@ -225,7 +225,7 @@ class Generator:
         elif verifier == "onnx":
             if not info.get("verify"):
                 raise BundleError(f"{self.bundle.root}: no verify graphs in this bundle (re-export it with this edgert)")
-            self.verifier = OnnxVerifier(self.bundle.root, info["verify"])
+            self.verifier = OnnxVerifier(self.bundle.root, info["verify"], read=self.bundle.read)
         else:
             raise InputError(f"verifier {verifier!r}: expected numpy or onnx")
 

@@ -39,7 +39,8 @@ class DecoderSession:
         self.graph = bundle.graph(graph or self.info["graph"])
         self.num_layers = 1 if graph == "mtp" else int(self.info["num_layers"])
         self.hidden_name = "mtp_hidden_states" if graph == "mtp" else "hidden_states"
-        self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads, interleaved=True)
+        self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
+                                          model=bundle.read(self.graph.file))
         self.session = self.backend.session
         outputs = {t.name: t for t in self.graph.outputs}
         self.vocab_size = int(outputs["logits"].dims[-1])
@@ -107,7 +108,8 @@ class MedusaSession:
                               "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
         self.num_heads = int(info["num_heads"])
         self.graph = bundle.graph(info["graph"])
-        self.backend = OnnxRuntimeBackend(bundle.root / self.graph.file, device=device, threads=threads, interleaved=True)
+        self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
+                                          model=bundle.read(self.graph.file))
 
     def __call__(self, hidden: np.ndarray) -> np.ndarray:
         """hidden (H,) -> (heads, vocab)."""

@@ -10,28 +10,31 @@ from pathlib import Path
 from ..errors import BundleError, InputError
 
 
-def _load(path: Path):
+def _load(path: Path, data: bytes | None = None):
     from tokenizers import Tokenizer
 
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_file(str(path)) if data is None else Tokenizer.from_str(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{path}: not a readable tokenizer.json (not UTF-8: {err.reason} at byte {err.start})") from None
     except Exception as err:  # tokenizers raises a bare Exception with serde's message
         raise BundleError(f"{path}: not a readable tokenizer.json ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
 def check_vocab(path: Path, vocab_size: int) -> None:
     """A tokenizer that can emit ids beyond the model's embedding would index out of range."""
-    size = _load(Path(path)).get_vocab_size(with_added_tokens=True)
-    if size > vocab_size:
-        raise BundleError(f"{path}: tokenizer has {size} tokens but the model's vocab_size is {vocab_size}; "
-                          "tokenizer and weights do not belong together")
+    TextTokenizer(path, {"vocab_size": vocab_size})
 
 
 class TextTokenizer:
-    def __init__(self, path: Path, decoder: dict):
+    def __init__(self, path: Path, decoder: dict, data: bytes | None = None):
+        """``data``: the file's bytes as the bundle read and checked them (else ``path`` is read)."""
         self.path = Path(path)
-        self.tokenizer = _load(self.path)
-        check_vocab(self.path, decoder["vocab_size"])
+        self.tokenizer = _load(self.path, data)
+        size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > decoder["vocab_size"]:
+            raise BundleError(f"{path}: tokenizer has {size} tokens but the model's vocab_size is {decoder['vocab_size']}; "
+                              "tokenizer and weights do not belong together")
         self.info = decoder
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

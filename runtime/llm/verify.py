@@ -143,14 +143,16 @@ class OnnxVerifier:
     """The same op on ONNX Runtime: the bundle's verify_<mode>.onnx graphs (written by the
     exporter), fed the ancestor mask and the seed's uniforms."""
 
-    def __init__(self, directory, files: dict[str, str], threads: int | None = 1):
+    def __init__(self, directory, files: dict[str, str], threads: int | None = 1, read=None):
+        """``read(name) -> bytes``: the bundle's checked bytes of each file (else the files are opened)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        self.sessions = {mode: ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+        self.sessions = {mode: ort.InferenceSession(read(name) if read else str(directory / name), options,
+                                                    providers=["CPUExecutionProvider"])
                          for mode, name in files.items()}
 
     def __call__(self, tokens, parents, logits, mode: str = "greedy", *, temperature: float = 1.0,
