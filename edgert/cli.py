@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=96, help="tokens of each continuation")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-resume", action="store_true", help="ignore a <out>.partial.pt from an interrupted run")
+    p.add_argument("--no-resume", action="store_true", help="ignore a <out>.partial.safetensors from an interrupted run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune-tree", help="choose a Medusa tree by measured head accuracy and verify latency")

@@ -1,0 +1,289 @@
+"""Hostile input, as a red team sends it (#13): bundles that name paths outside themselves, links,
+forged listings; exports aimed at the user's own files, raced, killed; pickles planted where
+edgert reads. Each must end in exactly one `edgert: error:` line and exit 1 (or a clean success),
+with no traceback, nothing outside the bundle opened (an audit hook watches every open), nothing
+of the user's deleted and no payload run."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY_TSN, assert_user_error, edgert
+
+AUDITED = """
+import os, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.fsdecode(args[0]))
+sys.addaudithook(hook)
+from edgert.cli import main
+code = main(sys.argv[2:])
+watch = os.path.realpath(sys.argv[1])
+with open(os.path.join(watch, "opened.json"), "w") as f:
+    import json
+    json.dump([p for p in opened if os.path.realpath(p).startswith(watch + os.sep)], f)
+sys.exit(code)
+"""
+
+
+def audited(watch: Path, *args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI; also return every file it opened under ``watch``."""
+    done = subprocess.run([sys.executable, "-c", AUDITED, str(watch), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    log = watch / "opened.json"
+    opened = json.loads(log.read_text()) if log.is_file() else []
+    log.unlink(missing_ok=True)
+    return done, [os.path.realpath(p) for p in opened]
+
+
+@pytest.fixture
+def copy(tiny_bundle, tmp_path):
+    """A private copy of the tiny TSN bundle, and a victim file outside it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (tmp_path / "victim").mkdir()
+    shutil.copy(bundle / "model.onnx", tmp_path / "victim" / "model.onnx")
+    return bundle
+
+
+def edit(bundle: Path, change) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def rename_file(manifest, old, new):
+    manifest["files"][new] = manifest["files"].pop(old)
+    for graph in manifest["graphs"].values():
+        if graph["file"] == old:
+            graph["file"] = new
+
+
+ESCAPES = {
+    "absolute": ("{victim}/model.onnx", "is not a relative path inside the bundle"),
+    "dotdot": ("../victim/model.onnx", "is not a relative path inside the bundle"),
+    "dotdot inside": ("sub/../../victim/model.onnx", "is not a relative path inside the bundle"),
+    "backslash": ("..\\\\victim\\\\model.onnx", "is not a relative path inside the bundle"),
+    "empty part": ("sub//model.onnx", "is not a relative path inside the bundle"),
+    "dot part": ("./model.onnx", "is not a relative path inside the bundle"),
+    "nul": ("model.onnx\u0000.txt", "is not a relative path inside the bundle"),
+    "etc shadow": ("/etc/shadow", "is not a relative path inside the bundle"),
+}
+
+
+@pytest.mark.parametrize("case", ESCAPES)
+def test_a_manifest_path_outside_the_bundle_is_refused_before_anything_opens_it(copy, case):
+    rel, words = ESCAPES[case]
+    rel = rel.format(victim=copy.parent / "victim")
+    edit(copy, lambda m: rename_file(m, "model.onnx", rel))
+    for command in (["info", copy], ["run", copy, "--input", copy / "missing.npy"]):
+        done, opened = audited(copy.parent, *command)
+        assert_user_error(done, "invalid manifest", words)
+        assert not [p for p in opened if "victim" in p]
+
+
+def test_a_graph_not_listed_in_files_is_refused(copy):
+    edit(copy, lambda m: m["graphs"]["main"].update(file="other.onnx"))
+    assert_user_error(edgert("info", copy), "graphs.main.file 'other.onnx' has no sha256 in 'files'")
+
+
+def test_a_digest_that_is_not_sha256_is_refused(copy):
+    edit(copy, lambda m: m["files"].update({"model.onnx": "../../etc"}))
+    assert_user_error(edgert("info", copy), "files.model.onnx: not a sha256 hex digest")
+
+
+def test_a_symlinked_graph_is_refused_even_with_the_right_hash(copy):
+    (copy / "model.onnx").unlink()
+    (copy / "model.onnx").symlink_to(copy.parent / "victim" / "model.onnx")  # same bytes, same sha256
+    done, opened = audited(copy.parent, "info", copy)
+    assert_user_error(done, "a symbolic link inside the bundle", "model.onnx")
+    assert not [p for p in opened if "victim" in p]
+
+
+def test_a_symlinked_folder_or_manifest_is_refused(copy, tmp_path):
+    (copy / "data").symlink_to(tmp_path / "victim", target_is_directory=True)
+    assert_user_error(edgert("info", copy), "data: a symbolic link inside the bundle")
+    (copy / "data").unlink()
+    shutil.move(copy / "manifest.json", tmp_path / "manifest.json")
+    (copy / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    assert_user_error(edgert("info", copy), "manifest.json: a symbolic link inside the bundle")
+
+
+def test_a_listed_path_that_is_not_a_regular_file_is_refused(copy):
+    os.mkfifo(copy / "pipe")  # a FIFO would block the hash forever
+    edit(copy, lambda m: m["files"].update({"pipe": "0" * 64}))
+    assert_user_error(edgert("info", copy), "pipe: not a regular file")
+
+
+def test_an_oversized_manifest_is_refused_unread(copy):
+    edit(copy, lambda m: m.update(labels=["x" * 1000] * 20000))
+    assert_user_error(edgert("info", copy), "a manifest is at most 16777216 bytes")
+
+
+def test_the_graph_is_checked_and_used_from_the_same_bytes(copy, monkeypatch):
+    """A file swapped after its hash was checked is never the one that runs: ONNX Runtime gets
+    the bytes the bundle read and checked."""
+    import onnxruntime
+
+    from edgert.runtime import load
+    from edgert.runtime.bundle import Bundle
+
+    given = []
+    real = onnxruntime.InferenceSession
+
+    def spy(model, *args, **kwargs):
+        given.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    load(copy)
+    assert given == [(copy / "model.onnx").read_bytes()]
+    real_read = Bundle.read
+
+    def swapped(self, rel):  # the file changes on disk between the load's check and the read
+        shutil.copy(copy.parent / "victim" / "model.onnx", copy / rel)
+        (copy / rel).write_bytes((copy / rel).read_bytes() + b"\0")
+        return real_read(self, rel)
+
+    monkeypatch.setattr(Bundle, "read", swapped)
+    with pytest.raises(Exception, match="sha256 does not match the manifest"):
+        load(copy)
+
+
+# --- exports aimed at the user's files ---------------------------------------------------------
+
+def export(out: Path, *extra):
+    return edgert("export", "tsn", "--out", out, *TINY_TSN, *extra)
+
+
+def test_force_never_replaces_a_folder_that_is_not_an_edgert_bundle(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    (site / "index.html").write_text("<html>mine</html>")
+    assert_user_error(export(site, "--force"), "is not an edgert bundle", "refusing to replace it")
+    assert (site / "index.html").read_text() == "<html>mine</html>"
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    assert_user_error(export(file, "--force"), "exists and is not a directory")
+    assert file.read_text() == "mine"
+
+
+def test_force_never_deletes_files_the_manifest_does_not_list(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "labels.txt").write_text("mine")
+    before = sorted(p.name for p in bundle.iterdir())
+    assert_user_error(export(bundle, "--force"), "holds files its manifest does not list (labels.txt)")
+    assert sorted(p.name for p in bundle.iterdir()) == before and (bundle / "labels.txt").read_text() == "mine"
+    (bundle / "labels.txt").unlink()
+    assert export(bundle, "--force").returncode == 0  # a bundle holding only its own files is replaced
+
+
+def test_a_second_export_to_the_same_out_fails_while_the_first_runs(tmp_path):
+    out = tmp_path / "b"
+    fd = os.open(tmp_path / ".b.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running export holds
+    try:
+        assert_user_error(export(out), f"{out}: another export to it is running; nothing was written")
+    finally:
+        os.close(fd)
+    assert not out.exists()
+
+
+def test_stale_staging_is_removed_and_only_edgert_s(tmp_path):
+    stale = tmp_path / ".b.k3j2.partial"
+    stale.mkdir()
+    (stale / ".edgert-staging").write_text("12345\n")
+    (stale / "model.onnx").write_bytes(b"x" * 1000)
+    mine = tmp_path / ".b.notes.partial"  # the user's, no marker: not edgert's to delete
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    assert export(tmp_path / "b").returncode == 0
+    assert not stale.exists() and (mine / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.notes.partial", "b"]
+
+
+def test_an_old_bundle_a_killed_export_set_aside_comes_back(tiny_bundle, tmp_path):
+    aside = tmp_path / ".b.x1.old"
+    aside.mkdir()
+    (aside / ".edgert-staging").write_text("1\n")
+    shutil.copytree(tiny_bundle, aside / "bundle")
+    assert_user_error(export(tmp_path / "b"), "already exists (pass --force to replace it)")
+    assert (tmp_path / "b" / "manifest.json").is_file() and not aside.exists()
+
+
+def test_the_bundle_follows_the_umask(tmp_path):
+    done = subprocess.run(["sh", "-c", f"umask 027 && exec {sys.executable} -m edgert export tsn --out {tmp_path / 'b'} "
+                           + " ".join(TINY_TSN)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "b" / "manifest.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_sigterm_mid_export_leaves_nothing_behind(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "edgert", "export", "tsn", "--out", str(tmp_path / "b"), *TINY_TSN],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".b.*.partial")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, "the export ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "Traceback" not in err and "edgert: interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- pickles planted where edgert reads ---------------------------------------------------------
+
+PAYLOAD = """
+import os, pickle
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+"""
+
+
+def plant(path: Path, marker: Path) -> None:
+    namespace: dict = {}
+    exec(PAYLOAD.format(marker=marker), namespace)
+    import pickle
+
+    path.write_bytes(pickle.dumps(namespace["Boom"]()))
+
+
+@pytest.mark.parametrize("suffix", [".partial.pt", ".partial.safetensors"])
+def test_a_planted_resume_file_runs_nothing(tmp_path, suffix):
+    pytest.importorskip("transformers")
+    from llm_checkpoints import CORPUS, make_llama
+
+    make_llama(tmp_path / "ckpt")
+    (tmp_path / "text.txt").write_text("\n".join(CORPUS[:3]))
+    out = tmp_path / "heads.safetensors"
+    marker = tmp_path / "payload-ran"
+    plant(out.with_name(out.name + suffix), marker)
+    done = edgert("train", "medusa", "--checkpoint", tmp_path / "ckpt", "--data", tmp_path / "text.txt", "--out", out,
+                  "--steps", "2", "--samples", "4", "--prompt-len", "4", "--new-tokens", "8", "--heads", "2")
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists() and out.is_file()
+
+
+@pytest.mark.parametrize("name", ["weights.pth", "weights.pt", "weights.tar"])
+def test_a_pickled_checkpoint_runs_nothing(tmp_path, name):
+    marker = tmp_path / "payload-ran"
+    plant(tmp_path / name, marker)
+    done = edgert("export", "tsn", "--out", tmp_path / "b", *TINY_TSN, "--checkpoint", tmp_path / name)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert not marker.exists() and not (tmp_path / "b").exists()
