@@ -40,9 +40,52 @@ class _Clash:
         return [Fake()]
 
 
-def test_two_plugins_claiming_one_name_is_an_error_naming_both():
+def test_two_plugins_claiming_one_name_disable_it_and_nothing_else(capsys):
+    host = build_host({"clash": _Clash()})  # every command keeps working...
+    assert "detector name 'tsn' is claimed by two plugins: 'tsn' (edgert) and 'clash' (<in-process>); uninstall one; " \
+           "'clash''s detector 'tsn' is disabled" in capsys.readouterr().err
+    assert host.get("detector", "tsm").name == "tsm"
     with pytest.raises(PluginError, match=r"detector name 'tsn' is claimed by two plugins: 'tsn' \(edgert\) and 'clash'"):
-        build_host({"clash": _Clash()})
+        host.get("detector", "tsn")  # ...but the contested name, asked for, names both
+
+
+class _ExitsAtImport:
+    @hookimpl
+    def edgert_register_detectors(self):
+        raise SystemExit(3)
+
+
+class _Broken:
+    @hookimpl
+    def edgert_register_strategies(self):
+        class Bad:
+            name = "bad"
+            description = "raises"
+
+            def decode(self, d):
+                yield [1]
+                raise ZeroDivisionError("division by zero")
+
+            def helper(self):
+                return {}["missing"]
+
+        return [Bad()]
+
+
+def test_a_plugin_exiting_in_its_hook_does_not_stop_the_host():
+    host = build_host({"quitter": _ExitsAtImport()})
+    assert host.failures == [("quitter", "SystemExit: 3")] and "tsn" in host.registry["detector"]
+
+
+def test_a_plugin_raising_at_run_time_is_one_line_naming_it():
+    strategy = build_host({"broken": _Broken()}).get("strategy", "bad").obj
+    with pytest.raises(PluginError, match=r"^plugin 'broken' \(<in-process>\): strategy 'bad'.helper failed: KeyError: "):
+        strategy.helper()
+    steps = strategy.decode(None)
+    assert next(steps) == [1]
+    with pytest.raises(PluginError, match=r"strategy 'bad'.decode failed: ZeroDivisionError: division by zero"):
+        next(steps)
+    assert strategy.description == "raises"
 
 
 class _RaisesInHook:

@@ -263,6 +263,7 @@ def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):
     monkeypatch.setattr(progress.Bar, "update", real)
     train_medusa(*args, **kwargs)
     assert (tmp_path / "heads.safetensors").is_file() and not partial.exists()
+    import torch
     from safetensors.torch import load_file
 
     from edgert.exporters.llm.medusa import load_medusa
