@@ -26,18 +26,28 @@ def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict[str, str]:
     return opts
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
+_CONTROL.update({c: f"\\u{c:04x}" for c in [0x2028, 0x2029, *range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
+
+
+def shown(value) -> str:
+    """``value`` as text safe for a terminal: control characters (escape sequences, carriage
+    returns, newlines, bidirectional overrides) from a manifest or a file name are escaped."""
+    return str(value).translate(_CONTROL)
+
+
 def cmd_plugins(args) -> int:
     from edgert.runtime.host import get_host
 
     host = get_host()
-    rows = [(r.name, r.kind, f"{r.plugin.package} {r.plugin.version}".strip(), getattr(r.obj, "description", ""))
-            for r in host.all()]
+    rows = [(shown(r.name), r.kind, shown(f"{r.plugin.package} {r.plugin.version}".strip()),
+             shown(getattr(r.obj, "description", ""))) for r in host.all()]
     widths = [max(len(str(row[i])) for row in rows + [("name", "kind", "package", "")]) for i in range(3)]
     print(f"{'name':<{widths[0]}}  {'kind':<{widths[1]}}  {'package':<{widths[2]}}  description")
     for row in rows:
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
     for name, error in host.failures:
-        print(f"(failed) plugin {name}: {error}")
+        print(f"(failed) plugin {shown(name)}: {shown(error)}")
     return 0
 
 
@@ -139,22 +149,23 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    print(f"bundle     {bundle.root}")
-    print(f"kind       {m['kind']}: {m['plugin']['name']} ({m['plugin']['package']} {m['plugin']['version']})")
+    print(f"bundle     {shown(bundle.root)}")
+    print(f"kind       {m['kind']}: {shown(m['plugin']['name'])} ({shown(m['plugin']['package'])} "
+          f"{shown(m['plugin']['version'])})")
     if m["model"].get("paper"):
-        print(f"paper      {m['model']['paper']}")
-    print(f"options    {', '.join(f'{k}={v}' for k, v in m['model']['options'].items())}")
+        print(f"paper      {shown(m['model']['paper'])}")
+    print(f"options    {shown(', '.join(f'{k}={v}' for k, v in m['model']['options'].items()))}")
     ckpt = m["model"].get("checkpoint")
-    print(f"weights    {ckpt['path'] if ckpt else 'random init (seed %d)' % m['model']['seed']}")
-    print(f"precision  {m['precision']}")
+    print(f"weights    {shown(ckpt['path']) if ckpt else 'random init (seed %d)' % m['model']['seed']}")
+    print(f"precision  {shown(m['precision'])}")
     for name, g in bundle.graphs.items():
-        print(f"graph      {name}: {g.file}" + (f" + engine {g.engine}" if g.engine else ""))
+        print(shown(f"graph      {name}: {g.file}" + (f" + engine {g.engine}" if g.engine else "")))
         width = max(12, *(len(t.name) for t in g.inputs + g.outputs))
         for side, tensors in (("input ", g.inputs), ("output", g.outputs)):
             for t in tensors:
-                print(f"  {side}   {t.name:<{width}} {t.dtype:<8} {t.shape_text()}")
+                print(shown(f"  {side}   {t.name:<{width}} {t.dtype:<8} {t.shape_text()}"))
         if g.state:
-            print("  state    " + ", ".join(f"{o} -> {i}" for i, o in g.state) + "  (streaming: run with --stream)")
+            print(shown("  state    " + ", ".join(f"{o} -> {i}" for i, o in g.state)) + "  (streaming: run with --stream)")
     dec = m.get("decoder")
     if dec:
         print(f"decoder    context {dec['context']} positions, {dec['num_layers']} layers, KV cache {dec['kv_dtype']} "
@@ -162,23 +173,23 @@ def cmd_info(args) -> int:
               f"chat template: {'yes' if dec.get('chat_template') else 'no'}")
         extras = [f"{dec['medusa']['num_heads']} Medusa heads" if dec.get("medusa") else "",
                   "MTP module (graph 'mtp')" if dec.get("mtp") else "",
-                  f"verify graphs: {', '.join(dec['verify'])}" if dec.get("verify") else ""]
+                  f"verify graphs: {shown(', '.join(dec['verify']))}" if dec.get("verify") else ""]
         if any(extras):
             print("speculate  " + "; ".join(e for e in extras if e))
     if m["preprocessing"]:
-        print("preprocess " + ", ".join(f"{k}={v}" for k, v in m["preprocessing"].items()))
+        print("preprocess " + shown(", ".join(f"{k}={v}" for k, v in m["preprocessing"].items())))
     labels = m["labels"]
     if labels:
-        print(f"labels     {len(labels)}: {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}")
+        print(f"labels     {len(labels)}: {shown(', '.join(labels[:5]))}{', ...' if len(labels) > 5 else ''}")
     p = m["provenance"]
-    print("provenance " + ", ".join(f"{k} {p[k]}" for k in ("edgert", "torch", "onnx", "onnxruntime", "opset") if k in p)
-          + f", created {p.get('created', '?')}")
+    print("provenance " + shown(", ".join(f"{k} {p[k]}" for k in ("edgert", "torch", "onnx", "onnxruntime", "opset") if k in p)
+                                + f", created {p.get('created', '?')}"))
     for gname, report in m["parity"]["graphs"].items():
         for oname, r in report["outputs"].items():
-            print(f"parity     {gname}/{oname}: max_rel {r['max_rel']:.3g}, max_abs {r['max_abs']:.3g} "
-                  f"(tolerance {report['tolerance']:g}, {report['backend']})")
+            print(f"parity     {shown(gname)}/{shown(oname)}: max_rel {r['max_rel']:.3g}, max_abs {r['max_abs']:.3g} "
+                  f"(tolerance {report['tolerance']:g}, {shown(report['backend'])})")
     for rel in m["files"]:
-        print(f"file       {rel} ({(bundle.root / rel).stat().st_size / 1e6:.1f} MB, sha256 verified)")
+        print(f"file       {shown(rel)} ({(bundle.root / rel).stat().st_size / 1e6:.1f} MB, sha256 verified)")
     return 0
 
 
@@ -202,7 +213,7 @@ def cmd_run(args) -> int:
             vector = next(iter(prediction.outputs.values()))[0]
             print(f"  features: {vector.shape[0]}-d vector, L2 norm {float((vector ** 2).sum() ** 0.5):.3f}")
         for rank, (label, prob) in enumerate(prediction.top, 1):
-            print(f"  {rank}. {label:<32} {prob * 100:6.2f}%")
+            print(f"  {rank}. {shown(label):<32} {prob * 100:6.2f}%")
         total = (timing.prepare_s + timing.infer_s) * 1e3
         print(f"  time per clip: {total:.1f} ms (decode + preprocess {timing.prepare_s * 1e3:.1f} ms, "
               f"inference {timing.infer_s * 1e3:.1f} ms; {model.describe()})")
@@ -241,7 +252,7 @@ def _run_stream(model, args) -> int:
             if args.json:
                 print(json.dumps({"input": source, unit: index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
             else:
-                print(f"  {unit} {index:6d}  {label:<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
+                print(f"  {unit} {index:6d}  {shown(label):<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
         if latencies and not args.json:
             print(f"  {len(latencies)} {unit}s, {sum(latencies) / len(latencies) * 1e3:.1f} ms per {unit} "
                   f"(decode + preprocess + inference; {model.describe()})")
@@ -293,8 +304,8 @@ def cmd_eval(args) -> int:
     print(f"frames: {result.frames} evaluated, {result.ignored_frames} ambiguous left out")
     print(f"{'class':<24} {'positives':>9} {'AP':>8} {'cAP':>8}")
     for c, positives, ap, cap in result.per_class:
-        shown = "no positives" if positives == 0 else f"{ap * 100:8.2f} {cap * 100:8.2f}"
-        print(f"{names[c][:24]:<24} {positives:>9} {shown}")
+        cell = "no positives" if positives == 0 else f"{ap * 100:8.2f} {cap * 100:8.2f}"
+        print(f"{shown(names[c])[:24]:<24} {positives:>9} {cell}")
     print(f"mAP  {result.map * 100:.2f}   (THUMOS'14 per-frame, background{'' if ambiguous < 0 else ' and ambiguous'} left out)")
     print(f"mcAP {result.mcap * 100:.2f}   (TVSeries calibrated)")
     if args.plot:
@@ -504,13 +515,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EdgertError as err:
-        print(f"edgert: error: {err}", file=sys.stderr)
+        print(f"edgert: error: {shown(err)}", file=sys.stderr)
         return 1
     except ImportError as err:
         if err.name in ("torch", "onnx", "onnxscript", "safetensors"):
             print(f"edgert: error: '{args.command}' needs {err.name}: pip install 'edgert[export]'", file=sys.stderr)
             return 1
-        raise
+        return _internal(err)
     except KeyboardInterrupt:
         print("edgert: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug (ours or a backend's): still one line, the traceback on request
+        return _internal(err)
+
+
+def _internal(err: Exception) -> int:
+    if os.environ.get("EDGERT_DEBUG"):
+        raise err
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    print(f"edgert: error: internal error: {type(err).__name__}: {shown(lines[0] if lines else '')} "
+          "(EDGERT_DEBUG=1 shows the traceback; please report it)", file=sys.stderr)
+    return 1

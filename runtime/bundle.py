@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .schema import MANIFEST as MANIFEST_SCHEMA, SchemaError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -122,25 +123,13 @@ def validate_manifest(data: Any, where: Path) -> None:
             f"{where}: unknown manifest schema_version {version!r}; this edgert reads version {SCHEMA_VERSION}"
             + (" (the bundle was written by a newer edgert: upgrade edgert)" if isinstance(version, int) and version > SCHEMA_VERSION else "")
         )
-    for key, typ in (("kind", str), ("plugin", dict), ("model", dict), ("graphs", dict), ("preprocessing", dict),
-                     ("labels", list), ("precision", str), ("provenance", dict), ("files", dict), ("parity", dict)):
-        _require(key in data, where, f"missing field {key!r}")
-        _require(isinstance(data[key], typ), where, f"field {key!r} must be a {typ.__name__}")
-    _require(data["kind"] in KINDS, where, f"kind {data['kind']!r} is not one of {list(KINDS)}")
-    for key in ("name", "package", "version"):
-        _require(isinstance(data["plugin"].get(key), str), where, f"plugin.{key} must be a string")
-    _require(bool(data["graphs"]), where, "no graphs")
+    try:
+        MANIFEST_SCHEMA.check(data, "")
+    except SchemaError as err:
+        raise BundleError(f"{where}: invalid manifest: {err}") from None
+    if data["kind"] == "decoder":
+        _require("decoder" in data, where, "missing field 'decoder' (a decoder bundle)")
     for gname, graph in data["graphs"].items():
-        _require(isinstance(graph, dict) and isinstance(graph.get("file"), str), where, f"graphs.{gname}.file missing")
-        for side in ("inputs", "outputs"):
-            tensors = graph.get(side)
-            _require(isinstance(tensors, list) and tensors, where, f"graphs.{gname}.{side} must be a non-empty list")
-            for t in tensors:
-                _require(isinstance(t, dict) and isinstance(t.get("name"), str), where, f"graphs.{gname}.{side}: tensor without a name")
-                _require(t.get("dtype") in DTYPES, where, f"graphs.{gname}.{side}.{t['name']}: dtype {t.get('dtype')!r} not in {list(DTYPES)}")
-                dims = t.get("dims")
-                _require(isinstance(dims, list) and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in dims),
-                         where, f"graphs.{gname}.{side}.{t['name']}: dims must be a list of ints and names")
         names = {side: {t["name"]: t for t in graph[side]} for side in ("inputs", "outputs")}
         for pair in graph.get("state", []):
             _require(isinstance(pair, list) and len(pair) == 2 and pair[0] in names["inputs"] and pair[1] in names["outputs"],

@@ -64,6 +64,36 @@ class ArrayClip(Clip):
         return self.array[np.asarray(indices)]
 
 
+def _capture(path: Path):
+    """cv2.VideoCapture on ``path``. OpenCV takes names as UTF-8 and crashes (SIGSEGV) on one
+    that is not: such a name is opened here and handed over as /proc/self/fd/N."""
+    import cv2
+
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        proc = Path("/proc/self/fd")
+        if not proc.is_dir():
+            raise InputError(f"{path}: the name is not valid UTF-8, which OpenCV cannot open; rename it") from None
+        fd = os.open(path, os.O_RDONLY)
+        try:  # OpenCV opens its own descriptor of the same file in the constructor
+            return cv2.VideoCapture(str(proc / str(fd)))
+        finally:
+            os.close(fd)
+    return cv2.VideoCapture(str(path))
+
+
+def _read_image(path: Path):
+    """A frame file, read by Python (any name) and decoded by OpenCV from memory."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
 class FolderClip(Clip):
     def __init__(self, path: Path, files: list[Path]):
         super().__init__(path, len(files))
@@ -74,7 +104,7 @@ class FolderClip(Clip):
 
         out = []
         for i in indices:
-            image = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
+            image = _read_image(self.files[i])
             if image is None:
                 raise InputError(f"{self.files[i]}: cannot decode image")
             out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
@@ -87,7 +117,7 @@ class VideoClip(Clip):
     def __init__(self, path: Path):
         import cv2
 
-        capture = cv2.VideoCapture(str(path))
+        capture = _capture(path)
         if not capture.isOpened():
             raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
         # The container's frame count is often wrong (VFR, truncated files): count by grabbing.
@@ -103,7 +133,7 @@ class VideoClip(Clip):
         import cv2
 
         wanted = sorted(set(int(i) for i in indices))
-        capture = cv2.VideoCapture(str(self.path))
+        capture = _capture(self.path)
         got: dict[int, np.ndarray] = {}
         index = 0
         for target in wanted:
@@ -160,7 +190,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
     if path.is_file() and path.suffix.lower() not in (".npy",):
         import cv2
 
-        capture = cv2.VideoCapture(str(path))
+        capture = _capture(path)
         if not capture.isOpened():
             raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
         count = 0

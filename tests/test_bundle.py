@@ -62,9 +62,12 @@ def test_unknown_schema_version(bundle_copy):
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda m: m.pop("graphs"), "missing field 'graphs'"),
-    (lambda m: m.update(kind="segmenter"), "kind 'segmenter'"),
-    (lambda m: m["graphs"]["main"]["inputs"][0].update(dtype="float99"), "dtype 'float99'"),
-    (lambda m: m["graphs"]["main"]["inputs"][0].update(dims=[1, None]), "dims must be"),
+    (lambda m: m.update(kind="segmenter"), r"kind: 'segmenter' is not one of \['detector', 'decoder'\]"),
+    (lambda m: m["graphs"]["main"]["inputs"][0].update(dtype="float99"), r"graphs.main.inputs\[0\].dtype: 'float99' is not one of"),
+    (lambda m: m["graphs"]["main"]["inputs"][0].update(dims=[1, None]), r"graphs.main.inputs\[0\].dims\[1\]: given null"),
+    (lambda m: m["preprocessing"].update(crop_size=100000), r"preprocessing.crop_size: 100000 is outside \[1, 8192\]"),
+    (lambda m: m["graphs"]["main"].update(state=7), r"graphs.main.state: expected a list, given an integer"),
+    (lambda m: m["model"].update(seed="0"), r"model.seed: expected an integer, given a string"),
     (lambda m: m["graphs"]["main"].update(file="other.onnx"), "has no sha256"),
 ])
 def test_invalid_manifest(bundle_copy, mutate, message):
@@ -88,9 +91,9 @@ def test_not_json_and_not_a_bundle(tmp_path):
 
 def _minimal_manifest():
     return {"schema_version": 1, "kind": "detector", "plugin": {"name": "x", "package": "p", "version": "1"},
-            "model": {}, "graphs": {"main": {"file": "a.onnx", "inputs": [{"name": "i", "dtype": "float32", "dims": [1]}],
+            "model": {"options": {}, "seed": 0}, "graphs": {"main": {"file": "a.onnx", "inputs": [{"name": "i", "dtype": "float32", "dims": [1]}],
                                              "outputs": [{"name": "o", "dtype": "float32", "dims": [1]}]}},
-            "preprocessing": {}, "labels": [], "precision": "fp32", "provenance": {}, "parity": {}}
+            "preprocessing": {}, "labels": [], "precision": "fp32", "provenance": {}, "parity": {"graphs": {}}}
 
 
 def test_staged_write_is_atomic(tmp_path):

@@ -287,3 +287,101 @@ def test_a_pickled_checkpoint_runs_nothing(tmp_path, name):
     done = edgert("export", "tsn", "--out", tmp_path / "b", *TINY_TSN, "--checkpoint", tmp_path / name)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert not marker.exists() and not (tmp_path / "b").exists()
+
+
+# --- names and strings that would harm a terminal or a library ---------------------------------
+
+def test_control_characters_from_a_manifest_are_escaped_on_the_terminal(copy):
+    evil = "\x1b[2J\x1b]0;owned\x07label\r\nnext\u202e"
+    edit(copy, lambda m: m.update(labels=[evil] + m["labels"][1:]))
+    info = edgert("info", copy)
+    assert info.returncode == 0 and "\x1b" not in info.stdout and "\r" not in info.stdout and "\u202e" not in info.stdout
+    assert "\\x1b[2J\\x1b]0;owned\\x07label\\x0d\\x0anext\\u202e" in info.stdout
+    edit(copy, lambda m: m.update(kind="\x1b[31mred"))
+    line = assert_user_error(edgert("info", copy), "kind")
+    assert "\x1b" not in line
+
+
+def test_a_file_name_that_is_not_utf8_never_crashes_opencv(copy, tmp_path):
+    import cv2
+    import numpy as np
+
+    raw = os.fsdecode(bytes(tmp_path) + b"/clip\xff.avi")  # surrogate-escaped, as Python hands it over
+    writer = cv2.VideoWriter(str(tmp_path / "tmp.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), i * 20, np.uint8))
+    writer.release()
+    os.replace(tmp_path / "tmp.avi", raw)
+    folder = os.fsdecode(bytes(tmp_path) + b"/frames\xfe")
+    os.mkdir(folder)
+    for i in range(4):
+        cv2.imencode(".png", np.full((48, 64, 3), i * 50, np.uint8))[1].tofile(os.path.join(folder, f"{i}.png"))
+    junk = os.fsdecode(bytes(tmp_path) + b"/junk\xfd.mp4")
+    Path(junk).write_bytes(b"not a video")
+    for source in (raw, folder):
+        done = subprocess.run([sys.executable, "-m", "edgert", "run", str(copy), "--input", source], capture_output=True,
+                              cwd=ROOT, timeout=300)
+        assert done.returncode == 0 and b"class_" in done.stdout, done.stderr
+    done = edgert("run", copy, "--input", junk)
+    assert_user_error(done, "cannot decode video")
+
+
+# --- fuzzing the manifest -----------------------------------------------------------------------
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _paths(item, prefix + (i,))
+
+
+def test_no_mutation_of_a_manifest_gives_more_than_one_line(copy, capsys):
+    """Random values at random places of a valid manifest (seeded, bounded): `edgert info` and
+    `edgert.runtime.load` either work or raise one EdgertError; never a traceback or an internal error."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from edgert.cli import main
+    from edgert.runtime import load
+    from edgert.runtime.errors import EdgertError
+
+    original = json.loads((copy / "manifest.json").read_text())
+    paths = [p for p in _paths(original) if p and p[0] != "files"] + [("files",)]
+    scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
+               | st.text(max_size=12) | st.sampled_from(["../x", "/etc/passwd", "model.onnx", "batch", "float32"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                                 max_size=3), max_leaves=6)
+
+    @hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.data())
+    def mutate(data):
+        manifest = json.loads(json.dumps(original))
+        for _ in range(data.draw(st.integers(1, 3))):
+            path = data.draw(st.sampled_from(paths))
+            parent = manifest
+            try:
+                for key in path[:-1]:
+                    parent = parent[key]
+                op = data.draw(st.sampled_from(["replace", "delete"]))
+                if op == "delete" and isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = data.draw(values)
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier mutation moved the path away
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        code = main(["info", str(copy)])
+        err = capsys.readouterr().err
+        assert code in (0, 1) and "internal error" not in err and "Traceback" not in err, err
+        if code == 1:
+            assert len([line for line in err.splitlines() if line.startswith("edgert: error:")]) == 1, err
+        try:
+            load(copy)
+        except EdgertError as error:
+            assert "\n" not in str(error)
+
+    mutate()
