@@ -141,6 +141,22 @@ def cmd_tune_tree(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from edgert.runtime.signing import generate_key, key_id, _read_key
+
+    private, public = generate_key(args.out)
+    print(f"wrote {private} (private, keep it secret) and {public} (public, for --trusted-key); "
+          f"key id {key_id(_read_key(public, private=False))}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from edgert.runtime.signing import sign
+
+    print(f"signed {args.bundle} with key {sign(args.bundle, args.key)}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from edgert.runtime.bundle import Bundle
 
@@ -190,6 +206,12 @@ def cmd_info(args) -> int:
                   f"(tolerance {report['tolerance']:g}, {shown(report['backend'])})")
     for rel in m["files"]:
         print(f"file       {shown(rel)} ({(bundle.root / rel).stat().st_size / 1e6:.1f} MB, sha256 verified)")
+    from edgert.runtime.signing import SIGNATURE
+
+    if bundle.signer:
+        print(f"signature  ed25519, key {bundle.signer} (verified against the trusted keys)")
+    else:
+        print(f"signature  {'present, not checked (no trusted key configured)' if (bundle.root / SIGNATURE).is_file() else 'none'}")
     return 0
 
 
@@ -461,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles (needs edgert[sign])")
+    p.add_argument("--out", required=True, help="private key file to write (the public key goes to OUT.pub)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign a bundle's manifest (which pins every file) with a private key")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, help="Ed25519 private key (PEM, from edgert keygen)")
+    p.set_defaults(func=cmd_sign)
+
     p = sub.add_parser("eval", help="per-frame mAP / mcAP of online detection (scores file, or a detector bundle)")
     p.add_argument("bundle", nargs="?", help="detector bundle to run over --features")
     p.add_argument("--features", help="T x D chunk features (.npy) for the bundle")
@@ -494,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--iters", type=int, help="timed runs (default 20; 3 generations for a decoder)")
             p.add_argument("--warmup", type=int, default=3)
             p.add_argument("--batch", type=int, default=1)
+    for name, p in sub.choices.items():  # every command that loads a bundle checks its signature
+        if name in ("generate", "tune-tree", "info", "eval", "run", "bench"):
+            p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                           help="public key the bundle must be signed by (repeatable; adds to EDGERT_TRUSTED_KEYS "
+                                "and ~/.config/edgert/trusted_keys)")
     return parser
 
 
@@ -510,6 +546,10 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "trusted_key", None):
+        from edgert.runtime.signing import configure
+
+        configure(args.trusted_key)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -151,6 +151,8 @@ class Bundle:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = root
         self.manifest = manifest
+        self.manifest_bytes: bytes | None = None
+        self.signer: str | None = None  # the trusted key id that signed it, when one was checked
         self.graphs = {
             name: GraphSpec(name, g["file"], tuple(map(TensorSpec.from_json, g["inputs"])),
                             tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"),
@@ -159,7 +161,11 @@ class Bundle:
         }
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | os.PathLike, verify: bool = True, trusted_keys=None) -> "Bundle":
+        """Verify and open ``path``. ``trusted_keys``: public key files the bundle must be signed
+        by (None: the configured trust store, :mod:`.signing`; an empty list: no signature check)."""
+        from . import signing
+
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
@@ -171,15 +177,20 @@ class Bundle:
                 if os.path.islink(os.path.join(folder, name)):
                     raise BundleError(f"{os.path.join(folder, name)}: a symbolic link inside the bundle; refusing it "
                                       "(it could point outside)")
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{manifest_path}: {manifest_path.stat().st_size} bytes; a manifest is at most "
+        with open(manifest_path, "rb") as f:  # read once: these bytes are verified, parsed and kept
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{manifest_path}: more than {MAX_MANIFEST_BYTES} bytes; a manifest is at most "
                               f"{MAX_MANIFEST_BYTES} bytes")
+        keys = signing.trusted_key_files() if trusted_keys is None else [Path(k) for k in trusted_keys]
+        signer = signing.verify(root, raw, keys) if keys else None
         try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise BundleError(f"{manifest_path}: not valid JSON ({str(err).splitlines()[0]})") from None
         validate_manifest(data, manifest_path)
         bundle = cls(root, data)
+        bundle.manifest_bytes, bundle.signer = raw, signer
         for rel in data["files"]:
             bundle.path(rel)  # confined: no symlink on the way, a regular file
             if verify and sha256_file(root / rel) != data["files"][rel]:

@@ -64,9 +64,10 @@ class Model:
 
 
 def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu",
-         threads: int | None = None, verify: bool = True) -> Model:
-    """Verify and open a bundle on a backend. ``threads``: intra-op threads (None: backend default)."""
-    bundle = Bundle.load(path, verify=verify)
+         threads: int | None = None, verify: bool = True, trusted_keys=None) -> Model:
+    """Verify and open a bundle on a backend. ``threads``: intra-op threads (None: backend default).
+    ``trusted_keys``: public key files it must be signed by (None: the configured trust store)."""
+    bundle = Bundle.load(path, verify=verify, trusted_keys=trusted_keys)
     host = get_host()
     backend_cls = host.get("backend", backend).obj
     backend_cls.check_available()

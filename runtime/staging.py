@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from .bundle import MANIFEST, sha256_file, validate_manifest
 from .errors import BundleError
+from .signing import SIGNATURE
 
 MARKER = ".edgert-staging"
 
@@ -79,7 +80,7 @@ def _check_replaceable(dest: Path) -> None:
     except (OSError, UnicodeDecodeError, ValueError, BundleError):
         raise BundleError(f"{dest}: exists and is not an edgert bundle (no valid {MANIFEST}); refusing to replace "
                           "it") from None
-    listed = set(data["files"]) | {MANIFEST}
+    listed = set(data["files"]) | {MANIFEST, SIGNATURE}
     extra = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")
                    if (p.is_file() or p.is_symlink()) and p.relative_to(dest).as_posix() not in listed)
     if extra:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 # Triton kernels (trt_plugins) run under Triton's CPU interpreter in the tests: no GPU here or in
 # CI. Set before anything imports triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# A developer's own trust store must not decide which test bundles load (runtime/signing.py).
+os.environ.pop("EDGERT_TRUSTED_KEYS", None)
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgert-test-config-")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]

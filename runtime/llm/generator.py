@@ -207,10 +207,11 @@ class Completion:
 
 class Generator:
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None,
-                 verifier: str = "numpy"):
+                 verifier: str = "numpy", trusted_keys=None):
         """``verifier``: ``numpy`` (the reference) or ``onnx`` (the bundle's verify graphs on
-        ONNX Runtime) for the speculative strategies' verification op."""
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        ONNX Runtime) for the speculative strategies' verification op. ``trusted_keys``: public
+        key files the bundle must be signed by (None: the configured trust store)."""
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, trusted_keys=trusted_keys)
         info = self.bundle.manifest.get("decoder")
         if self.bundle.kind != "decoder" or not isinstance(info, dict):
             raise BundleError(f"{self.bundle.root}: a {self.bundle.kind} bundle, not a decoder; use 'edgert run'")
