@@ -282,16 +282,9 @@ def _run_stream(model, args) -> int:
 
 
 def _load_array(path: str, what: str):
-    import numpy as np
+    from edgert.runtime.inputs import load_npy
 
-    from edgert.runtime.errors import InputError
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file ({what})") from None
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({what}: {err})") from None
+    return load_npy(path, what)
 
 
 def cmd_eval(args) -> int:
@@ -399,8 +392,50 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the user-error policy: one `edgert: error:` line (no usage block), exit 2."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("edgert").strip()
+        print(f"edgert: error: {command + ': ' if command else ''}{shown(message)} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{lo}, {hi}]")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float(lo: float, hi: float, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (lo < value if low_open else lo <= value) or not value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {'(' if low_open else '['}{lo}, {hi}]")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+THREADS = _int(1, 1024)
+COUNT = _int(1, 1 << 20)
+SEED = _int(0, 2**63 - 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgert", description="Export PyTorch video models and LLM decoders to "
+    parser = _Parser(prog="edgert", description="Export PyTorch video models and LLM decoders to "
                                      "ONNX / TensorRT and run them at the edge.")
     parser.add_argument("--version", action="version", version=f"edgert {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -415,12 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint directory)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    p.add_argument("--tolerance", type=float, help="parity tolerance, max error relative to the output's scale "
+    p.add_argument("--tolerance", type=_float(0, 1e3, low_open=True), help="parity tolerance, max error relative to the output's scale "
                    "(default 1e-4 for fp32, 1e-2 for fp16)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random init and parity inputs")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for random init and parity inputs")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--trt-engine", action="store_true", help="also build a TensorRT engine (needs edgert[trt])")
-    p.add_argument("--trt-max-batch", type=int, default=8, help="largest batch of the engine's profile")
+    p.add_argument("--trt-max-batch", type=_int(1, 4096), default=8, help="largest batch of the engine's profile")
     p.add_argument("--backend", default="onnx", choices=["onnx", "trt"],
                    help="graph flavour: standard ONNX ops for ONNX Runtime (default), or, for LLM decoders, edgert's "
                         "TensorRT plugin ops (EdgertAttention, EdgertTreeVerify, EdgertKVCompact)")
@@ -429,12 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text with a decoder bundle")
     p.add_argument("bundle")
     p.add_argument("--prompt", required=True, help="prompt text ('-' reads it from stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--max-new-tokens", type=_int(1, 1 << 24), default=128)
+    p.add_argument("--temperature", type=_float(0, 100), default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-k", type=_int(0, 1 << 24), default=0, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=_float(0, 1, low_open=True), default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--repetition-penalty", type=_float(0, 100, low_open=True), default=1.0)
+    p.add_argument("--seed", type=SEED, help="seed for sampling")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--strategy", default="ar", help="decoding strategy, see 'edgert plugins' (default ar)")
     p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -445,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, tokens, stop reason, timings")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
-    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train speculative heads for a checkpoint (needs edgert[export])")
@@ -453,15 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint directory of the base model")
     p.add_argument("--data", nargs="+", required=True, help="UTF-8 text files the prompts are cut from")
     p.add_argument("--out", required=True, help="file to write (.safetensors): Medusa's layout, or DeepSeek's MTP names")
-    p.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
-    p.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--samples", type=int, default=256, help="prompts the base model continues (self-distillation)")
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=96, help="tokens of each continuation")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heads", type=_int(1, 64), default=4, help="medusa: number of heads")
+    p.add_argument("--layers", type=_int(1, 64), default=1, help="medusa: ResBlocks per head")
+    p.add_argument("--steps", type=COUNT, default=500)
+    p.add_argument("--batch", type=_int(1, 4096), default=8)
+    p.add_argument("--samples", type=COUNT, default=256, help="prompts the base model continues (self-distillation)")
+    p.add_argument("--prompt-len", type=_int(1, 1 << 16), default=32)
+    p.add_argument("--new-tokens", type=_int(1, 1 << 16), default=96, help="tokens of each continuation")
+    p.add_argument("--lr", type=_float(0, 10, low_open=True), default=1e-3)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore a <out>.partial.safetensors from an interrupted run")
     p.set_defaults(func=cmd_train)
 
@@ -469,13 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="decoder bundle exported with Medusa heads")
     p.add_argument("--data", nargs="+", required=True, help="UTF-8 sample text the prompts are cut from")
     p.add_argument("--out", required=True, help="JSON file for the tree (use with --strategy-opt tree=FILE)")
-    p.add_argument("--samples", type=int, default=16, help="prompts decoded to measure the heads")
-    p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--max-nodes", type=int, default=63)
+    p.add_argument("--samples", type=COUNT, default=16, help="prompts decoded to measure the heads")
+    p.add_argument("--prompt-len", type=_int(1, 1 << 16), default=64)
+    p.add_argument("--new-tokens", type=_int(1, 1 << 16), default=64)
+    p.add_argument("--top-k", type=_int(1, 1024), default=10)
+    p.add_argument("--max-nodes", type=_int(1, 1024), default=63)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=THREADS)
     p.set_defaults(func=cmd_tune_tree)
 
     p = sub.add_parser("info", help="show a bundle's manifest")
@@ -497,10 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="T x D chunk features (.npy) for the bundle")
     p.add_argument("--scores", help="T x C scores (.npy), instead of a bundle")
     p.add_argument("--labels", required=True, help="T class indices or T x C one-hot (.npy)")
-    p.add_argument("--background", type=int, default=0, help="background class, left out of the mean")
-    p.add_argument("--ambiguous", type=int, help="ambiguous class: its frames are dropped (default: the bundle's, else none)")
+    p.add_argument("--background", type=_int(0, 1 << 20), default=0, help="background class, left out of the mean")
+    p.add_argument("--ambiguous", type=_int(0, 1 << 20), help="ambiguous class: its frames are dropped (default: the bundle's, else none)")
     p.add_argument("--plot", help="write a PNG timeline of scores and ground truth")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=THREADS)
     p.set_defaults(func=cmd_eval)
 
     for name, func, text in (("run", cmd_run, "run a detector bundle on clips"),
@@ -509,22 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("bundle")
         p.add_argument("--backend", default="onnxruntime")
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
-        p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+        p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
         p.set_defaults(func=func)
         if name == "run":
             p.add_argument("--input", action="append", required=True, help="video file, frame folder or .npy (repeatable)")
-            p.add_argument("--top-k", type=int, default=5)
+            p.add_argument("--top-k", type=_int(1, 1 << 20), default=5)
             p.add_argument("--json", action="store_true", help="one JSON line per input (per frame with --stream)")
             p.add_argument("--stream", action="store_true", help="feed the frames one by one to a streaming bundle")
-            p.add_argument("--window", type=int, help="--stream: average scores over this many frames "
+            p.add_argument("--window", type=_int(1, 1 << 20), help="--stream: average scores over this many frames "
                            "(default: the bundle's)")
             p.add_argument("--features", metavar="EXTRACTOR", help="--stream with an online detector: a recognizer "
                            "bundle exported with --opt output=features turns the video's chunks into features")
         else:
             p.add_argument("--compare", choices=["torch"], help="also time PyTorch eager in the same run")
-            p.add_argument("--iters", type=int, help="timed runs (default 20; 3 generations for a decoder)")
-            p.add_argument("--warmup", type=int, default=3)
-            p.add_argument("--batch", type=int, default=1)
+            p.add_argument("--iters", type=_int(1, 1 << 20), help="timed runs (default 20; 3 generations for a decoder)")
+            p.add_argument("--warmup", type=_int(0, 1 << 20), default=3)
+            p.add_argument("--batch", type=_int(1, 1024), default=1)
     for name, p in sub.choices.items():  # every command that loads a bundle checks its signature
         if name in ("generate", "tune-tree", "info", "eval", "run", "bench"):
             p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",

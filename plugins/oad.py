@@ -17,6 +17,7 @@ import numpy as np
 from edgert.runtime.bundle import Bundle
 from edgert.runtime.detector import Detector, Option, positive_int
 from edgert.runtime.errors import EdgertError, InputError
+from edgert.runtime.inputs import load_npy
 
 from .recognizer import read_labels, resolve_classes
 
@@ -41,10 +42,7 @@ def load_features(source: str, feature_dim: int) -> np.ndarray:
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() != ".npy":
         raise InputError(f"{path}: expected a .npy feature file (T x {feature_dim})")
-    try:
-        features = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({err})") from None
+    features = load_npy(path, "features")
     if features.ndim != 2 or features.dtype.kind != "f":
         raise InputError(f"{path}: expected a T x {feature_dim} float array, given {features.dtype} {list(features.shape)}")
     if len(features) == 0:

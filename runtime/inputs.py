@@ -45,3 +45,33 @@ def check_inputs(graph: GraphSpec, feeds: Mapping[str, object]) -> dict[str, np.
                     raise InputError(f"input {name!r}: dim {axis} ({dim}) is {size} but input {seen[1]!r} has {dim}={seen[0]}")
         checked[name] = value
     return checked
+
+
+MAX_ARRAY_BYTES = 8 << 30  # an input file larger than this is not a clip or a feature file
+
+
+def load_npy(path, what: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """A .npy file as the user gives it: no pickles, the header read first and the array's size
+    bounded before anything is allocated, every failure one line naming the file."""
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(f))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file ({what})") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({what}: {str(err).splitlines()[0] if str(err) else err})") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects (a pickle), which edgert never loads ({what})")
+    size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if size > max_bytes:
+        raise InputError(f"{path}: a {list(shape)} {dtype} array is {size} bytes; at most {max_bytes} ({what})")
+    if size > os.path.getsize(path):
+        raise InputError(f"{path}: header says {list(shape)} {dtype} ({size} bytes) but the file is shorter ({what})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array ({what}: {str(err).splitlines()[0] if str(err) else err})") from None

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import InputError
+from .inputs import load_npy
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -62,6 +63,14 @@ class ArrayClip(Clip):
 
     def frames(self, indices):
         return self.array[np.asarray(indices)]
+
+
+MAX_SIDE = 8192  # pixels: a frame larger than this on a side is refused before it is decoded
+
+
+def _check_size(path, height: int, width: int) -> None:
+    if max(height, width) > MAX_SIDE:
+        raise InputError(f"{path}: frames of {width}x{height}; at most {MAX_SIDE} pixels on a side")
 
 
 def _capture(path: Path):
@@ -107,6 +116,7 @@ class FolderClip(Clip):
             image = _read_image(self.files[i])
             if image is None:
                 raise InputError(f"{self.files[i]}: cannot decode image")
+            _check_size(self.files[i], *image.shape[:2])
             out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
         if len({f.shape for f in out}) > 1:
             raise InputError(f"{self.path}: frames have different sizes")
@@ -120,6 +130,7 @@ class VideoClip(Clip):
         capture = _capture(path)
         if not capture.isOpened():
             raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
+        _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         # The container's frame count is often wrong (VFR, truncated files): count by grabbing.
         count = 0
         while capture.grab():
@@ -168,10 +179,7 @@ def open_clip(source: str | os.PathLike) -> Clip:
             raise InputError(f"{path}: folder holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return FolderClip(path, files)
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise InputError(f"{path}: not a readable .npy array ({err})") from None
+        array = load_npy(path, "clip")
         if array.ndim == 3:  # T x H x W grayscale
             array = array[..., None]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
@@ -179,6 +187,7 @@ def open_clip(source: str | os.PathLike) -> Clip:
                              f"given {array.dtype} {list(array.shape)}")
         if len(array) == 0:
             raise InputError(f"{path}: array holds no frames")
+        _check_size(path, *array.shape[1:3])
         return ArrayClip(path, as_rgb(array))
     return VideoClip(path)
 
@@ -193,6 +202,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
         capture = _capture(path)
         if not capture.isOpened():
             raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
+        _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         count = 0
         while True:
             ok, frame = capture.read()

@@ -228,10 +228,11 @@ def test_runtime_never_imports_torch(model):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--top-p", "0"], ["top_p must be in (0, 1]"]),
-    (["--top-p", "1.5"], ["top_p must be in (0, 1]"]),
-    (["--temperature", "-1"], ["temperature must be >= 0"]),
-    (["--max-new-tokens", "0"], ["max_new_tokens must be a positive integer"]),
+    (["--top-p", "0"], ["argument --top-p: 0.0 is outside (0, 1]"]),
+    (["--top-p", "1.5"], ["argument --top-p: 1.5 is outside (0, 1]"]),
+    (["--temperature", "-1"], ["argument --temperature: -1.0 is outside [0, 100]"]),
+    (["--temperature", "1e-300"], ["temperature 1e-300 is below 0.01; use 0 for greedy decoding"]),
+    (["--max-new-tokens", "0"], ["argument --max-new-tokens: 0 is outside [1, 16777216]"]),
     (["--strategy", "nope"], ["no strategy named 'nope'", "ar"]),
 ])
 def test_generate_bad_values(model, args, fragments):

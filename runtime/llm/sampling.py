@@ -12,6 +12,9 @@ import numpy as np
 from ..errors import InputError
 
 
+MIN_TEMPERATURE = 0.01
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 128
@@ -30,6 +33,8 @@ class SamplingParams:
             bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not np.isfinite(self.temperature) or self.temperature < 0:
             bad(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / 1e-300 overflow; anything this cold is greedy anyway
+            bad(f"temperature {self.temperature!r} is below {MIN_TEMPERATURE}; use 0 for greedy decoding")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not (0 < self.top_p <= 1):

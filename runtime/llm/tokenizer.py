@@ -26,6 +26,51 @@ def check_vocab(path: Path, vocab_size: int) -> None:
     TextTokenizer(path, {"vocab_size": vocab_size})
 
 
+TEMPLATE_SECONDS = 2.0  # a chat template is a few loops over the messages: milliseconds
+TEMPLATE_CHARS = 1 << 20
+TEMPLATE_MEMORY = 256 << 20  # bytes of peak memory a rendering may add
+
+
+def _peak() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def _limited(pieces) -> str:
+    """Join a template's output, stopping it past TEMPLATE_SECONDS, TEMPLATE_CHARS or
+    TEMPLATE_MEMORY. Time and memory are checked on every line the compiled template runs (a
+    trace function on its frames only, this thread only), so a loop that prints nothing, or one
+    that doubles a string in a namespace, is stopped too."""
+    import sys
+    import time
+
+    deadline, ceiling = time.monotonic() + TEMPLATE_SECONDS, _peak() + TEMPLATE_MEMORY
+
+    def local(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise BundleError(f"chat template of this bundle ran longer than {TEMPLATE_SECONDS:g} s; refusing it")
+        if _peak() > ceiling:
+            raise BundleError(f"chat template of this bundle used more than {TEMPLATE_MEMORY >> 20} MB; refusing it")
+        return local
+
+    def calls(frame, event, arg):
+        return local if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        out, size = [], 0
+        for piece in pieces:
+            size += len(piece)
+            if size > TEMPLATE_CHARS:
+                raise BundleError(f"chat template of this bundle renders more than {TEMPLATE_CHARS} characters; refusing it")
+            out.append(piece)
+        return "".join(out)
+    finally:
+        sys.settrace(previous)
+
+
 class TextTokenizer:
     def __init__(self, path: Path, decoder: dict, data: bytes | None = None):
         """``data``: the file's bytes as the bundle read and checked them (else ``path`` is read)."""
@@ -58,13 +103,27 @@ class TextTokenizer:
         def raise_exception(message):
             raise InputError(f"chat template: {message}")
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        class Bounded(ImmutableSandboxedEnvironment):
+            # One operation can outgrow any time check: "x" * 10**9, 9 ** 9 ** 9. Bound them here.
+            intercepted_binops = frozenset(["*", "**"])
+
+            def call_binop(self, context, operator, left, right):
+                if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                    raise BundleError(f"chat template of this bundle raises to the power {right}; refusing it")
+                if operator == "*" and isinstance(left, (str, list)) and isinstance(right, int) and \
+                        len(left) * right > TEMPLATE_CHARS or isinstance(right, (str, list)) and isinstance(left, int) \
+                        and len(right) * left > TEMPLATE_CHARS:
+                    raise BundleError(f"chat template of this bundle builds a value over {TEMPLATE_CHARS} characters")
+                return super().call_binop(context, operator, left, right)
+
+        env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
-            return env.from_string(template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.info.get("bos_token") or "", eos_token=self.info.get("eos_token") or "")
+            compiled = env.from_string(template)
+            pieces = compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                       bos_token=self.info.get("bos_token") or "", eos_token=self.info.get("eos_token") or "")
+            return _limited(pieces)
         except jinja2.TemplateError as err:
             raise BundleError(f"chat template of this bundle fails to render: {err}") from None
 
