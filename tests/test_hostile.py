@@ -385,3 +385,134 @@ def test_no_mutation_of_a_manifest_gives_more_than_one_line(copy, capsys):
             assert "\n" not in str(error)
 
     mutate()
+
+
+# --- numbers and files at the one boundary ------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "{b}", "--input", "x.npy", "--threads", "0"], "argument --threads: 0 is outside [1, 1024]"),
+    (["run", "{b}", "--input", "x.npy", "--threads", "-4"], "argument --threads: -4 is outside [1, 1024]"),
+    (["run", "{b}", "--input", "x.npy", "--top-k", "0"], "argument --top-k: 0 is outside"),
+    (["run", "{b}", "--input", "x.npy", "--window", "0", "--stream"], "argument --window: 0 is outside"),
+    (["bench", "{b}", "--batch", "1000000"], "argument --batch: 1000000 is outside [1, 1024]"),
+    (["bench", "{b}", "--iters", "two"], "argument --iters: 'two' is not an integer"),
+    (["export", "tsn", "--out", "{t}/o", "--tolerance", "nan"], "argument --tolerance: nan is outside (0, 1000.0]"),
+    (["export", "tsn", "--out", "{t}/o", "--tolerance", "-1"], "argument --tolerance: -1.0 is outside (0, 1000.0]"),
+    (["export", "tsn", "--out", "{t}/o", "--seed", "-1"], "argument --seed: -1 is outside [0, "),
+    (["export", "tsn", "--out", "{t}/o", "--trt-max-batch", "0"], "argument --trt-max-batch: 0 is outside"),
+    (["generate", "{b}", "--prompt", "x", "--temperature", "inf"], "argument --temperature: inf is outside [0, 100]"),
+    (["generate", "{b}", "--prompt", "x", "--top-k", "-1"], "argument --top-k: -1 is outside"),
+    (["train", "medusa", "--checkpoint", "c", "--data", "d", "--out", "o", "--lr", "0"], "argument --lr: 0.0 is outside"),
+    (["train", "medusa", "--checkpoint", "c", "--data", "d", "--out", "o", "--heads", "1000"], "argument --heads: 1000"),
+    (["run", "{b}"], "the following arguments are required: --input"),
+    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_bad_numbers_and_arguments_are_one_line(copy, tmp_path, args, words):
+    done = edgert(*[a.format(b=copy, t=tmp_path) for a in args])
+    assert done.returncode == 2
+    assert_user_error(done, words)
+    assert "usage:" not in done.stderr
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00" + b"\x00" * 4), "not a readable .npy array"),
+    (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (2,), }".ljust(128, b" ")
+                             + b"\n"), "holds Python objects (a pickle), which edgert never loads"),
+    (lambda p: p.write_bytes(__import__("numpy").lib.format.MAGIC_PREFIX), "not a readable .npy array"),
+    (lambda p: p.write_bytes(b"not numpy at all"), "not a readable .npy array"),
+])
+def test_a_broken_or_pickled_npy_is_one_line(copy, tmp_path, make, words):
+    path = tmp_path / "clip.npy"
+    make(path)
+    assert_user_error(edgert("run", copy, "--input", path), words)
+    assert_user_error(edgert("eval", "--scores", path, "--labels", path), words)
+
+
+def test_an_npy_claiming_a_huge_array_is_refused_before_allocating(copy, tmp_path):
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (100000, 4096, 4096, 3)})
+    (tmp_path / "bomb.npy").write_bytes(buffer.getvalue() + b"\0" * 64)  # the header holds the magic
+    assert_user_error(edgert("run", copy, "--input", tmp_path / "bomb.npy"), "bytes; at most 8589934592 (clip)")
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (8, 64, 64, 3)})
+    (tmp_path / "short.npy").write_bytes(buffer.getvalue() + b"\0" * 64)
+    assert_user_error(edgert("run", copy, "--input", tmp_path / "short.npy"), "but the file is shorter")
+
+
+def test_frames_too_large_are_refused(copy, tmp_path):
+    import cv2
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), np.zeros((8, 9000, 3), np.uint8))
+    assert_user_error(edgert("run", copy, "--input", frames), "frames of 9000x8; at most 8192 pixels on a side")
+    np.save(tmp_path / "wide.npy", np.zeros((1, 4, 8200, 3), np.uint8))
+    assert_user_error(edgert("run", copy, "--input", tmp_path / "wide.npy"), "frames of 8200x4")
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than 2 s"),
+    ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "renders more than 1048576 characters"),
+    ("{{ 'y' * 1000000000 }}", "builds a value over 1048576 characters"),
+    ("{{ 9 ** (9 ** 9) }}", "raises to the power 387420489"),
+    ("{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
+     "used more than 256 MB"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "fails to render"),
+    ("{{ cycler.__init__.__globals__.os.system('touch /tmp/edgert-pwned') }}", "fails to render"),
+])
+def test_a_hostile_chat_template_is_stopped(template, words):
+    from edgert.runtime.errors import BundleError
+    from edgert.runtime.llm.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer.__new__(TextTokenizer)
+    tokenizer.info = {"chat_template": template, "bos_token": "<s>", "eos_token": "</s>"}
+    with pytest.raises(BundleError, match=words):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert not Path("/tmp/edgert-pwned").exists()
+
+
+def test_pickled_medusa_heads_run_nothing(tmp_path):
+    pytest.importorskip("transformers")
+    from llm_checkpoints import make_llama
+
+    make_llama(tmp_path / "ckpt")
+    marker = tmp_path / "payload-ran"
+    plant(tmp_path / "heads.pt", marker)
+    done = edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b", "--opt",
+                  f"medusa={tmp_path / 'heads.pt'}")
+    assert_user_error(done, "heads.pt")
+    assert not marker.exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("shard, words", [
+    ("../outside/model.safetensors", "is not a .safetensors file name inside"),
+    ("/etc/passwd", "is not a .safetensors file name inside"),
+    ("model.bin", "is not a .safetensors file name inside"),
+])
+def test_a_checkpoint_index_never_reads_outside_its_folder(tmp_path, shard, words):
+    pytest.importorskip("transformers")
+    from llm_checkpoints import make_llama
+
+    make_llama(tmp_path / "ckpt")
+    (tmp_path / "outside").mkdir()
+    shutil.copy(tmp_path / "ckpt" / "model.safetensors", tmp_path / "outside" / "model.safetensors")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    (tmp_path / "ckpt" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": shard}}))
+    done, opened = audited(tmp_path, "export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b")
+    assert_user_error(done, words)
+    assert not [p for p in opened if "/outside/" in p]
+
+
+def test_a_damaged_shard_is_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    from llm_checkpoints import make_llama
+
+    make_llama(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\xff" * 64)
+    assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"),
+                      "model.safetensors: not a readable safetensors file")

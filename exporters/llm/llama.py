@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgert.runtime.bundle import safe_relative
 from edgert.runtime.errors import EdgertError
 
 from .attention import attention
@@ -242,7 +243,14 @@ def load_decoder(directory: str | Path) -> LlamaDecoder:
     cfg = DecoderConfig.from_dir(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise EdgertError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
+        for shard in shards:  # names from the file: inside the checkpoint directory, nothing else
+            if not safe_relative(shard) or not shard.endswith(".safetensors"):
+                raise EdgertError(f"{index}: shard {shard!r} is not a .safetensors file name inside {directory}")
     elif (directory / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
@@ -251,7 +259,10 @@ def load_decoder(directory: str | Path) -> LlamaDecoder:
     for shard in shards:
         if not (directory / shard).is_file():
             raise EdgertError(f"{directory / shard}: shard listed in the index is missing")
-        state.update(load_file(str(directory / shard)))
+        try:
+            state.update(load_file(str(directory / shard)))
+        except Exception as err:  # safetensors raises its own types for a damaged header
+            raise EdgertError(f"{directory / shard}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
     with torch.device("meta"):
         model = LlamaDecoder(cfg)
     expected = {k: v for k, v in model.state_dict().items()}

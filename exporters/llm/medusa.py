@@ -71,12 +71,9 @@ def load_medusa(path: str | Path, hidden: int, vocab: int) -> MedusaHeads:
     path = Path(path)
     if not path.is_file():
         raise EdgertError(f"{path}: Medusa heads file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from edgert.exporters.checkpoints import read_state_dict
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = read_state_dict(path)  # safetensors, or torch.load(weights_only=True): never code
     keys = [k for k in state if re.fullmatch(r"\d+\.\d+\.(linear\.)?(weight|bias)", k)]
     if not keys or len(keys) != len(state):
         odd = sorted(set(state) - set(keys))[:3]
