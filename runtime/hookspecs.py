@@ -25,10 +25,16 @@ in edgert's own pyproject.toml. ``edgert plugins`` lists what the host found.
 
 Rules the host enforces, so one broken plugin never takes the others down:
 
-* A plugin module that raises on import, or a hook that raises, is reported on stderr with the
-  plugin's name and error and skipped; the host goes on with the rest.
-* Names are global per kind: two plugins registering the same detector, decoder, strategy or backend name
-  is an error that names both plugins.
+* A plugin module that raises on import (anything, ``sys.exit()`` included; only Ctrl-C goes
+  through), or a hook that raises, is reported on stderr with the plugin's name and error and
+  skipped; the host goes on with the rest.
+* Names are global per kind: when two plugins register the same detector, decoder, strategy or
+  backend name, the later one's entry is disabled with a warning naming both, every other name
+  keeps working, and asking for that name is an error naming both.
+* At run time, a method of your detector, decoder family or strategy (and an iterator it returns)
+  that raises anything but an ``EdgertError`` reaches the user as one ``PluginError`` line
+  naming your plugin, the thing and the method. Raise ``EdgertError`` (or ``InputError``,
+  ``BundleError``) with a complete one-line message for what is the user's fault.
 * Plugin modules are imported by every edgert process, including edge apps that only run
   bundles and have no torch installed. Import torch (and anything else heavy) inside the
   methods that need it, never at module level.
