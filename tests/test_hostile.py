@@ -516,3 +516,22 @@ def test_a_damaged_shard_is_one_line(tmp_path):
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\xff" * 64)
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"),
                       "model.safetensors: not a readable safetensors file")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_attention_heads": 0}, "num_attention_heads: 0 is outside [1, 1024]"),
+    ({"num_hidden_layers": 10**9}, "num_hidden_layers: 1000000000 is outside [1, 1024]"),
+    ({"num_key_value_heads": 3}, "num_attention_heads 8 is not a multiple of num_key_value_heads 3"),
+    ({"hidden_size": "64"}, "hidden_size: expected an integer, given a string"),
+    ({"rope_theta": -1}, "rope_theta: -1 is outside"),
+])
+def test_a_hostile_config_json_is_one_line(tmp_path, change, words):
+    pytest.importorskip("transformers")
+    from llm_checkpoints import make_llama
+
+    make_llama(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config.update(change)
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"),
+                      "config.json", words)

@@ -23,10 +23,21 @@ from torch.nn import functional as F
 
 from edgert.runtime.bundle import safe_relative
 from edgert.runtime.errors import EdgertError
+from edgert.runtime.schema import Bool, Int, Num, Obj, Opt, SchemaError, Str
 
 from .attention import attention
 
 SUPPORTED = ("llama", "qwen2", "mistral")
+# config.json is the user's (or a download's): the fields read here, typed and bounded (a layer
+# count of a billion would build a billion modules before any weight is checked).
+_SIZE = Int(1, 1 << 20)
+CONFIG = Obj({"model_type": Str(max_len=64), "vocab_size": Int(1, 1 << 24), "hidden_size": Int(1, 1 << 16),
+              "intermediate_size": _SIZE, "num_hidden_layers": Int(1, 1024), "num_attention_heads": Int(1, 1024),
+              "num_key_value_heads": Opt(Int(1, 1024)), "head_dim": Opt(Int(1, 1024)), "rms_norm_eps": Num(1e-12, 1),
+              "rope_theta": Num(1, 1e12), "max_position_embeddings": Int(1, 1 << 24),
+              "sliding_window": Opt(Int(1, 1 << 24)), "rope_scaling": Opt(Obj()), "rope_parameters": Opt(Obj()),
+              "tie_word_embeddings": Bool(), "attention_bias": Bool(), "mlp_bias": Bool(),
+              "use_sliding_window": Bool()})
 
 
 @dataclass
@@ -57,6 +68,10 @@ class DecoderConfig:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise EdgertError(f"{path}: not valid JSON ({err})") from None
+        try:
+            CONFIG.check(cfg, "")
+        except SchemaError as err:
+            raise EdgertError(f"{path}: {err}") from None
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED:
             raise EdgertError(f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
@@ -67,6 +82,9 @@ class DecoderConfig:
                 params = cfg["rope_parameters"]
                 rope_scaling = params if params.get("rope_type", "default") != "default" else None
             theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+            kv_heads = cfg.get("num_key_value_heads") or heads
+            if heads % kv_heads:
+                raise EdgertError(f"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
             return cls(
                 model_type=model_type, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
                 intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
