@@ -46,7 +46,10 @@ def _umask() -> int:
 def _lock(dest: Path) -> Iterator[None]:
     path = dest.with_name(f".{dest.name}.lock")
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise BundleError(f"{dest.parent}: cannot write there ({err.strerror}); nothing was written") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -111,7 +114,10 @@ def staged_bundle(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[
             _check_replaceable(dest)
 
     check()  # before the parent is created or anything locked
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BundleError(f"{dest.parent}: cannot create it ({err.strerror}); nothing was written") from None
     with _lock(dest):
         _remove_stale(dest)
         check()  # again: a killed export's old bundle may just have come back

@@ -535,3 +535,10 @@ def test_a_hostile_config_json_is_one_line(tmp_path, change, words):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"),
                       "config.json", words)
+
+
+def test_an_out_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_user_error(export(tmp_path / "notes.txt" / "b"), "notes.txt: cannot create it")
+    assert_user_error(export(tmp_path / "notes.txt" / "sub" / "b"), "cannot create it")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
