@@ -542,3 +542,17 @@ def test_an_out_under_a_file_is_one_line(tmp_path):
     assert_user_error(export(tmp_path / "notes.txt" / "b"), "notes.txt: cannot create it")
     assert_user_error(export(tmp_path / "notes.txt" / "sub" / "b"), "cannot create it")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"threads": 0}, "threads 0: expected an integer from 1 to 1024"),
+    ({"threads": "2"}, "threads '2': expected an integer"),
+    ({"threads": True}, "threads True: expected an integer"),
+    ({"device": 3}, "device 3: expected a name"),
+])
+def test_the_python_api_checks_its_arguments(copy, kwargs, words):
+    from edgert.runtime import load
+    from edgert.runtime.errors import EdgertError
+
+    with pytest.raises(EdgertError, match=words):
+        load(copy, **kwargs)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
 
 class Backend:
     """Runs one graph file. Subclasses set ``name`` and ``file_key`` and implement ``run``.
@@ -27,6 +29,10 @@ class Backend:
         """Raise EdgertError (one line) when the backend's library is not installed."""
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None):
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+            raise InputError(f"threads {threads!r}: expected an integer from 1 to 1024 (or None: the backend's default)")
+        if not isinstance(device, str):
+            raise InputError(f"device {device!r}: expected a name such as 'cpu' or 'cuda'")
         self.path = Path(path)
         self.device = device
         self.threads = threads
