@@ -67,6 +67,9 @@ class GraphSpec:
     # Streaming graphs: (input, output) pairs whose output is fed back as the input at the
     # next step (shift buffers, recurrent state). Empty for clip graphs.
     state: tuple[tuple[str, str], ...] = ()
+    # Files holding the graph's weights outside the ONNX file (large models): read and checked by
+    # the bundle and handed to the backend from memory, like the graph itself.
+    external_data: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "inputs": [t.to_json() for t in self.inputs],
@@ -75,6 +78,8 @@ class GraphSpec:
             data["engine"] = self.engine
         if self.state:
             data["state"] = [list(pair) for pair in self.state]
+        if self.external_data:
+            data["external_data"] = list(self.external_data)
         return data
 
 
@@ -90,6 +95,7 @@ def _named_paths(data: dict) -> list[tuple[str, Any]]:
     named = []
     for gname, graph in data["graphs"].items():
         named += [(f"graphs.{gname}.{key}", graph[key]) for key in ("file", "engine") if key in graph]
+        named += [(f"graphs.{gname}.external_data", rel) for rel in graph.get("external_data", [])]
     decoder = data.get("decoder")
     if isinstance(decoder, dict):
         for key in ("tokenizer", "kv_compact"):
@@ -156,7 +162,7 @@ class Bundle:
         self.graphs = {
             name: GraphSpec(name, g["file"], tuple(map(TensorSpec.from_json, g["inputs"])),
                             tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"),
-                            tuple(tuple(pair) for pair in g.get("state", [])))
+                            tuple(tuple(pair) for pair in g.get("state", [])), tuple(g.get("external_data", [])))
             for name, g in manifest["graphs"].items()
         }
 
@@ -214,6 +220,14 @@ class Bundle:
         if not stat.S_ISREG(mode):
             raise BundleError(f"{self.root / rel}: not a regular file")
         return here
+
+    def external_data(self, graph: GraphSpec) -> dict[str, bytes]:
+        """The graph's external weight files, checked, by the name relative to the graph's folder."""
+        base = graph.file.rsplit("/", 1)[0] + "/" if "/" in graph.file else ""
+        for rel in graph.external_data:
+            if not rel.startswith(base):
+                raise BundleError(f"{self.root}: graph {graph.name!r}: external data {rel!r} is not beside {graph.file!r}")
+        return {rel[len(base):]: self.read(rel) for rel in graph.external_data}
 
     def read(self, rel: str) -> bytes:
         """The bytes of ``rel``, read once and checked against the manifest's sha256 (no file can

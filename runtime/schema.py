@@ -154,7 +154,8 @@ DIM = OneOf((Int(1, 1 << 31), Str(max_len=64)))
 TENSOR = Obj({"name": NAME, "dtype": Str(("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")),
               "dims": List(DIM, max_len=8)}, required=("name", "dtype", "dims"))
 GRAPH = Obj({"file": Str(max_len=1024), "engine": Str(max_len=1024), "inputs": List(TENSOR, 1, 1024),
-             "outputs": List(TENSOR, 1, 1024), "state": List(List(NAME, 2, 2), max_len=1024)},
+             "outputs": List(TENSOR, 1, 1024), "state": List(List(NAME, 2, 2), max_len=1024),
+             "external_data": List(Str(max_len=1024), max_len=64)},
             required=("file", "inputs", "outputs"))
 SIZE = Int(1, 8192)  # pixels: a frame larger than 8192 on a side is not a model input
 PREPROCESSING = Obj({

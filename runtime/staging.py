@@ -144,6 +144,10 @@ def staged_bundle(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[
 def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
     """Hash every file in ``stage`` into ``manifest['files']`` and write manifest.json."""
     manifest = dict(manifest)
+    manifest["graphs"] = {name: dict(graph) for name, graph in manifest["graphs"].items()}
+    for graph in manifest["graphs"].values():  # torch.onnx writes a large model's weights to <file>.data
+        if (stage / f"{graph['file']}.data").is_file():
+            graph["external_data"] = [f"{graph['file']}.data"]
     manifest["files"] = {
         p.relative_to(stage).as_posix(): sha256_file(p)
         for p in sorted(stage.rglob("*")) if p.is_file() and p.name not in (MANIFEST, MARKER)

@@ -556,3 +556,53 @@ def test_the_python_api_checks_its_arguments(copy, kwargs, words):
 
     with pytest.raises(EdgertError, match=words):
         load(copy, **kwargs)
+
+
+def test_external_weights_are_checked_and_given_from_memory(tmp_path, monkeypatch):
+    """A large model's weights outside its ONNX file (<file>.data) are listed, read once, checked and
+    handed to ONNX Runtime from memory, like the graph."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    from edgert.runtime import load
+    from edgert.runtime.bundle import Bundle
+    from edgert.runtime.staging import staged_bundle, write_manifest
+
+    weight = numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    manifest = {"schema_version": 1, "kind": "detector", "plugin": {"name": "tsn", "package": "edgert", "version": "1"},
+                "model": {"options": {}, "seed": 0},
+                "graphs": {"main": {"file": "model.onnx", "inputs": [{"name": "x", "dtype": "float32", "dims": [4]}],
+                                    "outputs": [{"name": "y", "dtype": "float32", "dims": [4]}]}},
+                "preprocessing": {}, "labels": [], "precision": "fp32", "provenance": {}, "parity": {"graphs": {}}}
+    with staged_bundle(tmp_path / "b") as stage:
+        onnx.save(model, stage / "model.onnx", save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+        write_manifest(stage, manifest)
+    written = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert written["graphs"]["main"]["external_data"] == ["model.onnx.data"] and "model.onnx.data" in written["files"]
+    given = []
+    real = onnxruntime.SessionOptions.add_external_initializers_from_files_in_memory
+    monkeypatch.setattr(onnxruntime.SessionOptions, "add_external_initializers_from_files_in_memory",
+                        lambda self, names, buffers, lengths: (given.append((names, [bytes(b) for b in buffers])),
+                                                               real(self, names, buffers, lengths)))
+    out = load(tmp_path / "b").run({"x": np.ones(4, np.float32)})["y"]
+    assert out.tolist() == [1, 2, 3, 4]
+    assert given == [(["model.onnx.data"], [(tmp_path / "b" / "model.onnx.data").read_bytes()])]
+    real_read = Bundle.read
+
+    def swapped(self, rel):
+        if rel.endswith(".data"):
+            (tmp_path / "b" / rel).write_bytes(np.full(4, 100, np.float32).tobytes())
+        return real_read(self, rel)
+
+    monkeypatch.setattr(Bundle, "read", swapped)
+    with pytest.raises(Exception, match="model.onnx.data: sha256 does not match the manifest"):
+        load(tmp_path / "b")
+    monkeypatch.setattr(Bundle, "read", real_read)
+    edit(tmp_path / "b", lambda m: m["graphs"]["main"].update(external_data=["../w.data"]))
+    assert_user_error(edgert("info", tmp_path / "b"), "graphs.main.external_data '../w.data' is not a relative path")

@@ -35,9 +35,9 @@ class OnnxRuntimeBackend(Backend):
     reads_bytes = True  # takes the bundle's verified bytes: nothing can swap the file after its check
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, interleaved: bool = False,
-                 model: bytes | None = None):
-        """``model``: the graph's bytes (read once and checked by the bundle); its external data,
-        if any, is found beside ``path``. ``interleaved``: this session takes turns with others on the same cores (a generation's
+                 model: bytes | None = None, external_data: dict[str, bytes] | None = None):
+        """``model``: the graph's bytes (read once and checked by the bundle); ``external_data``:
+        its weight files' bytes by the name the graph gives them, likewise. ``interleaved``: this session takes turns with others on the same cores (a generation's
         decoder, Medusa heads, MTP module, draft). Its threads then stop spinning when a run ends:
         spinning idle threads took the cores from the session that ran next, which made Medusa's
         decoder pass 1.7x and its heads 2x slower on 2 cores (benchmarks/bench_speculative.py)."""
@@ -61,8 +61,12 @@ class OnnxRuntimeBackend(Backend):
             options.inter_op_num_threads = 1
         if interleaved:
             options.add_session_config_entry("session.force_spinning_stop", "1")
-        if model is not None:  # external data resolves against the graph's folder; ONNX Runtime refuses escapes
+        if model is not None:  # anything not given resolves in the graph's folder (ONNX Runtime refuses escapes), never the cwd
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent))
+        if external_data:
+            names = list(external_data)
+            options.add_external_initializers_from_files_in_memory(
+                names, [external_data[n] for n in names], [len(external_data[n]) for n in names])
         try:
             self.session = ort.InferenceSession(str(self.path) if model is None else model, sess_options=options,
                                                 providers=providers)
