@@ -36,30 +36,36 @@ def precision_options(trt, fp16: bool) -> dict:
     return {"strongly_typed": False, "fp16": bool(fp16) and hasattr(trt.BuilderFlag, "FP16")}
 
 
-def loaders(onnx_path: str | Path, shapes: dict[str, tuple[list, list, list]], options: dict, preview_features=()):
-    """Polygraphy's network and config loaders (lazy: nothing runs until called). ``shapes``: input
-    name -> (min, opt, max), one optimisation profile; ``options``: :func:`precision_options`."""
-    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath, Profile
+def loaders(onnx: str | Path | bytes, shapes: dict[str, tuple[list, list, list]], options: dict, preview_features=()):
+    """Polygraphy's network and config loaders (lazy: nothing runs until called). ``onnx``: a path,
+    or the model's bytes as a bundle read and checked them; ``shapes``: input name -> (min, opt,
+    max), one optimisation profile; ``options``: :func:`precision_options`."""
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxBytes, NetworkFromOnnxPath, Profile
 
     profile = Profile()
     for name, (lo, opt, hi) in shapes.items():
         profile.add(name, min=lo, opt=opt, max=hi)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=options["strongly_typed"])
+    if isinstance(onnx, bytes):
+        network = NetworkFromOnnxBytes(onnx, strongly_typed=options["strongly_typed"])
+    else:
+        network = NetworkFromOnnxPath(str(onnx), strongly_typed=options["strongly_typed"])
     config = CreateConfig(fp16=options["fp16"], profiles=[profile], preview_features=list(preview_features) or None)
     return network, config
 
 
-def build_serialized(onnx_path: str | Path, shapes: dict[str, tuple[list, list, list]], fp16: bool = False,
-                     preview_features: tuple = ()) -> bytes:
-    """Parse ``onnx_path`` and build it (see :func:`loaders`). Plugins the graph uses must be
-    registered first."""
+def build_serialized(onnx: str | Path | bytes, shapes: dict[str, tuple[list, list, list]], fp16: bool = False,
+                     preview_features: tuple = (), name: str | None = None) -> bytes:
+    """Parse ``onnx`` (a path or bytes) and build it (see :func:`loaders`). Plugins the graph uses
+    must be registered first. ``name``: the file, for messages."""
     trt = require_tensorrt()
     from polygraphy.backend.trt import EngineBytesFromNetwork
 
-    network, config = loaders(onnx_path, shapes, precision_options(trt, fp16), preview_features)
+    if name is None:
+        name = "graph" if isinstance(onnx, bytes) else Path(onnx).name
+    network, config = loaders(onnx, shapes, precision_options(trt, fp16), preview_features)
     try:
         return bytes(EngineBytesFromNetwork(network, config=config)())
     except Exception as err:  # Polygraphy raises its own exceptions with the parser's or builder's log
         text = str(err).strip()
-        raise EdgertError(f"{Path(onnx_path).name}: TensorRT engine build failed: "
+        raise EdgertError(f"{name}: TensorRT engine build failed: "
                           f"{text.splitlines()[0] if text else type(err).__name__}") from None

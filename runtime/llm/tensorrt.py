@@ -11,7 +11,6 @@ machines.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import EdgertError
@@ -58,16 +57,20 @@ def decoder_profile(graph: dict, max_batch: int, max_tokens: int, capacity: int)
 def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int = 1, max_tokens: int = 64,
                          capacity: int | None = None):
     """Build the ICudaEngine of ``bundle``'s decoder graph with the plugins of ``library``."""
-    bundle = Path(bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    info = manifest.get("decoder") or {}
+    from ..bundle import Bundle
+
+    bundle = Bundle.load(bundle)  # confined and checked like any bundle; the parser gets the checked bytes
+    info = bundle.manifest.get("decoder") or {}
     if info.get("backend") != "trt":
-        raise EdgertError(f"{bundle}: not the TensorRT flavour of a decoder (export with --backend trt)")
+        raise EdgertError(f"{bundle.root}: not the TensorRT flavour of a decoder (export with --backend trt)")
     capacity = int(capacity or info["context"])
     trt = load_plugins(library)
-    graph = manifest["graphs"][info["graph"]]
-    serialized = build_serialized(bundle / graph["file"], decoder_profile(graph, max_batch, max_tokens, capacity),
-                                  preview_features=(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03,))  # in-place KV cache
+    graph = bundle.manifest["graphs"][info["graph"]]
+    # With weights in external files the parser must read them beside the graph: the path (checked at load).
+    onnx = bundle.path(graph["file"]) if graph.get("external_data") else bundle.read(graph["file"])
+    serialized = build_serialized(onnx, decoder_profile(graph, max_batch, max_tokens, capacity),
+                                  preview_features=(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03,),  # in-place KV cache
+                                  name=graph["file"])
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized)
     if engine is None:
         raise EdgertError(f"{bundle}: TensorRT could not deserialize the engine it built")
