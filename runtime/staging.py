@@ -37,7 +37,14 @@ MARKER = ".edgert-staging"
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    try:  # Linux 4.7+: read it; setting and restoring it would race with other threads creating files
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
