@@ -68,6 +68,20 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> s
 
 
 @pytest.fixture(scope="session")
+def trt_llama(tmp_path_factory) -> Path:
+    """A folder with ``ckpt`` (a Llama checkpoint, head_dim 64, 4 query heads per kv head) and
+    ``bundle``, its TensorRT-flavour export in fp16; shared by the TensorRT tests (read only)."""
+    from llm_checkpoints import make_llama
+
+    root = tmp_path_factory.mktemp("trt")
+    make_llama(root / "ckpt", hidden=256, heads=4, kv_heads=1)
+    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--backend", "trt",
+                    "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A TSN-ResNet18 bundle (3 segments, 32x32, 5 classes) exported through the CLI."""
     out = tmp_path_factory.mktemp("bundles") / "tsn-tiny"

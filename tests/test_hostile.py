@@ -57,6 +57,17 @@ def copy(tiny_bundle, tmp_path):
     return bundle
 
 
+@pytest.fixture(scope="module")
+def llama_checkpoint(tmp_path_factory):
+    """One small Llama checkpoint for the module; each test takes a copy."""
+    pytest.importorskip("transformers")
+    from llm_checkpoints import make_llama
+
+    path = tmp_path_factory.mktemp("llama") / "ckpt"
+    make_llama(path)
+    return path
+
+
 def edit(bundle: Path, change) -> None:
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -265,11 +276,10 @@ def plant(path: Path, marker: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".partial.pt", ".partial.safetensors"])
-def test_a_planted_resume_file_runs_nothing(tmp_path, suffix):
-    pytest.importorskip("transformers")
-    from llm_checkpoints import CORPUS, make_llama
+def test_a_planted_resume_file_runs_nothing(llama_checkpoint, tmp_path, suffix):
+    from llm_checkpoints import CORPUS
 
-    make_llama(tmp_path / "ckpt")
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
     (tmp_path / "text.txt").write_text("\n".join(CORPUS[:3]))
     out = tmp_path / "heads.safetensors"
     marker = tmp_path / "payload-ran"
@@ -476,11 +486,8 @@ def test_a_hostile_chat_template_is_stopped(template, words):
     assert not Path("/tmp/edgert-pwned").exists()
 
 
-def test_pickled_medusa_heads_run_nothing(tmp_path):
-    pytest.importorskip("transformers")
-    from llm_checkpoints import make_llama
-
-    make_llama(tmp_path / "ckpt")
+def test_pickled_medusa_heads_run_nothing(llama_checkpoint, tmp_path):
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
     marker = tmp_path / "payload-ran"
     plant(tmp_path / "heads.pt", marker)
     done = edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b", "--opt",
@@ -494,11 +501,8 @@ def test_pickled_medusa_heads_run_nothing(tmp_path):
     ("/etc/passwd", "is not a .safetensors file name inside"),
     ("model.bin", "is not a .safetensors file name inside"),
 ])
-def test_a_checkpoint_index_never_reads_outside_its_folder(tmp_path, shard, words):
-    pytest.importorskip("transformers")
-    from llm_checkpoints import make_llama
-
-    make_llama(tmp_path / "ckpt")
+def test_a_checkpoint_index_never_reads_outside_its_folder(llama_checkpoint, tmp_path, shard, words):
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
     (tmp_path / "outside").mkdir()
     shutil.copy(tmp_path / "ckpt" / "model.safetensors", tmp_path / "outside" / "model.safetensors")
     (tmp_path / "ckpt" / "model.safetensors").unlink()
@@ -508,11 +512,8 @@ def test_a_checkpoint_index_never_reads_outside_its_folder(tmp_path, shard, word
     assert not [p for p in opened if "/outside/" in p]
 
 
-def test_a_damaged_shard_is_one_line(tmp_path):
-    pytest.importorskip("transformers")
-    from llm_checkpoints import make_llama
-
-    make_llama(tmp_path / "ckpt")
+def test_a_damaged_shard_is_one_line(llama_checkpoint, tmp_path):
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\xff" * 64)
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"),
                       "model.safetensors: not a readable safetensors file")
@@ -525,11 +526,8 @@ def test_a_damaged_shard_is_one_line(tmp_path):
     ({"hidden_size": "64"}, "hidden_size: expected an integer, given a string"),
     ({"rope_theta": -1}, "rope_theta: -1 is outside"),
 ])
-def test_a_hostile_config_json_is_one_line(tmp_path, change, words):
-    pytest.importorskip("transformers")
-    from llm_checkpoints import make_llama
-
-    make_llama(tmp_path / "ckpt")
+def test_a_hostile_config_json_is_one_line(llama_checkpoint, tmp_path, change, words):
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     config.update(change)
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))

@@ -10,8 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import edgert
-from llm_checkpoints import make_llama
 
 pytest.importorskip("polygraphy", reason="polygraphy (dev extra) checks the loader keywords")
 
@@ -52,14 +50,10 @@ def test_polygraphy_loaders_get_the_options(tmp_path, trt):
     assert (list(profile["x"].min), list(profile["x"].opt), list(profile["x"].max)) == ([1, 3], [1, 3], [4, 3])
 
 
-def test_the_decoder_profile_comes_from_the_manifest(tmp_path):
+def test_the_decoder_profile_comes_from_the_manifest(trt_llama):
     from edgert.runtime.llm.tensorrt import decoder_profile
 
-    make_llama(tmp_path / "ckpt", hidden=256, heads=4, kv_heads=1)
-    result = edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b", "--backend", "trt",
-                    "--precision", "fp16")
-    assert result.returncode == 0, result.stderr
-    graph = json.loads((tmp_path / "b" / "manifest.json").read_text())["graphs"]["decoder"]
+    graph = json.loads((trt_llama / "bundle" / "manifest.json").read_text())["graphs"]["decoder"]
     shapes = decoder_profile(graph, max_batch=2, max_tokens=64, capacity=256)
     assert set(shapes) == {spec["name"] for spec in graph["inputs"]}
     assert shapes["past_key_values.1.value"] == ([1, 1, 256, 64], [1, 1, 256, 64], [2, 1, 256, 64])

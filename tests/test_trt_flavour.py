@@ -19,13 +19,8 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt")
-    make_llama(root / "ckpt", hidden=256, heads=4, kv_heads=1)  # head_dim 64, 4 query heads per kv head
-    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--backend", "trt",
-                    "--precision", "fp16")
-    assert result.returncode == 0, result.stderr
-    return root
+def bundle(trt_llama):
+    return trt_llama  # ckpt/ (head_dim 64, 4 query heads per kv head) and bundle/
 
 
 def shape(value):

@@ -14,8 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cmake_build, edgert
-from llm_checkpoints import make_llama
+from conftest import ROOT, cmake_build
 from trt_spec import REJECTS, SYMBOLS, write_spec
 
 SHARED = ROOT.parent / "shared" / "tensorrt"
@@ -61,13 +60,8 @@ def builds():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt-plugins")
-    make_llama(root / "ckpt", hidden=256, heads=4, kv_heads=1)  # head_dim 64
-    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--backend", "trt",
-                    "--precision", "fp16")
-    assert result.returncode == 0, result.stderr
-    return root / "bundle"
+def bundle(trt_llama):
+    return trt_llama / "bundle"  # head_dim 64, 4 query heads per kv head
 
 
 def host_test(version, *args):
