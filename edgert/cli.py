@@ -142,11 +142,10 @@ def cmd_tune_tree(args) -> int:
 
 
 def cmd_keygen(args) -> int:
-    from edgert.runtime.signing import generate_key, key_id, _read_key
+    from edgert.runtime.signing import generate_key
 
-    private, public = generate_key(args.out)
-    print(f"wrote {private} (private, keep it secret) and {public} (public, for --trusted-key); "
-          f"key id {key_id(_read_key(public, private=False))}")
+    private, public, key = generate_key(args.out)
+    print(f"wrote {private} (private, keep it secret) and {public} (public, for --trusted-key); key id {key}")
     return 0
 
 

@@ -33,8 +33,6 @@ from .schema import MANIFEST as MANIFEST_SCHEMA, SchemaError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
-KINDS = ("detector", "decoder")
 MAX_MANIFEST_BYTES = 16 << 20  # labels and templates included; more is not a manifest edgert wrote
 
 
@@ -220,6 +218,14 @@ class Bundle:
         if not stat.S_ISREG(mode):
             raise BundleError(f"{self.root / rel}: not a regular file")
         return here
+
+    def onnx_sources(self, graph: GraphSpec) -> dict[str, Any]:
+        """What an ONNX session of ``graph`` is built from: its checked bytes (``model=``) and, when
+        it has external weights, theirs (``external_data=``), as a backend's keywords."""
+        sources: dict[str, Any] = {"model": self.read(graph.file)}
+        if graph.external_data:
+            sources["external_data"] = self.external_data(graph)
+        return sources
 
     def external_data(self, graph: GraphSpec) -> dict[str, bytes]:
         """The graph's external weight files, checked, by the name relative to the graph's folder."""

@@ -55,23 +55,21 @@ def load_npy(path, what: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.
     bounded before anything is allocated, every failure one line naming the file."""
     import os
 
+    fmt = np.lib.format
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0(f))
+        with open(path, "rb") as f:  # one descriptor: the array read is the one whose header was checked
+            version = fmt.read_magic(f)
+            shape, _, dtype = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+            if dtype.hasobject:
+                raise InputError(f"{path}: holds Python objects (a pickle), which edgert never loads ({what})")
+            size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if size > max_bytes:
+                raise InputError(f"{path}: a {list(shape)} {dtype} array is {size} bytes; at most {max_bytes} ({what})")
+            if size > os.fstat(f.fileno()).st_size:
+                raise InputError(f"{path}: header says {list(shape)} {dtype} ({size} bytes) but the file is shorter ({what})")
+            f.seek(0)
+            return fmt.read_array(f, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file ({what})") from None
-    except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({what}: {str(err).splitlines()[0] if str(err) else err})") from None
-    if dtype.hasobject:
-        raise InputError(f"{path}: holds Python objects (a pickle), which edgert never loads ({what})")
-    size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if size > max_bytes:
-        raise InputError(f"{path}: a {list(shape)} {dtype} array is {size} bytes; at most {max_bytes} ({what})")
-    if size > os.path.getsize(path):
-        raise InputError(f"{path}: header says {list(shape)} {dtype} ({size} bytes) but the file is shorter ({what})")
-    try:
-        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{path}: not a readable .npy array ({what}: {str(err).splitlines()[0] if str(err) else err})") from None

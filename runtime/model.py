@@ -78,8 +78,8 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "c
         if not rel:
             raise BundleError(f"{bundle.root}: graph {name!r} has no {backend_cls.file_key} for the {backend} backend"
                               + (" (export with --trt-engine where TensorRT is installed)" if backend_cls.file_key == "engine" else ""))
-        extra = {"model": bundle.read(rel)} if getattr(backend_cls, "reads_bytes", False) else {}
-        if extra and backend_cls.file_key == "file" and spec.external_data:
-            extra["external_data"] = bundle.external_data(spec)
+        extra = {}
+        if getattr(backend_cls, "reads_bytes", False):
+            extra = bundle.onnx_sources(spec) if backend_cls.file_key == "file" else {"model": bundle.read(rel)}
         backends[name] = backend_cls(bundle.path(rel), device=device, threads=threads, **extra)
     return Model(bundle, backends, plugin)

@@ -149,9 +149,11 @@ class Obj:
                 spec.check(value[key], f"{path}.{key}" if path else key)
 
 
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
+KINDS = ("detector", "decoder")
 NAME = Str(max_len=256)
 DIM = OneOf((Int(1, 1 << 31), Str(max_len=64)))
-TENSOR = Obj({"name": NAME, "dtype": Str(("float32", "float16", "bfloat16", "int64", "int32", "uint8", "bool")),
+TENSOR = Obj({"name": NAME, "dtype": Str(DTYPES),
               "dims": List(DIM, max_len=8)}, required=("name", "dtype", "dims"))
 GRAPH = Obj({"file": Str(max_len=1024), "engine": Str(max_len=1024), "inputs": List(TENSOR, 1, 1024),
              "outputs": List(TENSOR, 1, 1024), "state": List(List(NAME, 2, 2), max_len=1024),
@@ -182,7 +184,7 @@ REPORT = Obj({"passed": Bool(), "tolerance": Num(0, 1e6), "backend": Str(max_len
               "outputs": Map(Obj({"max_rel": Num(), "max_abs": Num(), "passed": Bool()}, required=("max_rel", "max_abs")))},
              required=("tolerance", "backend", "outputs"))
 MANIFEST = Obj({
-    "schema_version": Int(), "kind": Str(("detector", "decoder")),
+    "schema_version": Int(), "kind": Str(KINDS),
     "plugin": Obj({"name": NAME, "package": NAME, "version": Str(max_len=128)}, required=("name", "package", "version")),
     "model": Obj({"name": Str(max_len=256), "paper": Str(max_len=4096), "options": Map(Anything(), max_len=256),
                   "details": Map(Anything(), max_len=256), "seed": Int(),

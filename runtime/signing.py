@@ -49,8 +49,8 @@ def key_id(public_key) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def generate_key(private_path: str | os.PathLike) -> tuple[Path, Path]:
-    """A new Ed25519 key pair: ``private_path`` (0600) and ``private_path.pub``."""
+def generate_key(private_path: str | os.PathLike) -> tuple[Path, Path, str]:
+    """A new Ed25519 key pair: ``private_path`` (0600) and ``private_path.pub``, and its key id."""
     serialization, ed25519 = _crypto()
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
@@ -64,7 +64,7 @@ def generate_key(private_path: str | os.PathLike) -> tuple[Path, Path]:
         f.write(pem)
     public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private_path, public_path
+    return private_path, public_path, key_id(key.public_key())
 
 
 def _read_key(path: Path, private: bool):

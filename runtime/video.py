@@ -73,23 +73,28 @@ def _check_size(path, height: int, width: int) -> None:
         raise InputError(f"{path}: frames of {width}x{height}; at most {MAX_SIDE} pixels on a side")
 
 
-def _capture(path: Path):
-    """cv2.VideoCapture on ``path``. OpenCV takes names as UTF-8 and crashes (SIGSEGV) on one
-    that is not: such a name is opened here and handed over as /proc/self/fd/N."""
+def _open_video(path: Path):
+    """An opened cv2.VideoCapture on ``path``, its frame size checked. OpenCV takes names as
+    UTF-8 and crashes (SIGSEGV) on one that is not: such a name is opened here and handed over
+    as /proc/self/fd/N."""
     import cv2
 
     try:
         str(path).encode("utf-8")
+        capture = cv2.VideoCapture(str(path))
     except UnicodeEncodeError:
         proc = Path("/proc/self/fd")
         if not proc.is_dir():
             raise InputError(f"{path}: the name is not valid UTF-8, which OpenCV cannot open; rename it") from None
         fd = os.open(path, os.O_RDONLY)
         try:  # OpenCV opens its own descriptor of the same file in the constructor
-            return cv2.VideoCapture(str(proc / str(fd)))
+            capture = cv2.VideoCapture(str(proc / str(fd)))
         finally:
             os.close(fd)
-    return cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
+    _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    return capture
 
 
 def _read_image(path: Path):
@@ -125,12 +130,7 @@ class FolderClip(Clip):
 
 class VideoClip(Clip):
     def __init__(self, path: Path):
-        import cv2
-
-        capture = _capture(path)
-        if not capture.isOpened():
-            raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
-        _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+        capture = _open_video(path)
         # The container's frame count is often wrong (VFR, truncated files): count by grabbing.
         count = 0
         while capture.grab():
@@ -144,7 +144,7 @@ class VideoClip(Clip):
         import cv2
 
         wanted = sorted(set(int(i) for i in indices))
-        capture = _capture(self.path)
+        capture = _open_video(self.path)
         got: dict[int, np.ndarray] = {}
         index = 0
         for target in wanted:
@@ -199,10 +199,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
     if path.is_file() and path.suffix.lower() not in (".npy",):
         import cv2
 
-        capture = _capture(path)
-        if not capture.isOpened():
-            raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
-        _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+        capture = _open_video(path)
         count = 0
         while True:
             ok, frame = capture.read()

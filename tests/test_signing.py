@@ -27,8 +27,8 @@ from edgert.runtime.signing import generate_key, sign  # noqa: E402
 def signed(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    private, public = generate_key(tmp_path / "key")
-    other, other_public = generate_key(tmp_path / "other")
+    private, public, _ = generate_key(tmp_path / "key")
+    _, other_public, _ = generate_key(tmp_path / "other")
     key = sign(bundle, private)
     return bundle, public, other_public, key
 

@@ -21,7 +21,8 @@ class Backend:
     file_key: str = "file"
     description: str = ""
     # True: the constructor takes ``model=bytes``, the file's content as the bundle read and
-    # checked it, and uses those bytes rather than opening ``path`` again.
+    # checked it, and uses those bytes rather than opening ``path`` again; an ONNX ("file")
+    # backend also gets ``external_data={name: bytes}`` when the graph keeps weights outside.
     reads_bytes: bool = False
 
     @classmethod

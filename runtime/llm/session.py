@@ -40,7 +40,7 @@ class DecoderSession:
         self.num_layers = 1 if graph == "mtp" else int(self.info["num_layers"])
         self.hidden_name = "mtp_hidden_states" if graph == "mtp" else "hidden_states"
         self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
-                                          model=bundle.read(self.graph.file), external_data=bundle.external_data(self.graph))
+                                          **bundle.onnx_sources(self.graph))
         self.session = self.backend.session
         outputs = {t.name: t for t in self.graph.outputs}
         self.vocab_size = int(outputs["logits"].dims[-1])
@@ -109,7 +109,7 @@ class MedusaSession:
         self.num_heads = int(info["num_heads"])
         self.graph = bundle.graph(info["graph"])
         self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
-                                          model=bundle.read(self.graph.file), external_data=bundle.external_data(self.graph))
+                                          **bundle.onnx_sources(self.graph))
 
     def __call__(self, hidden: np.ndarray) -> np.ndarray:
         """hidden (H,) -> (heads, vocab)."""

@@ -73,5 +73,5 @@ def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int
                                   name=graph["file"])
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized)
     if engine is None:
-        raise EdgertError(f"{bundle}: TensorRT could not deserialize the engine it built")
+        raise EdgertError(f"{bundle.root}: TensorRT could not deserialize the engine it built")
     return engine

@@ -5,6 +5,7 @@ incremental detokenizer that streams text correctly across multi-byte characters
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import BundleError, InputError
@@ -71,6 +72,38 @@ def _limited(pieces) -> str:
         sys.settrace(previous)
 
 
+def _repeated_length(sequence, times) -> int:
+    """The length ``sequence * times`` would have (0 when it is not a repetition)."""
+    if isinstance(sequence, (str, list)) and isinstance(times, int):
+        return len(sequence) * times
+    return 0
+
+
+@lru_cache(maxsize=1)
+def _template_environment():
+    """Jinja's immutable sandbox, as transformers renders chat templates in, with the two
+    operations no time check can stop bounded: "x" * 10**9 and 9 ** (9 ** 9)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise BundleError(f"chat template of this bundle raises to the power {right}; refusing it")
+            if operator == "*" and max(_repeated_length(left, right), _repeated_length(right, left)) > TEMPLATE_CHARS:
+                raise BundleError(f"chat template of this bundle builds a value over {TEMPLATE_CHARS} characters")
+            return super().call_binop(context, operator, left, right)
+
+    def raise_exception(message):
+        raise InputError(f"chat template: {message}")
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
 class TextTokenizer:
     def __init__(self, path: Path, decoder: dict, data: bytes | None = None):
         """``data``: the file's bytes as the bundle read and checked them (else ``path`` is read)."""
@@ -98,29 +131,9 @@ class TextTokenizer:
         if not template:
             raise InputError("this bundle's checkpoint has no chat template; run without --chat")
         import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message):
-            raise InputError(f"chat template: {message}")
-
-        class Bounded(ImmutableSandboxedEnvironment):
-            # One operation can outgrow any time check: "x" * 10**9, 9 ** 9 ** 9. Bound them here.
-            intercepted_binops = frozenset(["*", "**"])
-
-            def call_binop(self, context, operator, left, right):
-                if operator == "**" and isinstance(right, int) and abs(right) > 64:
-                    raise BundleError(f"chat template of this bundle raises to the power {right}; refusing it")
-                if operator == "*" and isinstance(left, (str, list)) and isinstance(right, int) and \
-                        len(left) * right > TEMPLATE_CHARS or isinstance(right, (str, list)) and isinstance(left, int) \
-                        and len(right) * left > TEMPLATE_CHARS:
-                    raise BundleError(f"chat template of this bundle builds a value over {TEMPLATE_CHARS} characters")
-                return super().call_binop(context, operator, left, right)
-
-        env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-        env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
-            compiled = env.from_string(template)
+            compiled = _template_environment().from_string(template)
             pieces = compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
                                        bos_token=self.info.get("bos_token") or "", eos_token=self.info.get("eos_token") or "")
             return _limited(pieces)
