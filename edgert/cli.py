@@ -57,7 +57,8 @@ def cmd_export(args) -> int:
     print(f"exporting {args.model} to {args.out}", file=sys.stderr)
     out = export(args.model, args.out, _parse_opts(args.opt), checkpoint=args.checkpoint, precision=args.precision,
                  tolerance=args.tolerance, force=args.force, seed=args.seed, trt_engine=args.trt_engine,
-                 trt_max_batch=args.trt_max_batch, backend=args.backend)
+                 trt_max_batch=args.trt_max_batch, backend=args.backend, calibration=args.calibration,
+                 quant=_parse_opts(args.quant, "--quant"))
     from edgert.runtime.bundle import Bundle
 
     bundle = Bundle.load(out)
@@ -65,8 +66,26 @@ def cmd_export(args) -> int:
         for oname, r in report["outputs"].items():
             print(f"parity {gname}/{oname}: max_abs {r['max_abs']:.3g}, max_rel {r['max_rel']:.3g} "
                   f"(tolerance {report['tolerance']:g}) ok")
+    for line in _quantization_lines(bundle.manifest):
+        print(line)
     print(f"wrote {out}")
     return 0
+
+
+def _quantization_lines(m) -> list[str]:
+    lines = []
+    for gname, q in (m.get("quantization") or {}).items():
+        params = ", ".join(f"{k}={v}" for k, v in q.get("params", {}).items())
+        lines.append(shown(f"quantized  {gname}: {q['method']}" + (f" ({params})" if params else "")))
+        cal = q.get("calibration")
+        if cal:
+            counts = ", ".join(f"{k} {v}" for k, v in cal.items() if k not in ("path", "sha256"))
+            lines.append(shown(f"  calibration {cal['path']} (sha256 {cal['sha256'][:16]}…; {counts})"))
+        acc = q.get("accuracy")
+        if acc:
+            lines.append(shown("  accuracy   " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in acc.items())))
+    return lines
 
 
 def cmd_generate(args) -> int:
@@ -173,6 +192,8 @@ def cmd_info(args) -> int:
     ckpt = m["model"].get("checkpoint")
     print(f"weights    {shown(ckpt['path']) if ckpt else 'random init (seed %d)' % m['model']['seed']}")
     print(f"precision  {shown(m['precision'])}")
+    for line in _quantization_lines(m):
+        print(line)
     for name, g in bundle.graphs.items():
         print(shown(f"graph      {name}: {g.file}" + (f" + engine {g.engine}" if g.engine else "")))
         width = max(12, *(len(t.name) for t in g.inputs + g.outputs))
@@ -448,7 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors; for decoders a Hugging Face "
                    "checkpoint directory)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"],
+                   help="fp32 (default), fp16, int8 (video: calibrated static QDQ, needs --calibration; decoders: "
+                        "int8 weights) or int4 (decoders: 4-bit block-wise weights)")
+    p.add_argument("--calibration", metavar="DATA", help="int8 video models: a folder of clips (videos, frame folders, "
+                   ".npy) to calibrate on, a quarter held out for the accuracy check; decoders: text files or a "
+                   "folder of them (GPTQ calibration, held-out perplexity)")
+    p.add_argument("--quant", action="append", default=[], metavar="KEY=VALUE",
+                   help="quantization knob (repeatable), e.g. calibration_method=percentile, block_size=64; "
+                        "an unknown key lists the valid ones")
     p.add_argument("--tolerance", type=_float(0, 1e3, low_open=True), help="parity tolerance, max error relative to the output's scale "
                    "(default 1e-4 for fp32, 1e-2 for fp16)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for random init and parity inputs")

@@ -28,6 +28,7 @@ from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
 
 from .parity import DEFAULT_TOLERANCE, compare
+from .precision import resolve_quantization
 from .tensorrt import build_engine, check_available as check_tensorrt
 
 # Symbolic dims get this size in the tracing / parity inputs: 2 rather than 1, because
@@ -175,34 +176,44 @@ def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> d
 
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
            precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
-           trt_engine: bool = False, trt_max_batch: int = 8, backend: str = "onnx") -> Path:
+           trt_engine: bool = False, trt_max_batch: int = 8, backend: str = "onnx", calibration: str | None = None,
+           quant: dict[str, str] | None = None) -> Path:
     """Export model ``name`` into the bundle directory ``out``; returns its path.
 
+    ``precision``: fp32, fp16, int8 or int4 (decoders), see :mod:`.precision`; ``quant``: its
+    ``--quant`` knobs; ``calibration``: the data int8 video models (and GPTQ) calibrate on.
     ``trt_engine``: also build a TensorRT engine per graph (needs the tensorrt package).
-    ``backend``: the graph flavour, "onnx" (standard ops) or, for decoders, "trt" (edgert's
-    TensorRT plugin ops)."""
+    ``backend``: the graph flavour, "onnx" (standard ops) or "trt": for decoders edgert's
+    TensorRT plugin ops, for int8 video models TensorRT's explicit (symmetric) quantization."""
     import torch
 
-    if precision not in DEFAULT_TOLERANCE:
-        raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
     registered = find_exportable(name)
+    knobs = resolve_quantization(registered.kind, precision, backend, quant or {}, calibration)
     if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
         if trt_engine:
             raise EdgertError(f"{name}: --trt-engine is not available for decoder bundles yet; they run on onnxruntime")
-        if backend == "onnx":  # a third-party family written before the TensorRT flavour need not know it
-            return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed)
+        # A third-party family written before the TensorRT flavour or quantization need not know them.
+        extra = {} if backend == "onnx" else {"backend": backend}
+        if knobs is not None:
+            extra.update(quantization=knobs, calibration=calibration)
         return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed,
-                                     backend=backend)
-    if backend != "onnx":
-        raise EdgertError(f"--backend {backend}: only LLM decoders have a TensorRT-plugin flavour; video models export "
-                          "standard ONNX (add --trt-engine to build a TensorRT engine from it)")
+                                     **extra)
+    if backend != "onnx" and precision != "int8":
+        raise EdgertError(f"--backend {backend} --precision {precision}: only LLM decoders have a TensorRT-plugin "
+                          "flavour; video models export standard ONNX (add --trt-engine to build a TensorRT engine from "
+                          "it), and --backend trt --precision int8 writes TensorRT's explicit-quantization QDQ graph")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
+    if knobs is not None:  # before minutes of export, not after
+        from .qdq import calibration_sources
+
+        calibration_sources(calibration)
     if trt_engine:
         check_tensorrt()
     plugin = registered.obj
     opts = _resolve_options(plugin, options or {}, checkpoint)
-    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
+    # A quantized graph is made from the fp32 one, which is parity-checked as fp32 first.
+    tolerance = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"]) if tolerance is None else float(tolerance)
 
     torch.manual_seed(seed)
     with step(f"building {name} ({', '.join(f'{k}={v}' for k, v in opts.items())})"):
@@ -232,11 +243,6 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                     f"{worst[1]['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst[1]['finite'] else ' (non-finite values)'}"
                     f"; no bundle was written"
                 )
-            if trt_engine:
-                engine = graph.file.rsplit(".", 1)[0] + ".plan"
-                with step(f"building TensorRT engine {engine}"):
-                    build_engine(stage / graph.file, graph, stage / engine, precision == "fp16", trt_max_batch)
-                graphs[graphs.index(graph)] = replace(graph, engine=engine)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "kind": registered.kind,
@@ -257,5 +263,19 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
             "parity": {"passed": True, "graphs": parity},
         }
         write_manifest(stage, manifest)
+        if knobs is not None:  # the fp32 bundle in the stage is what calibration runs
+            from .qdq import quantize_graph
+
+            manifest["quantization"] = {graph.name: quantize_graph(stage, graph, knobs, calibration, backend)
+                                        for graph in graphs}
+        if trt_engine:
+            for i, graph in enumerate(graphs):
+                engine = graph.file.rsplit(".", 1)[0] + ".plan"
+                with step(f"building TensorRT engine {engine}"):
+                    build_engine(stage / graph.file, graph, stage / engine, precision == "fp16", trt_max_batch)
+                graphs[i] = replace(graph, engine=engine)
+            manifest["graphs"] = {g.name: g.to_json() for g in graphs}
+        if knobs is not None or trt_engine:
+            write_manifest(stage, manifest)
     return Path(out)
 

@@ -29,13 +29,13 @@ class Option:
     parse: Callable[[str], Any] = str
     choices: tuple = ()
 
-    def convert(self, key: str, raw: Any) -> Any:
+    def convert(self, key: str, raw: Any, flag: str = "--opt") -> Any:
         try:
             value = self.parse(raw) if isinstance(raw, str) else raw
         except ValueError:
-            raise EdgertError(f"--opt {key}={raw}: expected {self.parse.__name__}") from None
+            raise EdgertError(f"{flag} {key}={raw}: expected {self.parse.__name__}") from None
         if self.choices and value not in self.choices:
-            raise EdgertError(f"--opt {key}={raw}: expected one of {list(self.choices)}")
+            raise EdgertError(f"{flag} {key}={raw}: expected one of {list(self.choices)}")
         return value
 
 
@@ -90,13 +90,14 @@ def boolean(text: str) -> bool:
 boolean.__name__ = "true or false"
 
 
-def resolve_options(owner: str, options: dict[str, Option], given: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(owner: str, options: dict[str, Option], given: dict[str, Any], flag: str = "--opt") -> dict[str, Any]:
     """Every declared option's value: the given one converted, else its default. ``owner``
-    names who declares them in the error (a model, or a strategy)."""
+    names who declares them in the error (a model, a strategy, a precision); ``flag`` is the
+    command-line spelling the messages use."""
     unknown = sorted(set(given) - set(options))
     if unknown:
         raise EdgertError(f"{owner}: unknown option {unknown[0]!r}; options are {sorted(options) or 'none'}")
-    return {key: opt.convert(key, given[key]) if key in given else opt.default for key, opt in options.items()}
+    return {key: opt.convert(key, given[key], flag) if key in given else opt.default for key, opt in options.items()}
 
 
 @dataclass

@@ -71,7 +71,11 @@ def edgert_register_decoders():
     ``export(registered, out, options, checkpoint, precision, tolerance, force, seed, backend)``
     which writes the bundle (import torch inside it). ``backend`` is ``"onnx"`` (standard ops,
     for ONNX Runtime) or ``"trt"`` (edgert's TensorRT plugin ops, ``edgert export --backend
-    trt``); a family without a TensorRT flavour raises EdgertError for ``"trt"``. The ONNX
+    trt``); a family without a TensorRT flavour raises EdgertError for ``"trt"``. For
+    ``precision`` ``"int8"`` / ``"int4"`` the driver also passes ``quantization`` (the resolved
+    ``--quant`` knobs, :data:`edgert.exporters.precision.DECODER_WEIGHTS`) and ``calibration``
+    (``--calibration``, text or None) as keywords; a family that does not quantize raises
+    EdgertError for them (:func:`edgert.exporters.llm.export.export_decoder` does it all). The ONNX
     flavour's decoder graph must have the I/O of :func:`edgert.exporters.llm.export.decoder_graph`
     and a ``decoder`` manifest section, so that every decoding strategy runs on it unchanged.
     """

@@ -183,6 +183,11 @@ DECODER = Obj({
 REPORT = Obj({"passed": Bool(), "tolerance": Num(0, 1e6), "backend": Str(max_len=1024),
               "outputs": Map(Obj({"max_rel": Num(), "max_abs": Num(), "passed": Bool()}, required=("max_rel", "max_abs")))},
              required=("tolerance", "backend", "outputs"))
+QUANTIZATION = Map(Obj({"method": Str(max_len=1024), "format": Str(max_len=256), "weights": Str(max_len=1024),
+                        "activations": Str(max_len=1024), "params": Map(Anything(), max_len=64),
+                        "accuracy": Map(Anything(), max_len=64),
+                        "calibration": Opt(Obj({"path": Str(max_len=4096), "sha256": Str(max_len=64)}))},
+                       required=("method",)), max_len=64)
 MANIFEST = Obj({
     "schema_version": Int(), "kind": Str(KINDS),
     "plugin": Obj({"name": NAME, "package": NAME, "version": Str(max_len=128)}, required=("name", "package", "version")),
@@ -195,6 +200,6 @@ MANIFEST = Obj({
     "provenance": Map(OneOf((Str(max_len=1024), Int())), max_len=64),
     "files": Map(Str(max_len=64), max_len=4096), "parity": Obj({"passed": Bool(), "graphs": Map(REPORT, max_len=64)},
                                                                 required=("graphs",)),
-    "decoder": DECODER},
+    "decoder": DECODER, "quantization": QUANTIZATION},
     required=("schema_version", "kind", "plugin", "model", "graphs", "preprocessing", "labels", "precision",
               "provenance", "files", "parity"))

@@ -197,11 +197,14 @@ def quantize_proposals(path: Path, reference, graph: GraphSpec, cases: dict) -> 
 
 def export_decoder(registered, checkpoint: str | None, out: str | Path, options: dict[str, str] | None = None,
                    precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
-                   backend: str = "onnx") -> Path:
+                   backend: str = "onnx", quantization: dict[str, Any] | None = None,
+                   calibration: str | None = None) -> Path:
     """Export the checkpoint directory ``checkpoint`` with decoder plugin ``registered``.
 
     ``backend``: "onnx" (standard ops, runs on ONNX Runtime) or "trt" (edgert's TensorRT
-    plugins over an in-place cache, see :mod:`.trt_flavour`)."""
+    plugins over an in-place cache, see :mod:`.trt_flavour`). ``precision`` int8 / int4:
+    weight-only quantization with the ``quantization`` knobs (see :mod:`.weights`), its
+    accuracy measured on ``calibration`` text (or a built-in passage)."""
     import torch
 
     from edgert.exporters.driver import _export_graph, _versions
@@ -213,8 +216,12 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
     plugin = registered.obj
     if backend not in BACKENDS:
         raise EdgertError(f"--backend {backend}: expected one of {list(BACKENDS)}")
-    if precision not in DEFAULT_TOLERANCE:
-        raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE)}")
+    if precision in ("int8", "int4") and quantization is None:  # called directly, not through the driver
+        from ..precision import resolve_quantization
+
+        quantization = resolve_quantization("decoder", precision, backend, {}, calibration)
+    elif precision not in DEFAULT_TOLERANCE and quantization is None:
+        raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE) + ['int4', 'int8']}")
     if checkpoint is None:
         raise EdgertError(f"{plugin.name}: --checkpoint DIR is required (a Hugging Face checkpoint directory)")
     directory = Path(checkpoint)
@@ -226,7 +233,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                           "(the deployment precision on Jetson-class GPUs); add --precision fp16")
     if backend == "trt" and opts["mtp"]:
         raise EdgertError("--opt mtp: the TensorRT flavour does not carry an MTP module yet; export it with --backend onnx")
-    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)
+    # A quantized decoder is made from the fp32 graph, which is parity-checked as fp32 first.
+    tolerance = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"]) if tolerance is None else float(tolerance)
     cfg = DecoderConfig.from_dir(directory)
     if backend == "trt" and cfg.head_dim not in (64, 128):
         raise EdgertError(f"--backend trt: {directory} has head_dim {cfg.head_dim}; edgert's TensorRT attention kernels "
@@ -241,6 +249,10 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
         if opts["context"] > context:
             raise EdgertError(f"--opt context={opts['context']}: the model supports at most {context} positions")
         context = opts["context"]
+    if quantization is not None:  # the text is read (and refused) before minutes of export
+        from .weights import token_chunks
+
+        calibration_ids, held_out_ids, calibration_record = token_chunks(tokenizer, calibration, context)
 
     with step(f"loading {directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
         reference = load_decoder(directory)
@@ -273,7 +285,8 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
 
     def proposal_check(path, reference, spec, cases):
         report = check_parity(path, reference, spec, cases, tolerance)
-        if opts["proposals"] == "int8" and report["passed"]:
+        # An int8 / int4 bundle quantizes its proposal graphs' weights with the decoder's below.
+        if opts["proposals"] == "int8" and report["passed"] and quantization is None:
             report["quantized"] = quantize_proposals(path, reference, spec, cases)
         return report
 
@@ -310,6 +323,10 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                     f"relative error {worst['max_rel']:.3g} > tolerance {tolerance:g}"
                     f"{'' if worst['finite'] else ' (non-finite values)'}; no bundle was written")
             reports[spec.name] = report
+        quantized = None
+        if quantization is not None:
+            quantized = _quantize(stage, [job[0] for job in jobs], precision, quantization, calibration_ids,
+                                  held_out_ids, calibration_record, plugin.name)
         shutil.copyfile(tokenizer, stage / "tokenizer.json")
         flavour = {"backend": backend}
         if backend == "onnx":
@@ -340,5 +357,40 @@ def export_decoder(registered, checkpoint: str | None, out: str | Path, options:
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
             "parity": {"passed": True, "graphs": reports},
         }
+        if quantized is not None:
+            manifest["quantization"] = quantized
         write_manifest(stage, manifest)
     return Path(out)
+
+
+def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[str, Any], calibration_ids, held_out_ids,
+              calibration_record: dict[str, Any], name: str) -> dict[str, Any]:
+    """Every graph's weights to ``precision`` (the decoder's accuracy measured against its fp32
+    graph on the held-out text and enforced); the manifest's ``quantization`` section."""
+    from .weights import check_accuracy, measure, quantize_graph, weight_bytes
+
+    bits = int(precision[3:])
+    records = {}
+    work = stage / ".quantized"  # its own folder: a large graph's weights file keeps its name
+    work.mkdir()
+    for spec in specs:
+        # GPTQ's calibration prefills are decoder inputs; the proposal graphs take round-to-nearest.
+        graph_knobs = knobs if spec.name == GRAPH or knobs["method"] != "gptq" else {**knobs, "method": "rtn"}
+        source, target = stage / spec.file, work / spec.file
+        with step(f"quantizing {spec.file} to {precision} ({graph_knobs['method']}, blocks of {knobs['block_size']})"):
+            record = quantize_graph(source, target, bits, graph_knobs, calibration_ids if spec.name == GRAPH else None)
+            record["fp32_weight_bytes"] = weight_bytes(source)
+        if spec.name == GRAPH:
+            with step(f"measuring {precision} against fp32 ({len(held_out_ids)} held-out sequences)"):
+                report = measure(source, target, held_out_ids)
+            report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])
+            check_accuracy(report, knobs, precision, name)
+            record.update(accuracy=report, calibration=calibration_record)
+        for old in (source, Path(f"{source}.data")):
+            old.unlink(missing_ok=True)
+        for new in (target, Path(f"{target}.data")):
+            if new.exists():
+                new.replace(stage / new.name)
+        records[spec.name] = record
+    work.rmdir()
+    return records

@@ -39,10 +39,11 @@ class LlamaFamily:
         return resolve_options(self.name, self.options, given)
 
     def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0,
-               backend="onnx"):
+               backend="onnx", quantization=None, calibration=None):
         from edgert.exporters.llm.export import export_decoder
 
-        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed, backend)
+        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed, backend,
+                              quantization, calibration)
 
 
 @hookimpl

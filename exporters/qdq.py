@@ -1,0 +1,205 @@
+"""Static int8 for video models: calibrated QDQ graphs (``--precision int8 --calibration DATA``).
+
+The fp32 graph, parity-checked and written into the staging bundle, is loaded with the runtime
+(:func:`edgert.runtime.model.load`) and every calibration clip goes through the plugin's own
+run-time path (``prepare``, or ``iter_steps`` + ``prepare_step`` with the state carried for a
+streaming graph), so calibration sees exactly what inference will. ONNX Runtime's
+``quantize_static`` then writes QuantizeLinear / DequantizeLinear pairs (QDQ format) with
+per-channel int8 weights:
+
+* the ``onnx`` flavour takes uint8 activations with zero points (U8S8, ONNX Runtime's choice
+  on x86 CPUs), which ONNX Runtime fuses into QLinearConv / QLinearAdd / ...;
+* the ``trt`` flavour is TensorRT's explicit quantization: int8 activations and weights, both
+  symmetric (zero point 0), which is what TensorRT requires of Q/DQ nodes.
+
+Kept float: the segmental consensus (ReduceMean over segments) and any Softmax, where int8
+buys nothing and the averaged scores are what a user reads; ``--quant keep_float=...`` adds
+more. A streaming graph's state is float at the graph's boundary, as before.
+
+Accuracy is measured on held-out items of DATA that calibration never saw: top-1 agreement with
+the fp32 graph and the largest difference of a softmax probability (for a feature extractor the
+cosine similarity of the features); the export fails below ``min_agreement`` and leaves no bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgert.runtime.bundle import GraphSpec
+from edgert.runtime.errors import EdgertError, InputError
+from edgert.runtime.progress import step
+from edgert.runtime.video import IMAGE_EXTENSIONS
+
+from .precision import calibration_digest, split_holdout
+
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
+ALWAYS_FLOAT = ("ReduceMean", "Softmax")
+
+
+def calibration_sources(data: str | os.PathLike) -> tuple[Path, list[Path], list[Path]]:
+    """``(root, sources, files)``: the clips in the folder ``data`` (videos, frame folders,
+    .npy files; hidden entries skipped) and every file they are made of, for the digest."""
+    root = Path(data)
+    if not root.is_dir():
+        raise EdgertError(f"--calibration {root}: not a folder; it takes a folder of clips (videos, frame folders, .npy)")
+    sources = sorted(p for p in root.iterdir() if not p.name.startswith(".")
+                     and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS | {".npy"}))
+    if not sources:
+        raise EdgertError(f"--calibration {root}: holds no clips (videos {', '.join(sorted(VIDEO_EXTENSIONS))}, "
+                          "frame folders or .npy files)")
+    files = []
+    for source in sources:
+        files += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if source.is_dir() else [source]
+    return root, sources, files
+
+
+def model_inputs(model, source: Path) -> Iterator[dict[str, np.ndarray]]:
+    """The graph inputs the runtime makes of ``source``: one per clip, or one per step of a
+    streaming graph, with the state the fp32 graph carries to that step."""
+    try:
+        if not model.graph().state:
+            yield model.plugin.prepare(model.bundle, str(source))
+            return
+        session = model.stream(window=1)
+        for item in model.plugin.iter_steps(model.bundle, str(source)):
+            feeds = model.plugin.prepare_step(model.bundle, item)
+            yield {**feeds, **session.state}
+            session.step(feeds)
+    except (InputError, EdgertError) as err:
+        raise EdgertError(f"--calibration: {err}") from None
+
+
+def _batches(inputs: list[dict[str, np.ndarray]], size: int) -> list[dict[str, np.ndarray]]:
+    """Whole batches of ``size`` along the batch axis (a last partial one is dropped: every
+    run then has the shape the first one had)."""
+    return [{k: np.concatenate([f[k] for f in inputs[i:i + size]]) for k in inputs[0]}
+            for i in range(0, len(inputs) - size + 1, size)]
+
+
+class _Reader:
+    """onnxruntime.quantization's CalibrationDataReader protocol over prepared batches."""
+
+    def __init__(self, batches):
+        self._it = iter(batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # not needed by min-max / entropy / percentile, which read once
+        raise NotImplementedError
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def compare(fp32, int8, sources: list[Path], output: str) -> dict[str, Any]:
+    """Both graphs on every held-out source, the way the runtime runs them (a streaming graph
+    each with its own state, as deployed)."""
+    pairs = []
+    for source in sources:
+        if fp32.graph().state:
+            a, b = fp32.stream(window=1), int8.stream(window=1)
+            for feeds in model_inputs(fp32, source):
+                step_feeds = {k: v for k, v in feeds.items() if k not in a.state}
+                pairs.append((a.step(step_feeds)[output], b.step(step_feeds)[output]))
+        else:
+            for feeds in model_inputs(fp32, source):
+                pairs.append((fp32.run(feeds)[output], int8.run(feeds)[output]))
+    want = np.concatenate([p[0] for p in pairs]).astype(np.float64)
+    got = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+    report: dict[str, Any] = {"held_out_items": len(sources), "compared": int(len(want))}
+    if output == "features":
+        cosine = (want * got).sum(-1) / np.maximum(np.linalg.norm(want, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
+        report["min_cosine_similarity"] = float(cosine.min())
+    else:
+        report["top1_agreement"] = float(np.mean(want.argmax(-1) == got.argmax(-1)))
+        report["max_probability_difference"] = float(np.abs(_softmax(want) - _softmax(got)).max())
+    return report
+
+
+def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: str, backend: str) -> dict[str, Any]:
+    """Replace ``stage/graph.file`` by its calibrated int8 QDQ graph; returns the manifest's
+    ``quantization`` record. Raises (no file replaced) when the held-out accuracy is short."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from edgert.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgert.runtime.model import Model, load
+
+    fp32 = load(stage, trusted_keys=[])  # the fp32 bundle just written: the runtime's own preprocessing
+    unit = getattr(fp32.plugin, "step_unit", "frame") if graph.state else "clip"
+    root, sources, files = calibration_sources(data)
+    if len(sources) < 2:
+        raise EdgertError(f"--calibration {root}: {len(sources)} clip; at least 2 are needed (calibration and a "
+                          "held-out accuracy check)")
+    calibrate, held_out = split_holdout(sources, knobs["holdout"])
+    with step(f"preparing {len(calibrate)} calibration clips from {root} (the runtime's preprocessing)"):
+        inputs = [feeds for source in calibrate for feeds in model_inputs(fp32, source)]
+    size = knobs["calibration_batch"]
+    if len(inputs) < size:
+        raise EdgertError(f"--calibration {root}: {len(inputs)} {unit}{'s' if len(inputs) != 1 else ''} to calibrate "
+                          f"on, fewer than calibration_batch={size}")
+    trt = backend == "trt"
+    keep = set(ALWAYS_FLOAT) | {op.strip() for op in knobs["keep_float"].split(",") if op.strip()}
+    ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - keep)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[knobs["calibration_method"]]
+    extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "CalibPercentile": knobs["percentile"]}
+    path = stage / graph.file
+    quantized = path.with_name(path.name + ".int8")
+    root_logger = logging.getLogger()
+    level, root_logger.level = root_logger.level, logging.ERROR  # its "consider pre-processing" advice is not for users
+    try:
+        with step(f"quantizing {graph.file} to int8 QDQ ({knobs['calibration_method']} calibration, "
+                  f"{len(inputs)} {unit}s)"):
+            quantize_static(str(path), str(quantized), _Reader(_batches(inputs, size)), quant_format=QuantFormat.QDQ,
+                            per_channel=knobs["per_channel"], op_types_to_quantize=ops, calibrate_method=method,
+                            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options=extra)
+    finally:
+        root_logger.setLevel(level)
+    try:
+        int8 = Model(fp32.bundle, {graph.name: OnnxRuntimeBackend(quantized)}, fp32.plugin)
+        output = next(t.name for t in graph.outputs if t.name not in {o for _, o in graph.state})
+        with step(f"checking int8 against fp32 on {len(held_out)} held-out clips"):
+            accuracy = compare(fp32, int8, held_out, output)
+        if "top1_agreement" in accuracy:
+            accuracy["min_agreement"] = knobs["min_agreement"]
+            if accuracy["top1_agreement"] < knobs["min_agreement"]:
+                raise EdgertError(
+                    f"int8 accuracy check failed for {fp32.plugin.name}: top-1 agreement with fp32 "
+                    f"{accuracy['top1_agreement']:.1%} over {accuracy['compared']} held-out {unit}s < min_agreement "
+                    f"{knobs['min_agreement']:.1%}; no bundle was written (try --quant calibration_method=percentile "
+                    "or entropy, more calibration clips, or --quant keep_float=...)")
+        else:
+            accuracy["min_cosine"] = knobs["min_cosine"]
+            if accuracy["min_cosine_similarity"] < knobs["min_cosine"]:
+                raise EdgertError(
+                    f"int8 accuracy check failed for {fp32.plugin.name}: feature cosine similarity with fp32 "
+                    f"{accuracy['min_cosine_similarity']:.4f} < min_cosine {knobs['min_cosine']}; no bundle was written")
+        counts = Counter(n.op_type for n in onnx.load(str(quantized)).graph.node)
+        os.replace(quantized, path)
+    finally:
+        quantized.unlink(missing_ok=True)
+    return {
+        "method": "static QDQ, onnxruntime.quantization.quantize_static",
+        "format": "QDQ" + (" (TensorRT explicit quantization)" if trt else ""),
+        "weights": f"int8 symmetric, {'per channel' if knobs['per_channel'] else 'per tensor'}",
+        "activations": "int8 symmetric, per tensor" if trt else "uint8 with zero point, per tensor",
+        "params": {k: knobs[k] for k in ("calibration_method", "per_channel", "calibration_batch", "holdout")}
+        | ({"percentile": knobs["percentile"]} if knobs["calibration_method"] == "percentile" else {}),
+        "float_ops": sorted(op for op in keep if counts.get(op)),
+        "qdq_nodes": {"QuantizeLinear": counts.get("QuantizeLinear", 0), "DequantizeLinear": counts.get("DequantizeLinear", 0)},
+        "calibration": {"path": str(root.resolve()), "sha256": calibration_digest(root, files), "items": len(sources),
+                        "calibration_items": len(calibrate), "inputs": len(inputs)},
+        "accuracy": accuracy,
+    }
