@@ -23,6 +23,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgert.runtime.bundle import sha256_file
 from edgert.runtime.detector import Option, boolean, positive_int, probability, resolve_options
 from edgert.runtime.errors import EdgertError
@@ -78,7 +80,10 @@ VIDEO_INT8 = {
     "per_channel": Option(True, "one weight scale per output channel (false: per tensor)", boolean),
     "calibration_batch": Option(1, "inputs per calibration run (clips, or steps of a streaming graph)", positive_int),
     "holdout": Option(0.25, "fraction of DATA kept out of calibration for the accuracy check", _fraction),
-    "min_agreement": Option(0.98, "least top-1 agreement with the fp32 graph on the held-out inputs", probability),
+    "min_agreement": Option(0.98, "least top-1 agreement with the fp32 graph on the held-out inputs it decides "
+                            "clearly (see near_tie)", probability),
+    "near_tie": Option(0.01, "inputs whose fp32 top-two probabilities are closer than this are not counted (any "
+                       "rounding may flip a tie; fp16 would too)", probability),
     "min_cosine": Option(0.99, "feature extractors: least cosine similarity with the fp32 features", probability),
     "keep_float": Option("", "more operator types to leave in float, comma separated (e.g. Slice,Concat)", str),
 }
@@ -94,8 +99,10 @@ DECODER_WEIGHTS = {
                              "CPUs with VNNI/AMX; ONNX Runtime's and onnxruntime-genai's CPU choice)", int, (0, 1, 2, 3, 4)),
     "embedding": Option("quantized", "int4: the token embedding as GatherBlockQuantized too, or left float", str,
                         ("quantized", "float")),
-    "min_agreement": Option(None, "least greedy (teacher-forced top-1) agreement with fp32; default 0.95 for int8, "
-                            "0.85 for int4", probability),
+    "min_agreement": Option(None, "least greedy (teacher-forced top-1) agreement with fp32 at the positions it decides "
+                            "clearly (see near_tie); default 0.95 for int8, 0.85 for int4", probability),
+    "near_tie": Option(0.01, "positions whose fp32 top-two probabilities are closer than this are not counted",
+                       probability),
     "max_perplexity_ratio": Option(None, "largest perplexity relative to fp32 on the held-out text; default 1.02 for "
                                    "int8, 1.15 for int4", _ratio),
 }
@@ -155,6 +162,19 @@ def calibration_digest(root: Path, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def agreement(reference_logits: np.ndarray, chosen: np.ndarray, near_tie: float) -> dict[str, Any]:
+    """Top-1 agreement of ``chosen`` (token or class ids) with the reference's argmax, over all
+    positions and over the decisive ones: where the reference's top two probabilities differ by
+    at least ``near_tie`` (a near tie flips on any rounding, so it says nothing about a method)."""
+    z = reference_logits - reference_logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    top2 = np.sort(probs, -1)[..., -2:]
+    decisive = (top2[..., 1] - top2[..., 0]) >= near_tie
+    agree = reference_logits.argmax(-1) == chosen
+    return {"top1_agreement": float(agree.mean()), "decisive": int(decisive.sum()),
+            "decisive_agreement": float(agree[decisive].mean()) if decisive.any() else float("nan")}
+
+
 def split_holdout(items: list, fraction: float) -> tuple[list, list]:
     """Every k-th item (k = round(1 / fraction)) held out, the rest for calibration; deterministic,
     spread over the sorted list so that a folder sorted by class holds out every class."""
@@ -163,4 +183,5 @@ def split_holdout(items: list, fraction: float) -> tuple[list, list]:
     return [x for i, x in enumerate(items) if (i + 1) % step], held
 
 
-__all__ = ["PRECISIONS", "VIDEO_INT8", "DECODER_WEIGHTS", "resolve_quantization", "calibration_digest", "split_holdout"]
+__all__ = ["PRECISIONS", "VIDEO_INT8", "DECODER_WEIGHTS", "resolve_quantization", "calibration_digest", "split_holdout",
+           "agreement"]

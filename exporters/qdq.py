@@ -12,13 +12,15 @@ per-channel int8 weights:
 * the ``trt`` flavour is TensorRT's explicit quantization: int8 activations and weights, both
   symmetric (zero point 0), which is what TensorRT requires of Q/DQ nodes.
 
-Kept float: the segmental consensus (ReduceMean over segments) and any Softmax, where int8
-buys nothing and the averaged scores are what a user reads; ``--quant keep_float=...`` adds
-more. A streaming graph's state is float at the graph's boundary, as before.
+Kept float: every ReduceMean (the backbone's global average pool and the segmental consensus)
+and any Softmax: averages and normalisations are cheap, int8 buys nothing there, and the averaged
+scores are what a user reads; ``--quant keep_float=...`` adds more. A streaming graph's state is float at the graph's boundary, as before.
 
 Accuracy is measured on held-out items of DATA that calibration never saw: top-1 agreement with
 the fp32 graph and the largest difference of a softmax probability (for a feature extractor the
 cosine similarity of the features); the export fails below ``min_agreement`` and leaves no bundle.
+Agreement is enforced on the inputs the fp32 graph decides clearly (top two probabilities at least
+``near_tie`` apart): a tie flips on any rounding; both figures are recorded.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from edgert.runtime.errors import EdgertError, InputError
 from edgert.runtime.progress import step
 from edgert.runtime.video import IMAGE_EXTENSIONS
 
-from .precision import calibration_digest, split_holdout
+from .precision import agreement, calibration_digest, split_holdout
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
 ALWAYS_FLOAT = ("ReduceMean", "Softmax")
@@ -100,7 +102,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def compare(fp32, int8, sources: list[Path], output: str) -> dict[str, Any]:
+def compare(fp32, int8, sources: list[Path], output: str, near_tie: float) -> dict[str, Any]:
     """Both graphs on every held-out source, the way the runtime runs them (a streaming graph
     each with its own state, as deployed)."""
     pairs = []
@@ -120,7 +122,7 @@ def compare(fp32, int8, sources: list[Path], output: str) -> dict[str, Any]:
         cosine = (want * got).sum(-1) / np.maximum(np.linalg.norm(want, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
         report["min_cosine_similarity"] = float(cosine.min())
     else:
-        report["top1_agreement"] = float(np.mean(want.argmax(-1) == got.argmax(-1)))
+        report.update(agreement(want, got.argmax(-1), near_tie))
         report["max_probability_difference"] = float(np.abs(_softmax(want) - _softmax(got)).max())
     return report
 
@@ -171,13 +173,17 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
         int8 = Model(fp32.bundle, {graph.name: OnnxRuntimeBackend(quantized)}, fp32.plugin)
         output = next(t.name for t in graph.outputs if t.name not in {o for _, o in graph.state})
         with step(f"checking int8 against fp32 on {len(held_out)} held-out clips"):
-            accuracy = compare(fp32, int8, held_out, output)
+            accuracy = compare(fp32, int8, held_out, output, knobs["near_tie"])
         if "top1_agreement" in accuracy:
-            accuracy["min_agreement"] = knobs["min_agreement"]
-            if accuracy["top1_agreement"] < knobs["min_agreement"]:
+            accuracy.update(min_agreement=knobs["min_agreement"], near_tie=knobs["near_tie"])
+            if not accuracy["decisive"]:
+                raise EdgertError(f"int8 accuracy check for {fp32.plugin.name}: the fp32 model decides none of the "
+                                  f"{accuracy['compared']} held-out {unit}s clearly (top two within near_tie "
+                                  f"{knobs['near_tie']:g}); give clips it recognises; no bundle was written")
+            if accuracy["decisive_agreement"] < knobs["min_agreement"]:
                 raise EdgertError(
                     f"int8 accuracy check failed for {fp32.plugin.name}: top-1 agreement with fp32 "
-                    f"{accuracy['top1_agreement']:.1%} over {accuracy['compared']} held-out {unit}s < min_agreement "
+                    f"{accuracy['decisive_agreement']:.1%} over {accuracy['decisive']} held-out {unit}s < min_agreement "
                     f"{knobs['min_agreement']:.1%}; no bundle was written (try --quant calibration_method=percentile "
                     "or entropy, more calibration clips, or --quant keep_float=...)")
         else:

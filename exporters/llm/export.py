@@ -382,7 +382,7 @@ def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[s
             record["fp32_weight_bytes"] = weight_bytes(source)
         if spec.name == GRAPH:
             with step(f"measuring {precision} against fp32 ({len(held_out_ids)} held-out sequences)"):
-                report = measure(source, target, held_out_ids)
+                report = measure(source, target, held_out_ids, knobs["near_tie"])
             report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])
             check_accuracy(report, knobs, precision, name)
             record.update(accuracy=report, calibration=calibration_record)

@@ -25,7 +25,8 @@ Accuracy, measured after quantization and recorded in the manifest (the export f
 bounds, leaving no bundle): on held-out text (the ``--calibration`` files' last quarter, else a
 short built-in English passage), the perplexity of fp32 and of the quantized graph, and the
 greedy agreement: the fp32 graph continues a few prompts greedily; the quantized one, fed the
-same tokens, must pick the same token at ``min_agreement`` of those positions.
+same tokens, must pick the same token at ``min_agreement`` of those positions (counted where fp32's
+top two probabilities are at least ``near_tie`` apart: a tie flips on any rounding).
 """
 
 from __future__ import annotations
@@ -145,21 +146,25 @@ def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
 
 
-def measure(fp32_path: Path, quantized_path: Path, held_out: list[np.ndarray]) -> dict[str, Any]:
+def measure(fp32_path: Path, quantized_path: Path, held_out: list[np.ndarray], near_tie: float) -> dict[str, Any]:
     """Perplexity of both graphs on the held-out sequences, and the greedy agreement."""
+    from ..precision import agreement
+
     fp32, quant = _session(fp32_path), _session(quantized_path)
-    ppl32, pplq, agree = [], [], []
+    ppl32, pplq, reference, chosen = [], [], [], []
     for ids in held_out:
         ppl32.append(_perplexity(_logits(fp32, ids), ids))
         pplq.append(_perplexity(_logits(quant, ids), ids))
         prompt = ids[:PROMPT]
-        greedy = _greedy(fp32, prompt, CONTINUE)
-        forced = _logits(quant, np.concatenate([prompt, greedy]))[PROMPT - 1:-1].argmax(-1)
-        agree.append(forced == greedy)
+        sequence = np.concatenate([prompt, _greedy(fp32, prompt, CONTINUE)])
+        reference.append(_logits(fp32, sequence)[PROMPT - 1:-1])  # fp32's own logits along its greedy path
+        chosen.append(_logits(quant, sequence)[PROMPT - 1:-1].argmax(-1))
     ppl32_mean, pplq_mean = float(np.exp(np.mean(np.log(ppl32)))), float(np.exp(np.mean(np.log(pplq))))
+    agreed = agreement(np.concatenate(reference), np.concatenate(chosen), near_tie)
     return {"perplexity_fp32": ppl32_mean, "perplexity": pplq_mean, "perplexity_ratio": pplq_mean / ppl32_mean,
-            "greedy_agreement": float(np.mean(np.concatenate(agree))), "greedy_positions": int(sum(map(len, agree))),
-            "prompts": len(held_out)}
+            "greedy_agreement": agreed["decisive_agreement"], "greedy_agreement_all": agreed["top1_agreement"],
+            "greedy_positions": int(sum(map(len, chosen))), "decisive_positions": agreed["decisive"],
+            "prompts": len(held_out), "near_tie": near_tie}
 
 
 # ---- quantizing one graph -----------------------------------------------------------------
@@ -186,6 +191,11 @@ def untie(model) -> int:
             model.graph.initializer.append(inits[name])
         node.input[1] = name
         count += 1
+        # The Transpose now feeds nothing: remove it, so that the float weight it read (once the
+        # Gather is quantized too) is dropped with the unused initializers.
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        if source.output[0] not in used:
+            model.graph.node.remove(source)
     return count
 
 
@@ -283,7 +293,9 @@ def weight_bytes(path: Path) -> int:
 
 def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str, name: str) -> None:
     problems = []
-    if report["greedy_agreement"] < knobs["min_agreement"]:
+    if not report["decisive_positions"]:
+        problems.append(f"the fp32 model decides none of the {report['greedy_positions']} greedy positions clearly")
+    elif report["greedy_agreement"] < knobs["min_agreement"]:
         problems.append(f"greedy agreement with fp32 {report['greedy_agreement']:.1%} < min_agreement "
                         f"{knobs['min_agreement']:.1%}")
     if report["perplexity_ratio"] > knobs["max_perplexity_ratio"]:

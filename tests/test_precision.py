@@ -1,0 +1,287 @@
+"""--precision int8 / int4: calibrated QDQ video models and weight-only quantized decoders keep
+their accuracy (measured on held-out data, recorded, enforced), really contain the quantized
+operators, are smaller, and every bad request gets one line and leaves no bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, edgert
+
+from edgert.exporters.finetune import train
+from edgert.exporters.synthetic import CLASSES, render_clip, write_video
+from edgert.plugins.tsn import TSNDetector
+from edgert.runtime.model import load
+
+TINY = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=48", "--opt", f"num_classes={len(CLASSES)}"]
+
+
+def ops(path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A TSN-ResNet18 trained for seconds on synthetic clips, its fp32 bundle, and 16 clips
+    (mp4, .npy and a frame folder) to calibrate on, rendered with another seed."""
+    import cv2
+    import torch
+
+    root = tmp_path_factory.mktemp("int8")
+    det = TSNDetector()
+    opts = det.resolve_options({"backbone": "resnet18", "segments": "3", "size": "48", "dropout": "0.2",
+                                "num_classes": str(len(CLASSES))})
+    torch.manual_seed(0)
+    model = det.build(opts, None)
+    train(model, render_clip, len(CLASSES), 3, det.preprocessing(opts), steps=60)
+    torch.save(model.state_dict(), root / "tsn.pt")
+    from edgert.plugins.tsm import TSMDetector
+
+    tsm = TSMDetector()
+    tsm_opts = tsm.resolve_options({"backbone": "resnet18", "segments": "3", "size": "48", "dropout": "0.2",
+                                    "num_classes": str(len(CLASSES))})
+    torch.manual_seed(0)
+    model = tsm.build(tsm_opts, None)
+    train(model, render_clip, len(CLASSES), 3, tsm.preprocessing(tsm_opts), steps=60)
+    torch.save(model.state_dict(), root / "tsm.pt")  # offline training; exported online below
+    data = root / "calibration"
+    data.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(16):
+        clip = render_clip(i % len(CLASSES), rng, frames=12)
+        if i % 4 == 1:
+            np.save(data / f"clip{i:02d}.npy", clip)
+        elif i == 6:
+            (data / f"clip{i:02d}").mkdir()
+            for t, frame in enumerate(clip):
+                cv2.imwrite(str(data / f"clip{i:02d}" / f"img_{t:05d}.jpg"), frame[..., ::-1])
+        else:
+            write_video(data / f"clip{i:02d}.mp4", clip)
+    (data / "notes.txt").write_text("not a clip: skipped")
+    assert edgert("export", "tsn", "--out", root / "fp32", "--checkpoint", root / "tsn.pt", *TINY).returncode == 0
+    return root
+
+
+def test_int8_recognizer_keeps_its_accuracy(trained, tmp_path):
+    out = tmp_path / "int8"
+    result = edgert("export", "tsn", "--out", out, "--checkpoint", trained / "tsn.pt", *TINY, "--precision", "int8",
+                    "--calibration", trained / "calibration")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    q = manifest["quantization"]["main"]
+    assert q["accuracy"]["held_out_items"] == 4 and q["calibration"]["calibration_items"] == 12
+    assert q["accuracy"]["decisive"] >= 3 and q["accuracy"]["decisive_agreement"] >= 0.98
+    assert q["accuracy"]["top1_agreement"] >= 0.75 and q["accuracy"]["max_probability_difference"] < 0.05
+    assert len(q["calibration"]["sha256"]) == 64 and q["float_ops"] == ["ReduceMean"]  # the consensus stays float
+    counts = ops(out / "model.onnx")
+    assert counts["QuantizeLinear"] > 10 and counts["DequantizeLinear"] > 20
+    assert counts["ReduceMean"] == 2  # the global average pool and the consensus, both float
+    fp32_size, int8_size = (trained / "fp32" / "model.onnx").stat().st_size, (out / "model.onnx").stat().st_size
+    assert int8_size < 0.35 * fp32_size, (int8_size, fp32_size)
+    assert "top1_agreement" in edgert("info", out).stdout
+
+    # On fresh clips int8 still agrees with fp32 and with the truth.
+    fp32, int8 = load(trained / "fp32"), load(out)
+    rng = np.random.default_rng(123)
+    agree, right = [], []
+    for i in range(10):
+        path = tmp_path / f"test{i}.npy"
+        np.save(path, render_clip(i % len(CLASSES), rng, frames=12))
+        a, b = fp32.predict(path).top[0][0], int8.predict(path).top[0][0]
+        agree.append(a == b)
+        right.append(b == f"class_{i % len(CLASSES)}")
+    assert np.mean(agree) >= 0.9 and np.mean(right) >= 0.8, (agree, right)
+
+    # The same calibration gives the same digest: the manifest names the data it was made from.
+    again = edgert("export", "tsn", "--out", tmp_path / "again", "--checkpoint", trained / "tsn.pt", *TINY,
+                   "--precision", "int8", "--calibration", trained / "calibration", "--quant", "calibration_method=percentile")
+    assert again.returncode == 0, again.stderr
+    q2 = json.loads((tmp_path / "again" / "manifest.json").read_text())["quantization"]["main"]
+    assert q2["calibration"]["sha256"] == q["calibration"]["sha256"] and q2["params"]["percentile"] == 99.999
+
+
+def test_tensorrt_flavour_is_symmetric_qdq(trained, tmp_path):
+    """--backend trt --precision int8: TensorRT's explicit quantization wants int8 Q/DQ with zero
+    points 0, per-channel weight scales on the output-channel axis."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "trt"
+    result = edgert("export", "tsn", "--out", out, "--checkpoint", trained / "tsn.pt", *TINY, "--precision", "int8",
+                    "--backend", "trt", "--calibration", trained / "calibration")
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero = inits[node.input[2]]
+            if zero.dtype == np.int32:  # a bias's DQ (int32 with zero point 0)
+                assert not zero.any()
+                continue
+            assert zero.dtype == np.int8 and not zero.any(), node.name
+    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[1]) is not None
+                   and inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1]
+    assert per_channel and all(next((a.i for a in n.attribute if a.name == "axis"), 1) == 0 for n in per_channel)
+    assert "TensorRT explicit" in json.loads((out / "manifest.json").read_text())["quantization"]["main"]["format"]
+
+
+def test_streaming_and_feature_graphs(trained, tmp_path):
+    """Online TSM calibrates step by step with the fp32 state carried; its state stays float.
+    A feature extractor is held to the cosine similarity of its features."""
+    out = tmp_path / "online"
+    result = edgert("export", "tsm", "--out", out, "--checkpoint", trained / "tsm.pt", "--opt", "online=true", *TINY,
+                    "--precision", "int8", "--calibration", trained / "calibration")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    accuracy = manifest["quantization"]["main"]["accuracy"]
+    assert accuracy["compared"] == 4 * 12 and accuracy["decisive_agreement"] >= 0.98  # every held-out frame
+    assert all(t["dtype"] == "float32" for t in manifest["graphs"]["main"]["inputs"])
+    stream = load(out).stream()
+    assert stream.push(render_clip(0, np.random.default_rng(1), frames=1)[0]).top
+
+    features = edgert("export", "tsn", "--out", tmp_path / "features", "--checkpoint", trained / "tsn.pt", *TINY,
+                      "--opt", "output=features", "--precision", "int8", "--calibration", trained / "calibration")
+    assert features.returncode == 0, features.stderr
+    acc = json.loads((tmp_path / "features" / "manifest.json").read_text())["quantization"]["main"]["accuracy"]
+    assert acc["min_cosine_similarity"] >= 0.99
+    failed = edgert("export", "tsn", "--out", tmp_path / "strict", "--checkpoint", trained / "tsn.pt", *TINY,
+                    "--opt", "output=features", "--precision", "int8", "--calibration", trained / "calibration",
+                    "--quant", "min_cosine=1")
+    assert_user_error(failed, "int8 accuracy check failed", "cosine similarity", "< min_cosine 1", "no bundle was written")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_bad_calibration_requests(trained, tmp_path):
+    out = tmp_path / "b"
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int4"),
+                      "--precision int4 quantizes LLM decoder weights", "fp32, fp16 or int8")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8"), "needs --calibration DATA")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--calibration", trained / "calibration"),
+                      "--calibration: only --precision int8 / int4")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--quant", "holdout=0.5"),
+                      "--quant holdout=...", "not fp32")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration",
+                             trained / "calibration", "--quant", "bins=3"), "unknown option 'bins'", "calibration_method")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration",
+                             trained / "calibration", "--quant", "calibration_method=kl"), "expected one of")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--backend", "trt"), "--backend trt --precision fp32")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no clips here")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration", empty),
+                      f"--calibration {empty}: holds no clips")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration",
+                             tmp_path / "missing"), "not a folder")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(4):
+        np.save(broken / f"ok{i}.npy", render_clip(i, np.random.default_rng(i), frames=6))
+    (broken / "garbage.mp4").write_bytes(b"\x00not a video" * 100)
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration", broken),
+                      "--calibration:", "garbage.mp4")
+    (broken / "garbage.mp4").unlink()
+    np.save(broken / "wrong.npy", np.zeros((4, 5), np.float32))
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration", broken),
+                      "wrong.npy", "T x H x W x 3 uint8")
+    (broken / "wrong.npy").unlink()
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration", broken,
+                             "--quant", "calibration_batch=8"), "3 clips to calibrate on, fewer than calibration_batch=8")
+    assert not out.exists() and not list(tmp_path.glob(".b.*"))
+
+
+# ---- decoders -------------------------------------------------------------------------------
+
+transformers = pytest.importorskip("transformers", reason="the tiny checkpoints are made with transformers")
+
+from llm_checkpoints import make_llama, make_qwen2  # noqa: E402
+
+# Random-weight checkpoints have no margins to speak of: the top two logits often differ by less
+# than quantization noise, so the tests set bounds a trained model beats by far (the defaults are
+# set from the trained benchmark model, docs/benchmarks.md), and check that the bounds bite.
+LOOSE = ["--quant", "min_agreement=0.5", "--quant", "max_perplexity_ratio=2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant-llm")
+    make_llama(root / "llama")
+    make_qwen2(root / "qwen2")
+    return root
+
+
+@pytest.mark.parametrize("family, precision", [("llama", "int4"), ("llama", "int8"), ("qwen2", "int4")])
+def test_quantized_decoders(checkpoints, tmp_path, family, precision):
+    out = tmp_path / "bundle"
+    result = edgert("export", "llama", "--checkpoint", checkpoints / family, "--out", out, "--precision", precision, *LOOSE)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    q = manifest["quantization"]["decoder"]
+    assert manifest["precision"] == precision and manifest["decoder"]["kv_dtype"] == "float32"
+    counts = ops(out / "decoder.onnx")
+    assert "MatMul" not in counts and counts["MatMulNBits"] == 15  # 7 per layer and the lm_head
+    if precision == "int4":
+        assert counts["GatherBlockQuantized"] == 1 and "Gather" not in counts
+        assert q["weight_bytes"] <= 0.3 * q["fp32_weight_bytes"], q
+    else:
+        assert counts["Gather"] == 1 and q["weight_bytes"] <= 0.5 * q["fp32_weight_bytes"], q
+    assert q["params"]["untied_lm_head"] is (family == "qwen2")  # the tied head got its own quantized copy
+    accuracy = q["accuracy"]
+    assert accuracy["greedy_positions"] == 96 and accuracy["perplexity_ratio"] < 2 and accuracy["greedy_agreement"] >= 0.5
+    assert len(q["calibration"]["sha256"]) == 64
+    generated = edgert("generate", out, "--prompt", "The quick brown fox", "--max-new-tokens", "12")
+    assert generated.returncode == 0 and "12 new tokens" in generated.stderr, generated.stderr
+    assert "greedy_agreement" in edgert("info", out).stdout
+
+
+def test_gptq_and_the_accuracy_bound(checkpoints, tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over the lazy dog and edge devices run small models".split()
+    (text / "a.txt").write_text(" ".join(rng.choice(words, 1500)))
+    out = tmp_path / "gptq"
+    result = edgert("export", "llama", "--checkpoint", checkpoints / "llama", "--out", out, "--precision", "int4",
+                    "--quant", "method=gptq", "--calibration", text, *LOOSE)
+    assert result.returncode == 0, result.stderr
+    q = json.loads((out / "manifest.json").read_text())["quantization"]["decoder"]
+    assert q["params"]["method"] == "gptq" and q["calibration"]["calibration_sequences"] >= 3
+    assert ops(out / "decoder.onnx")["MatMulNBits"] == 15
+
+    strict = edgert("export", "llama", "--checkpoint", checkpoints / "llama", "--out", tmp_path / "strict",
+                    "--precision", "int4", "--quant", "min_agreement=1")
+    line = assert_user_error(strict, "int4 accuracy check failed for llama: greedy agreement with fp32",
+                             "< min_agreement 100.0%", "no bundle was written")
+    assert "%" in line and not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict.*"))
+
+
+def test_bad_decoder_quantization_requests(checkpoints, tmp_path):
+    ckpt, out = checkpoints / "llama", tmp_path / "b"
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--quant",
+                             "method=gptq"), "method=gptq needs --calibration TEXTFILES")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int8", "--quant",
+                             "method=hqq"), "method=hqq", "4-bit")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--quant",
+                             "block_size=24"), "--quant block_size=24", "power of two")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--backend",
+                             "trt"), "--backend trt --precision int4", "runs fp16")
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4",
+                             "--calibration", short), f"--calibration {short}", "tokens; at least")
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "x.txt").write_bytes(b"\xff\xfe\x00bad")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4",
+                             "--calibration", binary), "cannot be read as UTF-8")
+    assert not out.exists()
