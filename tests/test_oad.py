@@ -196,6 +196,22 @@ def test_detection_is_real(name, tmp_path):
     assert cli.returncode == 0, cli.stderr
     assert f"mAP  {result.map * 100:.2f}" in cli.stdout and (tmp_path / "timeline.png").stat().st_size > 1000
 
+    # int8, calibrated on the training streams' features (the recurrent / attention state stays
+    # float at the graph's boundary): the held-out mAP stays where fp32's is.
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i, (stream, _) in enumerate(streams[:4]):
+        np.save(calibration / f"stream{i}.npy", stream[:120])
+    int8 = tmp_path / "int8"
+    result8 = edgert("export", name, "--out", int8, "--checkpoint", ckpt, "--opt", f"num_classes={num_classes}", *opts,
+                     "--precision", "int8", "--calibration", calibration)
+    assert result8.returncode == 0, result8.stderr
+    accuracy = json.loads((int8 / "manifest.json").read_text())["quantization"]["main"]["accuracy"]
+    assert accuracy["compared"] == 120 and accuracy["decisive_agreement"] >= 0.98, accuracy
+    session8 = load(int8).stream()
+    scores8 = softmax(np.stack([session8.step({"features": f[None]})["scores"][0] for f in features]))
+    assert perframe_metrics(scores8, labels).map > result.map - 0.03
+
 
 def test_video_to_features_to_detector(tmp_path):
     """A recognizer exported as feature extractor feeds an online detector chunk by chunk."""

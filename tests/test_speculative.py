@@ -333,3 +333,33 @@ def test_a_generations_sessions_stop_spinning_between_runs(bundles):
                     MedusaSession(bundle, threads=2)):
         options = session.backend.session.get_session_options()
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_quantized_target_stays_lossless(bundles, tmp_path, precision):
+    """A weight-only int4 / int8 target with its Medusa heads and MTP module (quantized with it)
+    and an int4 / int8 draft: every strategy still equals ar on that same bundle."""
+    import onnx
+
+    root = bundles[0].parent
+    loose = {"min_agreement": "0.5", "max_perplexity_ratio": "2"}  # random weights: see tests/test_precision.py
+    heads = {"medusa": str(root / "heads.safetensors"), "mtp": str(root / "mtp.safetensors")}
+    export("llama", tmp_path / "target", heads, checkpoint=str(root / "target"), precision=precision, quant=loose)
+    export("llama", tmp_path / "draft", checkpoint=str(root / "draft-ckpt"), precision=precision, quant=loose)
+    for graph in ("decoder.onnx", "medusa.onnx", "mtp.onnx"):
+        assert "MatMulNBits" in {n.op_type for n in onnx.load(tmp_path / "target" / graph).graph.node}, graph
+    gen = Generator(tmp_path / "target")
+    gen.eos = set()
+    params = SamplingParams(max_new_tokens=64)
+    strategies = [("lookup", {}), ("draft", {"gamma": "3", "confidence": "0", "model": str(tmp_path / "draft")}),
+                  ("medusa", {"tree": "mc_sim_7"}), ("mtp", {"depth": "3"})]
+    gained = {name: [] for name, _ in strategies}
+    for ids in prompts(gen, 12):
+        reference = gen.generate(ids, params).tokens
+        for name, options in strategies:
+            result = gen.generate(ids, params, strategy=name, strategy_options=options)
+            gained[name].append(result.stats.tokens_per_step)
+            if result.tokens != reference:
+                first = next(i for i, (a, b) in enumerate(zip(result.tokens, reference)) if a != b)
+                assert near_tie(gen, ids + reference[:first]), f"{name}: diverged at token {first} without a near-tie"
+    assert all(np.mean(v) > 1.1 for v in gained.values()), gained
