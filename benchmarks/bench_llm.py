@@ -142,10 +142,15 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, onnxruntime {__import__('onnxruntime').__version__}, "
                    f"torch {__import__('torch').__version__}, transformers {__import__('transformers').__version__}",
     }
-    text = json.dumps(rows, indent=2)
+    write_report(rows, args.out)
+
+
+def write_report(report: dict, out: str | None) -> None:
+    """Print the results as JSON, and write them to ``out`` when given."""
+    text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

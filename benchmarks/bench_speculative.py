@@ -16,7 +16,8 @@ and skipped when present:
 4. Medusa heads (4) and an MTP module: ``edgert train medusa`` / ``edgert train mtp`` on the
    target (self-distillation);
 5. bundles: ``edgert export llama`` (the target with its heads and MTP graph, those two with
-   int8 weights, ``--opt proposals=int8``; the draft).
+   int8 weights, ``--opt proposals=int8``; the draft). ``--precision int8|int4``: the target
+   (heads and MTP graph included) and the draft with weight-only quantized weights instead.
 
 Then, on held-out prompts (64 tokens of code each), 128 greedy new tokens per prompt with every
 strategy on the same bundle in the same run, same threads, every prompt running every strategy
@@ -133,12 +134,12 @@ def speculative_part(kind: str, target: Path, steps: int, samples: int) -> Path:
     return out
 
 
-def bundle(name: str, checkpoint: Path, options: dict) -> Path:
+def bundle(name: str, checkpoint: Path, options: dict, precision: str = "fp32") -> Path:
     out = ROOT / f"{name}-bundle"
     if not (out / "manifest.json").is_file():
         from edgert.exporters.driver import export
 
-        export("llama", out, options, checkpoint=str(checkpoint))
+        export("llama", out, options, checkpoint=str(checkpoint), precision=precision)
     return out
 
 
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--draft-minutes", type=float, default=4)
     parser.add_argument("--prepare-only", action="store_true", help="train and export, do not time")
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="target model size (see above)")
+    parser.add_argument("--precision", choices=["fp32", "int8", "int4"], default="fp32",
+                        help="the target's and the draft's weights (int8 / int4: every graph weight-only quantized)")
     parser.add_argument("--out")
     args = parser.parse_args()
     global ROOT
@@ -178,8 +181,13 @@ def main() -> None:
     heads, mtp = speculative_part("medusa", target, *parts["medusa"]), speculative_part("mtp", target, *parts["mtp"])
     # int8 proposal graphs: the heads and the MTP module only propose, and on a CPU reading their
     # fp32 weights every step cost a fifth of a decoder pass (measured: Medusa 1.6x -> 1.9x).
-    target_bundle = bundle("target-int8", target, {"medusa": str(heads), "mtp": str(mtp), "proposals": "int8"})
-    draft_bundle = bundle("draft", draft, {})
+    if args.precision == "fp32":
+        target_bundle = bundle("target-int8", target, {"medusa": str(heads), "mtp": str(mtp), "proposals": "int8"})
+        draft_bundle = bundle("draft", draft, {})
+    else:  # the quantized bundle's proposal graphs are quantized with it
+        target_bundle = bundle(f"target-{args.precision}-weights", target, {"medusa": str(heads), "mtp": str(mtp)},
+                               args.precision)
+        draft_bundle = bundle(f"draft-{args.precision}", draft, {}, args.precision)
     if args.prepare_only:
         return
 
@@ -221,7 +229,7 @@ def main() -> None:
               f"speedup {speed / base:.2f}x  equal to ar: {total['same_as_ar']}/{len(cases)}")
     if args.out:
         Path(args.out).write_text(json.dumps({"prompts": len(cases), "new_tokens": args.new_tokens, "threads": args.threads,
-                                              "rows": rows}, indent=2) + "\n")
+                                              "precision": args.precision, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,10 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - keep)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[knobs["calibration_method"]]
+    batches = _batches(inputs, size)
+    # Not CalibMaxIntermediateOutputs: onnxruntime 1.32's min-max calibrater drops (rather than
+    # folds in) the outputs it holds each time it reaches that count. The calibrater holds every
+    # run's activations (a ResNet-50 frame's are ~45 MB), so DATA should be tens of clips.
     extra = {"ActivationSymmetric": trt, "WeightSymmetric": True, "CalibPercentile": knobs["percentile"]}
     path = stage / graph.file
     quantized = path.with_name(path.name + ".int8")
@@ -163,7 +167,7 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     try:
         with step(f"quantizing {graph.file} to int8 QDQ ({knobs['calibration_method']} calibration, "
                   f"{len(inputs)} {unit}s)"):
-            quantize_static(str(path), str(quantized), _Reader(_batches(inputs, size)), quant_format=QuantFormat.QDQ,
+            quantize_static(str(path), str(quantized), _Reader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=knobs["per_channel"], op_types_to_quantize=ops, calibrate_method=method,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                             extra_options=extra)
