@@ -27,7 +27,7 @@ def main() -> None:
         while not generator.is_done():
             generator.generate_next_token()
             stamps.append(time.perf_counter())
-    tokens = list(generator.get_sequence(0))[len(prompt):]
+    tokens = [int(t) for t in generator.get_sequence(0)][len(prompt):]
     rss = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
     print(json.dumps({"prefill_s": prefill, "decode_tokens_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
                       "tokens": tokens, "peak_rss_mb": rss, "version": og.__version__}))

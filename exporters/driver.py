@@ -195,6 +195,9 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
         # A third-party family written before the TensorRT flavour or quantization need not know them.
         extra = {} if backend == "onnx" else {"backend": backend}
         if knobs is not None:
+            if "quantization" not in inspect.signature(registered.obj.export).parameters:
+                raise EdgertError(f"{name}: this decoder family ({registered.plugin.package}) does not quantize; "
+                                  "export it with --precision fp32 or fp16")
             extra.update(quantization=knobs, calibration=calibration)
         return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed,
                                      **extra)

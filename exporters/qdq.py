@@ -93,9 +93,6 @@ class _Reader:
     def get_next(self):
         return next(self._it, None)
 
-    def rewind(self):  # not needed by min-max / entropy / percentile, which read once
-        raise NotImplementedError
-
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))

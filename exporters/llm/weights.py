@@ -199,6 +199,46 @@ def untie(model) -> int:
     return count
 
 
+def merge_siblings(model) -> int:
+    """MatMuls that read the same activation with constant weights (q/k/v; gate/up) become one
+    MatMul over the weights concatenated along N, then a Split: one kernel call instead of
+    three (or two), and MatMulNBits quantizes that activation once, not per projection. Block
+    quantization runs along K, column by column, so the merged weight quantizes to exactly the
+    columns the separate ones would. Returns how many MatMuls were merged away."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    groups: dict[str, list] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
+            groups.setdefault(node.input[0], []).append(node)
+    merged = 0
+    for source, nodes in groups.items():
+        if len(nodes) < 2 or len({inits[n.input[1]].dims[0] for n in nodes}) != 1:
+            continue
+        weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        if len({w.dtype for w in weights}) != 1:
+            continue
+        name = "+".join(n.input[1] for n in nodes)
+        model.graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), name))
+        sizes = numpy_helper.from_array(np.asarray([w.shape[1] for w in weights], np.int64), f"{name}.split")
+        model.graph.initializer.append(sizes)
+        first = list(model.graph.node).index(nodes[0])
+        fused = helper.make_node("MatMul", [source, name], [f"{name}.out"], name=f"{nodes[0].name}.merged")
+        split = helper.make_node("Split", [f"{name}.out", sizes.name], [n.output[0] for n in nodes], axis=-1,
+                                 name=f"{nodes[0].name}.split")
+        for node in nodes:
+            model.graph.node.remove(node)
+        used = {i for n in model.graph.node for i in n.input}
+        for node in nodes:
+            if node.input[1] not in used and inits[node.input[1]] in model.graph.initializer:
+                model.graph.initializer.remove(inits[node.input[1]])
+        model.graph.node.insert(first, split)
+        model.graph.node.insert(first, fused)
+        merged += len(nodes) - 1
+    return merged
+
+
 class _TextReader:
     """Calibration prefills for GPTQ: onnxruntime's reader protocol, iterable (it deep-copies)."""
 
@@ -234,13 +274,21 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
     (another folder: a large graph's weights file keeps its name); returns the graph's
     ``quantization`` record (without accuracy)."""
     import onnx
+
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    # Importing it calls logging.basicConfig(level=INFO): every library's INFO lines would then
+    # reach the user's terminal for the rest of the process. Undone at once.
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig, GPTQWeightOnlyQuantConfig,
                                                                  HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+
+    root.handlers[:], root.level = handlers, root_level
 
     from ..driver import EXTERNAL_DATA_BYTES
 
     model = onnx.load(str(path))
     untied = untie(model)
+    merged = merge_siblings(model)
     gather = bits == 4 and knobs["embedding"] == "quantized"
     axes = (("MatMul", 0), ("Gather", 1))
     common = dict(block_size=knobs["block_size"], is_symmetric=knobs["symmetric"], accuracy_level=knobs["accuracy_level"])
@@ -281,7 +329,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             "weights": f"int{bits} blocks of {knobs['block_size']}, {'symmetric' if knobs['symmetric'] else 'with zero points'}",
             "activations": "fp32" + (" (int8 inside MatMulNBits, accuracy_level 4)" if knobs["accuracy_level"] == 4 else ""),
             "params": {k: knobs[k] for k in ("method", "block_size", "symmetric", "accuracy_level", "embedding")}
-            | {"untied_lm_head": untied > 0},
+            | {"untied_lm_head": untied > 0, "merged_matmuls": merged},
             "ops": ops, "weight_bytes": int(weights)}
 
 
@@ -302,8 +350,9 @@ def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str
         problems.append(f"held-out perplexity {report['perplexity']:.4g} is {report['perplexity_ratio']:.3f}x fp32's "
                         f"{report['perplexity_fp32']:.4g} > max_perplexity_ratio {knobs['max_perplexity_ratio']:g}")
     if problems:
+        hint = "--quant block_size=16, method=hqq, or --precision int8" if precision == "int4" else "--quant block_size=16"
         raise EdgertError(f"{precision} accuracy check failed for {name}: {'; '.join(problems)}; no bundle was written "
-                          "(try --quant block_size=16, method=hqq, or int8)")
+                          f"(try {hint})")
 
 
-__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "weight_bytes", "untie"]
+__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "weight_bytes", "untie", "merge_siblings"]
