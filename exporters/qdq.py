@@ -14,7 +14,9 @@ per-channel int8 weights:
 
 Kept float: every ReduceMean (the backbone's global average pool and the segmental consensus)
 and any Softmax: averages and normalisations are cheap, int8 buys nothing there, and the averaged
-scores are what a user reads; ``--quant keep_float=...`` adds more. A streaming graph's state is float at the graph's boundary, as before.
+scores are what a user reads; ``--quant keep_float=...`` adds more. TSM's shift (channel slices
+and concatenations) is quantized: keeping it float changed neither agreement nor probability
+difference of a trained TSM (docs/precision.md), since Q/DQ around a slice carry one scale. A streaming graph's state is float at the graph's boundary, as before.
 
 Accuracy is measured on held-out items of DATA that calibration never saw: top-1 agreement with
 the fp32 graph and the largest difference of a softmax probability (for a feature extractor the
