@@ -29,13 +29,22 @@ def check_vocab(path: Path, vocab_size: int) -> None:
 
 TEMPLATE_SECONDS = 2.0  # a chat template is a few loops over the messages: milliseconds
 TEMPLATE_CHARS = 1 << 20
-TEMPLATE_MEMORY = 256 << 20  # bytes of peak memory a rendering may add
+TEMPLATE_MEMORY = 256 << 20  # bytes of memory a rendering may add to what the process holds
 
 
-def _peak() -> int:
-    import resource
+def _resident() -> int:
+    """This process's resident memory now, in bytes. Not getrusage's peak: a process that once
+    held a large model has a high-water mark far above what it holds, and a template would then
+    be stopped by the clock long after it passed its memory bound."""
+    import os
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best there is
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _limited(pieces) -> str:
@@ -46,12 +55,12 @@ def _limited(pieces) -> str:
     import sys
     import time
 
-    deadline, ceiling = time.monotonic() + TEMPLATE_SECONDS, _peak() + TEMPLATE_MEMORY
+    deadline, ceiling = time.monotonic() + TEMPLATE_SECONDS, _resident() + TEMPLATE_MEMORY
 
     def local(frame, event, arg):
         if time.monotonic() > deadline:
             raise BundleError(f"chat template of this bundle ran longer than {TEMPLATE_SECONDS:g} s; refusing it")
-        if _peak() > ceiling:
+        if _resident() > ceiling:
             raise BundleError(f"chat template of this bundle used more than {TEMPLATE_MEMORY >> 20} MB; refusing it")
         return local
 
