@@ -92,7 +92,7 @@ VIDEO_INT8 = {
 # were set from (tiny test checkpoints and the Qwen2.5-0.5B-shaped benchmark model).
 DECODER_WEIGHTS = {
     "method": Option("rtn", "rtn (round to nearest, data-free), hqq (half-quadratic, data-free, int4) or gptq "
-                     "(needs --calibration TEXTFILES)", str, ("rtn", "hqq", "gptq")),
+                     "(int4, needs --calibration TEXTFILES)", str, ("rtn", "hqq", "gptq")),
     "block_size": Option(32, "weights per scale along the input dimension", _block),
     "symmetric": Option(True, "symmetric blocks (false: a zero point per block)", boolean),
     "accuracy_level": Option(4, "MatMulNBits' compute type: 0 as the input (fp32), 4 int8 activations (fastest on "
@@ -139,8 +139,9 @@ def resolve_quantization(kind: str, precision: str, backend: str, given: dict[st
     knobs = resolve_options(f"--quant for {precision} decoders", DECODER_WEIGHTS, given, "--quant")
     if knobs["method"] == "gptq" and not calibration:
         raise EdgertError("--quant method=gptq needs --calibration TEXTFILES (text the model will see)")
-    if knobs["method"] == "hqq" and precision != "int4":
-        raise EdgertError("--quant method=hqq: ONNX Runtime's HQQ quantizer writes 4-bit weights; use method=rtn for int8")
+    if knobs["method"] in ("hqq", "gptq") and precision != "int4":
+        raise EdgertError(f"--quant method={knobs['method']}: ONNX Runtime's {knobs['method'].upper()} quantizer writes "
+                          "4-bit weights; use method=rtn for int8")
     if precision == "int8" and "embedding" in given and knobs["embedding"] == "quantized":
         raise EdgertError("--quant embedding=quantized: ONNX Runtime's GatherBlockQuantized takes 4-bit tables only; "
                           "int8 keeps the embedding float")

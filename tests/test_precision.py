@@ -270,8 +270,9 @@ def test_bad_decoder_quantization_requests(checkpoints, tmp_path):
     ckpt, out = checkpoints / "llama", tmp_path / "b"
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--quant",
                              "method=gptq"), "method=gptq needs --calibration TEXTFILES")
-    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int8", "--quant",
-                             "method=hqq"), "method=hqq", "4-bit")
+    for method in ("hqq", "gptq"):
+        assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int8", "--quant",
+                                 f"method={method}", "--calibration", ckpt / "tokenizer.json"), f"method={method}", "4-bit")
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--quant",
                              "block_size=24"), "--quant block_size=24", "power of two")
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--backend",
