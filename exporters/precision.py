@@ -32,44 +32,23 @@ from edgert.runtime.errors import EdgertError
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise ValueError(text)
-    return value
+def _number(valid, name: str, kind=float):
+    """A ``--quant`` value parser: ``kind(text)``, refused unless ``valid``; ``name`` is what the
+    error says was expected."""
+    def parse(text: str):
+        value = kind(text)
+        if not valid(value):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-_fraction.__name__ = "a number strictly between 0 and 1"
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not value >= 1.0:
-        raise ValueError(text)
-    return value
-
-
-_ratio.__name__ = "a number >= 1"
-
-
-def _percent(text: str) -> float:
-    value = float(text)
-    if not 50.0 <= value <= 100.0:
-        raise ValueError(text)
-    return value
-
-
-_percent.__name__ = "a percentile from 50 to 100"
-
-
-def _block(text: str) -> int:
-    value = int(text)
-    if value < 16 or value & (value - 1):
-        raise ValueError(text)
-    return value
-
-
-_block.__name__ = "a power of two >= 16"
+_fraction = _number(lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+_ratio = _number(lambda v: v >= 1.0, "a number >= 1")
+_percent = _number(lambda v: 50.0 <= v <= 100.0, "a percentile from 50 to 100")
+_block = _number(lambda v: v >= 16 and not v & (v - 1), "a power of two >= 16", int)
 
 # Static int8 for video models (QDQ). The defaults were measured (docs/benchmarks.md): min-max
 # ranges kept every held-out prediction of the tiny trained models and of the ResNet-50 runs.

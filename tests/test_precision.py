@@ -30,28 +30,22 @@ def ops(path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A TSN-ResNet18 trained for seconds on synthetic clips, its fp32 bundle, and 16 clips
-    (mp4, .npy and a frame folder) to calibrate on, rendered with another seed."""
+    """A TSN-ResNet18 and a TSM-ResNet18 (trained offline, exported online too) trained for
+    seconds on synthetic clips, the TSN's fp32 bundle, and 16 clips (mp4, .npy and a frame
+    folder) to calibrate on, rendered with another seed."""
     import cv2
     import torch
 
-    root = tmp_path_factory.mktemp("int8")
-    det = TSNDetector()
-    opts = det.resolve_options({"backbone": "resnet18", "segments": "3", "size": "48", "dropout": "0.2",
-                                "num_classes": str(len(CLASSES))})
-    torch.manual_seed(0)
-    model = det.build(opts, None)
-    train(model, render_clip, len(CLASSES), 3, det.preprocessing(opts), steps=60)
-    torch.save(model.state_dict(), root / "tsn.pt")
     from edgert.plugins.tsm import TSMDetector
 
-    tsm = TSMDetector()
-    tsm_opts = tsm.resolve_options({"backbone": "resnet18", "segments": "3", "size": "48", "dropout": "0.2",
-                                    "num_classes": str(len(CLASSES))})
-    torch.manual_seed(0)
-    model = tsm.build(tsm_opts, None)
-    train(model, render_clip, len(CLASSES), 3, tsm.preprocessing(tsm_opts), steps=60)
-    torch.save(model.state_dict(), root / "tsm.pt")  # offline training; exported online below
+    root = tmp_path_factory.mktemp("int8")
+    for detector, name in ((TSNDetector(), "tsn.pt"), (TSMDetector(), "tsm.pt")):
+        opts = detector.resolve_options({"backbone": "resnet18", "segments": "3", "size": "48", "dropout": "0.2",
+                                         "num_classes": str(len(CLASSES))})
+        torch.manual_seed(0)
+        model = detector.build(opts, None)
+        train(model, render_clip, len(CLASSES), 3, detector.preprocessing(opts), steps=60)
+        torch.save(model.state_dict(), root / name)
     data = root / "calibration"
     data.mkdir()
     rng = np.random.default_rng(7)
