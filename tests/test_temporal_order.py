@@ -29,8 +29,10 @@ def held_out_accuracy(model, pre, size, rng, count=80):
     return float((predicted == np.array(labels)).mean())
 
 
-# (model, crop size, training steps, learning rate): each trains in under 40 s here.
-CASES = [("tsn", 32, 100, 1e-3), ("tsm", 32, 100, 1e-3), ("trn", 32, 100, 1e-3), ("tam", 32, 150, 1e-3),
+# (model, crop size, training steps, learning rate): each trains in under 40 s here (TAM ~55 s:
+# at 150 steps it reached 0.90 on an Intel Xeon but 0.39 on an AMD EPYC, where oneDNN's kernels
+# round differently and its temporal adaptive module learns later; at 300 it passes on both).
+CASES = [("tsn", 32, 100, 1e-3), ("tsm", 32, 100, 1e-3), ("trn", 32, 100, 1e-3), ("tam", 32, 300, 1e-3),
          ("tdn", 64, 60, 1e-3)]  # TDN's L-TDM pools 2x2 at layer4: 64 px is its smallest input
 
 
