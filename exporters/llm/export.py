@@ -367,7 +367,7 @@ def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[s
               calibration_record: dict[str, Any], name: str) -> dict[str, Any]:
     """Every graph's weights to ``precision`` (the decoder's accuracy measured against its fp32
     graph on the held-out text and enforced); the manifest's ``quantization`` section."""
-    from .weights import check_accuracy, measure, quantize_graph, weight_bytes
+    from .weights import check_accuracy, measure, quantize_graph
 
     bits = int(precision[3:])
     records = {}
@@ -379,7 +379,6 @@ def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[s
         source, target = stage / spec.file, work / spec.file
         with step(f"quantizing {spec.file} to {precision} ({graph_knobs['method']}, blocks of {knobs['block_size']})"):
             record = quantize_graph(source, target, bits, graph_knobs, calibration_ids if spec.name == GRAPH else None)
-            record["fp32_weight_bytes"] = weight_bytes(source)
         if spec.name == GRAPH:
             with step(f"measuring {precision} against fp32 ({len(held_out_ids)} held-out sequences)"):
                 report = measure(source, target, held_out_ids, knobs["near_tie"])

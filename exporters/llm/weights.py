@@ -287,6 +287,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
     from ..driver import EXTERNAL_DATA_BYTES
 
     model = onnx.load(str(path))
+    fp32_bytes = sum(i.ByteSize() for i in model.graph.initializer)
     untied = untie(model)
     merged = merge_siblings(model)
     gather = bits == 4 and knobs["embedding"] == "quantized"
@@ -330,13 +331,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             "activations": "fp32" + (" (int8 inside MatMulNBits, accuracy_level 4)" if knobs["accuracy_level"] == 4 else ""),
             "params": {k: knobs[k] for k in ("method", "block_size", "symmetric", "accuracy_level", "embedding")}
             | {"untied_lm_head": untied > 0, "merged_matmuls": merged},
-            "ops": ops, "weight_bytes": int(weights)}
-
-
-def weight_bytes(path: Path) -> int:
-    import onnx
-
-    return sum(i.ByteSize() for i in onnx.load(str(path)).graph.initializer)
+            "ops": ops, "weight_bytes": int(weights), "fp32_weight_bytes": int(fp32_bytes)}
 
 
 def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str, name: str) -> None:
@@ -355,4 +350,4 @@ def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str
                           f"(try {hint})")
 
 
-__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "weight_bytes", "untie", "merge_siblings"]
+__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "untie", "merge_siblings"]
