@@ -12,11 +12,14 @@ needs, where GQA would need an additive bias and sequence-length bookkeeping.
 
 Contract, shared by the eager reference below and every translation:
 
-* ``q`` (B, Hq, S, D), ``k``/``v`` (B, Hkv, S, D): the new tokens, RoPE already applied.
+* ``q`` (B, S, Hq*D), ``k``/``v`` (B, S, Hkv*D): the new tokens as the projections write them,
+  heads side by side, RoPE already applied. The 3-D layout is ONNX Attention's own (its
+  ``q_num_heads``/``kv_num_heads`` attributes): no head reshapes or transposes around the node,
+  eight nodes a layer fewer than the 4-D one (docs/benchmarks.md, "Low precision").
 * ``mask`` (B, S, P+S) bool, True = visible: which past and new positions each new token sees
   (causal for prefill and decode, ancestors-and-self for a speculation tree).
-* ``past_key``/``past_value`` (B, Hkv, P, D); P may be 0.
-* returns ``y`` (B, Hq, S, D) and ``present_key``/``present_value`` = past ‖ new (B, Hkv, P+S, D).
+* ``past_key``/``past_value`` (B, Hkv, P, D); P may be 0. They fix Hkv and D, and so Hq.
+* returns ``y`` (B, S, Hq*D) and ``present_key``/``present_value`` = past ‖ new (B, Hkv, P+S, D).
 * scores and softmax in fp32 whatever the input dtype (``softmax_precision`` = FLOAT in ONNX);
   scale 1/sqrt(D); query head h reads kv head h // (Hq / Hkv) (grouped, not tiled).
 """
@@ -30,8 +33,14 @@ import torch
 ONNX_FLOAT = 1  # TensorProto.FLOAT, the value of Attention's softmax_precision attribute
 
 
-def attention_math(q, k, v, mask, past_key, past_value):
-    """The reference computation (eager, differentiable)."""
+def heads(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, S, H*D) -> (B, H, S, D)."""
+    b, s, _ = x.shape
+    return x.view(b, s, -1, dim).transpose(1, 2)
+
+
+def attention_heads(q, k, v, mask, past_key, past_value):
+    """The computation on (B, H, S, D) heads: y (B, Hq, S, D), key, value."""
     key, value = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
     rep = q.shape[1] // key.shape[1]
     kk = key.repeat_interleave(rep, dim=1) if rep > 1 else key
@@ -41,6 +50,13 @@ def attention_math(q, k, v, mask, past_key, past_value):
     probs = torch.softmax(scores, dim=-1)
     probs = torch.where(mask[:, None].any(-1, keepdim=True), probs, 0.0)  # a row that sees nothing: 0, not NaN
     return (probs @ vv.float()).to(q.dtype), key, value
+
+
+def attention_math(q, k, v, mask, past_key, past_value):
+    """The reference computation (eager, differentiable), on the contract's 3-D layout."""
+    dim = past_key.shape[3]
+    y, key, value = attention_heads(heads(q, dim), heads(k, dim), heads(v, dim), mask, past_key, past_value)
+    return y.transpose(1, 2).reshape(q.shape), key, value
 
 
 @torch.library.custom_op("edgert::attention", mutates_args=())
@@ -70,17 +86,25 @@ attention.register_autograd(_backward, setup_context=_setup_context)
 
 @attention.register_fake
 def _(q, k, v, mask, past_key, past_value):
-    return torch.empty_like(q), torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+    dim = past_key.shape[3]
+    return (torch.empty_like(q), torch.cat([past_key, heads(k, dim)], dim=2),
+            torch.cat([past_value, heads(v, dim)], dim=2))
 
 
 def onnx_attention(q, k, v, mask, past_key, past_value):
-    """onnxscript translation: ONNX Attention (opset 23), bool mask broadcast over the heads."""
+    """onnxscript translation: ONNX Attention (opset 23) on 3-D inputs, bool mask broadcast over
+    the heads."""
     from onnxscript import opset23 as op
 
+    kv_heads, dim = past_key.shape[1], past_key.shape[3]
     y, present_key, present_value, _ = op.Attention(
-        q, k, v, op.Unsqueeze(mask, [1]), past_key, past_value, softmax_precision=ONNX_FLOAT)
+        q, k, v, op.Unsqueeze(mask, [1]), past_key, past_value, q_num_heads=q.shape[2] // dim, kv_num_heads=kv_heads,
+        softmax_precision=ONNX_FLOAT)
     return y, present_key, present_value
 
 
 def translations() -> dict:
-    return {torch.ops.edgert.attention.default: onnx_attention}
+    """The default flavour's ops: ONNX Attention and ONNX RotaryEmbedding."""
+    from .rotary import onnx_rotary
+
+    return {torch.ops.edgert.attention.default: onnx_attention, torch.ops.edgert.rotary.default: onnx_rotary}

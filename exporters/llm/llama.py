@@ -26,6 +26,7 @@ from edgert.runtime.errors import EdgertError
 from edgert.runtime.schema import Bool, Int, Num, Obj, Opt, SchemaError, Str
 
 from .attention import attention
+from .rotary import rotary
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 # config.json is the user's (or a download's): the fields read here, typed and bounded (a layer
@@ -134,9 +135,11 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+def rope_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """cos and sin of each new token's rotary angles, (B, S, head_dim/2): what ``rotary`` reads.
+    The angles in fp32 whatever the weights' dtype (positions in the thousands)."""
+    angles = position_ids[..., None].float() * inv_freq
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class Attention(nn.Module):
@@ -150,17 +153,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=cfg.model_type == "llama" and cfg.qkv_bias)
 
     def forward(self, x, cos, sin, attend):
-        """x (B, S, H); ``attend(q, k, v)`` -> (output (B, Hq, S, D), key state, value state): the
-        attention op of the graph's flavour over its cache. Returns output and the states."""
-        b, s, _ = x.shape
-        hd, cfg = self.cfg.head_dim, self.cfg
-        q = self.q_proj(x).view(b, s, cfg.num_heads, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, cfg.num_kv_heads, hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        out, k, v = attend(q, k, v)
-        out = out.transpose(1, 2).reshape(b, s, cfg.num_heads * hd)
+        """x (B, S, hidden); ``attend(q, k, v)`` -> (output (B, S, Hq*D), key state, value state):
+        the attention op of the graph's flavour over its cache, on exporters/llm/attention.py's
+        3-D layout. Returns output and the states."""
+        q = rotary(self.q_proj(x), cos, sin)
+        k = rotary(self.k_proj(x), cos, sin)
+        out, k, v = attend(q, k, self.v_proj(x))
         return self.o_proj(out), k, v
 
 
@@ -229,9 +227,7 @@ class LlamaDecoder(nn.Module):
     def run(self, input_ids, position_ids, logit_positions, attend):
         """The body every flavour shares; ``attend(i)`` is layer i's attention over its cache."""
         x = self.model.embed_tokens(input_ids)
-        freqs = position_ids[..., None].float() * self.inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]          # (B, 1, S, D), fp32
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_tables(position_ids, self.inv_freq, x.dtype)
         present = []
         for i, layer in enumerate(self.model.layers):
             x, k, v = layer(x, cos, sin, attend(i))

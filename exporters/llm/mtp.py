@@ -28,7 +28,7 @@ from torch import nn
 from edgert.runtime.errors import EdgertError
 
 from .attention import attention
-from .llama import DecoderConfig, DecoderLayer, LlamaDecoder, RMSNorm
+from .llama import DecoderConfig, DecoderLayer, LlamaDecoder, RMSNorm, rope_tables
 
 
 class SharedHead(nn.Module):
@@ -68,9 +68,8 @@ class MTPGraph(nn.Module):
         base, mtp = self.base, self.mtp
         emb = base.model.embed_tokens(input_ids)
         x = mtp.eh_proj(torch.cat([mtp.enorm(emb), mtp.hnorm(hidden_states.to(emb.dtype))], dim=-1))
-        freqs = position_ids[..., None].float() * base.inv_freq
-        angles = torch.cat([freqs, freqs], dim=-1)[:, None]
-        x, k, v = mtp.block(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), attention_mask, past_key, past_value)
+        cos, sin = rope_tables(position_ids, base.inv_freq, x.dtype)
+        x, k, v = mtp.block(x, cos, sin, attention_mask, past_key, past_value)
         picked = x.gather(1, logit_positions[..., None].expand(-1, -1, x.shape[-1]))
         return base.lm_head(mtp.shared_head.norm(picked)).float(), x.float(), k, v
 

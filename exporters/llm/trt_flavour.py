@@ -35,7 +35,7 @@ from torch import nn
 
 from edgert.runtime.errors import EdgertError
 
-from .attention import attention_math
+from .attention import attention_heads, heads
 
 DOMAIN = "edgert"
 PLUGIN = {"plugin_version": "1", "plugin_namespace": "edgert"}
@@ -110,7 +110,7 @@ def cache_attention_math(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
     visible_new = torch.from_numpy(unpack_mask(tree_mask.cpu().numpy(), new)).to(q.device)  # [T, T]
     mask = (rel[:, None, :] < 0) | (is_new[:, None, :] & visible_new[:, slot].permute(1, 0, 2))
     empty = k_out[:, :, :0]
-    y, _, _ = attention_math(q, k_out, v_out, mask, empty, empty)
+    y, _, _ = attention_heads(q, k_out, v_out, mask, empty, empty)
     return y, k_out, v_out
 
 
@@ -131,14 +131,16 @@ def onnx_cache_attention(q, k, v, k_cache, v_cache, past_lengths, tree_mask):
 
     register_schemas()
     edgert = values.Opset(DOMAIN, 1)
-    heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[3]
-    return edgert.EdgertAttention(q, k, v, k_cache, v_cache, past_lengths, tree_mask, num_q_heads=heads,
+    q_heads, kv_heads, dim = q.shape[1], k.shape[1], q.shape[3]
+    return edgert.EdgertAttention(q, k, v, k_cache, v_cache, past_lengths, tree_mask, num_q_heads=q_heads,
                                   num_kv_heads=kv_heads, head_dim=dim, scale=1.0 / math.sqrt(dim), mask_type="tree",
                                   **PLUGIN)
 
 
 def translations() -> dict:
-    return {torch.ops.edgert.cache_attention.default: onnx_cache_attention}
+    from .rotary import primitive_rotary
+
+    return {torch.ops.edgert.cache_attention.default: onnx_cache_attention, torch.ops.edgert.rotary.default: primitive_rotary}
 
 
 class CacheDecoder(nn.Module):
@@ -150,8 +152,15 @@ class CacheDecoder(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids, position_ids, past_lengths, tree_mask, logit_positions, *caches):
-        def attend(i):
-            return lambda q, k, v: cache_attention(q, k, v, caches[2 * i], caches[2 * i + 1], past_lengths, tree_mask)
+        def attend(i):  # the plugin reads (B, H, S, D) heads; the layers write (B, S, H*D)
+            k_cache, v_cache = caches[2 * i], caches[2 * i + 1]
+            dim = k_cache.shape[3]
+
+            def run(q, k, v):
+                y, k_out, v_out = cache_attention(heads(q, dim), heads(k, dim), heads(v, dim), k_cache, v_cache,
+                                                  past_lengths, tree_mask)
+                return y.transpose(1, 2).reshape(q.shape), k_out, v_out
+            return run
 
         return self.decoder.run(input_ids, position_ids, logit_positions, attend)
 
