@@ -231,12 +231,50 @@ def test_quantized_decoders(checkpoints, tmp_path, family, precision):
     else:
         assert counts["Gather"] == 1 and q["weight_bytes"] <= 0.5 * q["fp32_weight_bytes"], q
     assert q["params"]["untied_lm_head"] is (family == "qwen2")  # the tied head got its own quantized copy
+    # RoPE and attention one node each; Qwen2's q/k/v biases inside the MatMulNBits; every
+    # residual Add inside the norm after it: no Add left
+    assert counts["RotaryEmbedding"] == 4 and counts["Attention"] == 2 and "Add" not in counts, counts
+    assert counts["SkipSimplifiedLayerNormalization"] == 4 and q["params"]["fused_residual_norms"] == 4
+    assert q["params"]["folded_biases"] == (2 if family == "qwen2" else 0)
     accuracy = q["accuracy"]
     assert accuracy["greedy_positions"] == 96 and accuracy["perplexity_ratio"] < 2 and accuracy["greedy_agreement"] >= 0.5
     assert len(q["calibration"]["sha256"]) == 64
     generated = edgert("generate", out, "--prompt", "The quick brown fox", "--max-new-tokens", "12")
     assert generated.returncode == 0 and "12 new tokens" in generated.stderr, generated.stderr
     assert "greedy_agreement" in edgert("info", out).stdout
+
+
+def test_graph_passes_keep_the_numbers(checkpoints, tmp_path, monkeypatch):
+    """Bias folding and residual-norm fusion change the graph, not its outputs: the quantized
+    Qwen2 decoder with and without them, on a prefill and a decode step."""
+    import onnxruntime as ort
+
+    from edgert.exporters.llm import weights
+    from edgert.exporters.precision import resolve_quantization
+
+    fp32 = tmp_path / "fp32"
+    assert edgert("export", "llama", "--checkpoint", checkpoints / "qwen2", "--out", fp32).returncode == 0
+    knobs = resolve_quantization("decoder", "int4", "onnx", {}, None)
+    (tmp_path / "fused").mkdir()
+    (tmp_path / "plain").mkdir()
+    fused = weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "fused" / "decoder.onnx", 4, knobs)
+    monkeypatch.setattr(weights, "fold_biases", lambda model: 0)
+    monkeypatch.setattr(weights, "fuse_residual_norms", lambda model: 0)
+    weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "plain" / "decoder.onnx", 4, knobs)
+    assert fused["params"]["folded_biases"] == 2 and fused["params"]["fused_residual_norms"] == 4
+    assert "Add" in ops(tmp_path / "plain" / "decoder.onnx") and "Add" not in ops(tmp_path / "fused" / "decoder.onnx")
+    sessions = [ort.InferenceSession(str(tmp_path / name / "decoder.onnx"), providers=["CPUExecutionProvider"])
+                for name in ("fused", "plain")]
+    rng = np.random.default_rng(0)
+    kv = {i.name: i.shape for i in sessions[0].get_inputs() if i.name.startswith("past_key_values.")}
+    for past, new in ((0, 7), (7, 1)):
+        feeds = {"input_ids": rng.integers(0, 256, (1, new)), "position_ids": np.arange(past, past + new)[None],
+                 "attention_mask": np.tril(np.ones((new, past + new), bool), past)[None],
+                 "logit_positions": np.arange(new)[None]}
+        feeds |= {name: rng.standard_normal((1, shape[1], past, shape[3])).astype(np.float32) for name, shape in kv.items()}
+        got, want = (s.run(None, feeds) for s in sessions)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_gptq_and_the_accuracy_bound(checkpoints, tmp_path):

@@ -225,7 +225,18 @@ def merge_siblings(model) -> int:
         model.graph.initializer.append(sizes)
         first = list(model.graph.node).index(nodes[0])
         fused = helper.make_node("MatMul", [source, name], [f"{name}.out"], name=f"{nodes[0].name}.merged")
-        split = helper.make_node("Split", [f"{name}.out", sizes.name], [n.output[0] for n in nodes], axis=-1,
+        outputs, before_split = [n.output[0] for n in nodes], [fused]
+        biases = [_bias_add(model, n.output[0], w.shape[1], inits) for n, w in zip(nodes, weights)]
+        if all(biases):  # Qwen2's q/k/v biases: one Add before the Split, which MatMulNBits then takes in
+            bias = numpy_helper.from_array(np.concatenate([numpy_helper.to_array(inits[b.input[1]]) for b in biases]),
+                                           f"{name}.bias")
+            model.graph.initializer.append(bias)
+            before_split.append(helper.make_node("Add", [fused.output[0], bias.name], [f"{name}.biased"],
+                                                 name=f"{nodes[0].name}.bias"))
+            outputs = [b.output[0] for b in biases]
+            for b in biases:
+                model.graph.node.remove(b)
+        split = helper.make_node("Split", [before_split[-1].output[0], sizes.name], outputs, axis=-1,
                                  name=f"{nodes[0].name}.split")
         for node in nodes:
             model.graph.node.remove(node)
@@ -233,10 +244,72 @@ def merge_siblings(model) -> int:
         for node in nodes:
             if node.input[1] not in used and inits[node.input[1]] in model.graph.initializer:
                 model.graph.initializer.remove(inits[node.input[1]])
-        model.graph.node.insert(first, split)
-        model.graph.node.insert(first, fused)
+        for node in reversed([*before_split, split]):
+            model.graph.node.insert(first, node)
         merged += len(nodes) - 1
     return merged
+
+
+def _bias_add(model, output: str, width: int, inits: dict):
+    """The Add that is ``output``'s only consumer and adds a constant (width,) vector, or None."""
+    consumers = [n for n in model.graph.node if output in n.input]
+    if len(consumers) != 1 or any(o.name == output for o in model.graph.output):
+        return None
+    add = consumers[0]
+    if add.op_type != "Add" or len(add.input) != 2 or add.input[0] != output or add.input[1] not in inits:
+        return None
+    return add if list(inits[add.input[1]].dims) == [width] else None
+
+
+def fold_biases(model) -> int:
+    """A MatMulNBits whose output only feeds ``Add(output, constant vector)`` takes the vector
+    as its own ``bias`` input (input 5; the kernel adds it as it writes each output row): one
+    node fewer, and one pass over the activation fewer. Returns how many."""
+    inits = {i.name: i for i in model.graph.initializer}
+    folded = 0
+    for node in list(model.graph.node):
+        if node.op_type != "MatMulNBits" or len(node.input) > 5:
+            continue
+        width = next(a.i for a in node.attribute if a.name == "N")
+        add = _bias_add(model, node.output[0], width, inits)
+        if add is None:
+            continue
+        node.input.extend([""] * (5 - len(node.input)) + [add.input[1]])
+        node.output[0] = add.output[0]
+        model.graph.node.remove(add)
+        folded += 1
+    return folded
+
+
+def fuse_residual_norms(model) -> int:
+    """``RMSNormalization(Add(residual, x))`` becomes one ``SkipSimplifiedLayerNormalization``
+    (com.microsoft), which returns the sum as well (its output 3, the next residual): the Add's
+    pass over the activation goes away, as in onnxruntime-genai's own graphs. Only where the
+    graph is ONNX Runtime's anyway (MatMulNBits is a contrib op too). Returns how many."""
+    from onnx import helper
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    outputs = {o.name for o in model.graph.output}
+    fused = 0
+    for norm in list(model.graph.node):
+        if norm.op_type != "RMSNormalization" or norm.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in norm.attribute}
+        add = producers.get(norm.input[0])
+        if (add is None or add.op_type != "Add" or attrs.get("axis", -1) != -1 or attrs.get("stash_type", 1) != 1
+                or add.output[0] in outputs or len(norm.input) != 2):
+            continue
+        skip = helper.make_node("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]],
+                                [norm.output[0], "", "", add.output[0]], name=f"{norm.name or add.name}.skip",
+                                domain="com.microsoft", epsilon=attrs.get("epsilon", 1e-5))
+        position = list(model.graph.node).index(norm)
+        model.graph.node.remove(norm)
+        model.graph.node.insert(position, skip)
+        model.graph.node.remove(add)
+        fused += 1
+    if fused and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
 
 
 class _TextReader:
@@ -319,6 +392,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             model = quantizer.model.model
     finally:
         quiet.setLevel(level)
+    folded, fused = fold_biases(model), fuse_residual_norms(model)
     weights = sum(i.ByteSize() for i in model.graph.initializer)
     onnx.save(model, str(out), save_as_external_data=weights > EXTERNAL_DATA_BYTES, location=f"{out.name}.data")
     ops = {}
@@ -330,7 +404,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             "weights": f"int{bits} blocks of {knobs['block_size']}, {'symmetric' if knobs['symmetric'] else 'with zero points'}",
             "activations": "fp32" + (" (int8 inside MatMulNBits, accuracy_level 4)" if knobs["accuracy_level"] == 4 else ""),
             "params": {k: knobs[k] for k in ("method", "block_size", "symmetric", "accuracy_level", "embedding")}
-            | {"untied_lm_head": untied > 0, "merged_matmuls": merged},
+            | {"untied_lm_head": untied > 0, "merged_matmuls": merged, "folded_biases": folded, "fused_residual_norms": fused},
             "ops": ops, "weight_bytes": int(weights), "fp32_weight_bytes": int(fp32_bytes)}
 
 
@@ -350,4 +424,5 @@ def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str
                           f"(try {hint})")
 
 
-__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "untie", "merge_siblings"]
+__all__ = ["quantize_graph", "measure", "token_chunks", "check_accuracy", "untie", "merge_siblings", "fold_biases",
+           "fuse_residual_norms"]
