@@ -12,7 +12,9 @@ token is the same as a trained model's.
 
 Each measurement is a fresh process (for its peak RSS, VmHWM): a 128-token prompt's prefill and
 64 greedy tokens, same prompt ids, same threads, the four runners taking turns in each of
-``--rounds`` rounds; medians reported. The memory-bandwidth bound: weight bytes read per decoded
+``--rounds`` rounds; medians reported, and int4 / genai's decode ratio paired within each round
+(the two run back to back; its median is the figure that survives this machine's drift, which
+moves every runner by up to ±25 % between rounds). The memory-bandwidth bound: weight bytes read per decoded
 token (every initializer but the embedding table, of which a step reads one row) over the
 machine's copy bandwidth, measured here (numpy, ``--threads`` parallel copies of 256 MB).
 
@@ -172,6 +174,9 @@ def main() -> None:
     }
     if "genai-int4" in rows:
         report["int4_vs_genai_int4_decode"] = rows["int4"]["decode_tokens_per_s"] / rows["genai-int4"]["decode_tokens_per_s"]
+        paired = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in zip(samples["int4"], samples["genai-int4"])]
+        report["int4_vs_genai_int4_decode_per_round"] = paired
+        report["int4_vs_genai_int4_decode_paired_median"] = float(np.median(paired))
         report["int4_vs_genai_int4_prefill"] = rows["int4"]["prefill_tokens_per_s"] / rows["genai-int4"]["prefill_tokens_per_s"]
         report["genai_version"] = samples["genai-int4"][0].get("version")
         report["int4_greedy_equal_to_genai_tokens"] = next(
