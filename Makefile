@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo_llm.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tsn.py
