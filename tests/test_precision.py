@@ -247,6 +247,7 @@ def test_quantized_decoders(checkpoints, tmp_path, family, precision):
 def test_graph_passes_keep_the_numbers(checkpoints, tmp_path, monkeypatch):
     """Bias folding and residual-norm fusion change the graph, not its outputs: the quantized
     Qwen2 decoder with and without them, on a prefill and a decode step."""
+    import onnx
     import onnxruntime as ort
 
     from edgert.exporters.llm import weights
@@ -263,6 +264,7 @@ def test_graph_passes_keep_the_numbers(checkpoints, tmp_path, monkeypatch):
     weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "plain" / "decoder.onnx", 4, knobs)
     assert fused["params"]["folded_biases"] == 2 and fused["params"]["fused_residual_norms"] == 4
     assert "Add" in ops(tmp_path / "plain" / "decoder.onnx") and "Add" not in ops(tmp_path / "fused" / "decoder.onnx")
+    onnx.checker.check_model(str(tmp_path / "fused" / "decoder.onnx"))  # still in topological order
     sessions = [ort.InferenceSession(str(tmp_path / name / "decoder.onnx"), providers=["CPUExecutionProvider"])
                 for name in ("fused", "plain")]
     rng = np.random.default_rng(0)

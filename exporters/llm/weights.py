@@ -290,6 +290,7 @@ def fuse_residual_norms(model) -> int:
 
     producers = {out: node for node in model.graph.node for out in node.output}
     outputs = {o.name for o in model.graph.output}
+    constants = {i.name for i in model.graph.initializer}
     fused = 0
     for norm in list(model.graph.node):
         if norm.op_type != "RMSNormalization" or norm.domain not in ("", "ai.onnx"):
@@ -297,15 +298,18 @@ def fuse_residual_norms(model) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in norm.attribute}
         add = producers.get(norm.input[0])
         if (add is None or add.op_type != "Add" or attrs.get("axis", -1) != -1 or attrs.get("stash_type", 1) != 1
-                or add.output[0] in outputs or len(norm.input) != 2):
+                or add.output[0] in outputs or len(norm.input) != 2 or norm.input[1] not in constants):
             continue
         skip = helper.make_node("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]],
                                 [norm.output[0], "", "", add.output[0]], name=f"{norm.name or add.name}.skip",
                                 domain="com.microsoft", epsilon=attrs.get("epsilon", 1e-5))
-        position = list(model.graph.node).index(norm)
-        model.graph.node.remove(norm)
-        model.graph.node.insert(position, skip)
+        # In the Add's place: whatever else reads the sum (the next residual) comes after it,
+        # and the norm's weight is a constant, so the order stays topological.
+        position = list(model.graph.node).index(add)
         model.graph.node.remove(add)
+        model.graph.node.insert(position, skip)
+        model.graph.node.remove(norm)
+        producers.update({out: skip for out in skip.output if out})
         fused += 1
     if fused and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
