@@ -14,9 +14,10 @@ Each measurement is a fresh process (for its peak RSS, VmHWM): a 128-token promp
 64 greedy tokens, same prompt ids, same threads, the four runners taking turns in each of
 ``--rounds`` rounds; medians reported, and int4 / genai's decode ratio paired within each round
 (the two run back to back; its median is the figure that survives this machine's drift, which
-moves every runner by up to ±25 % between rounds). The memory-bandwidth bound: weight bytes read per decoded
-token (every initializer but the embedding table, of which a step reads one row) over the
-machine's copy bandwidth, measured here (numpy, ``--threads`` parallel copies of 256 MB).
+moves every runner by up to ±25 % between rounds). The memory-bandwidth bound: weight bytes
+read per decoded token (every initializer but the embedding table, of which a step reads one
+row) over the machine's copy bandwidth, measured here (numpy, ``--threads`` parallel copies of
+256 MB).
 
     python benchmarks/bench_quantized_llm.py --genai-python /path/to/venv/bin/python [--rounds 3] [--out FILE]
 """

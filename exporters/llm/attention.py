@@ -39,6 +39,12 @@ def heads(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.view(b, s, -1, dim).transpose(1, 2)
 
 
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, H, S, D) -> (B, S, H*D), the inverse of :func:`heads`."""
+    b, h, s, d = y.shape
+    return y.transpose(1, 2).reshape(b, s, h * d)
+
+
 def attention_heads(q, k, v, mask, past_key, past_value):
     """The computation on (B, H, S, D) heads: y (B, Hq, S, D), key, value."""
     key, value = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
@@ -56,7 +62,7 @@ def attention_math(q, k, v, mask, past_key, past_value):
     """The reference computation (eager, differentiable), on the contract's 3-D layout."""
     dim = past_key.shape[3]
     y, key, value = attention_heads(heads(q, dim), heads(k, dim), heads(v, dim), mask, past_key, past_value)
-    return y.transpose(1, 2).reshape(q.shape), key, value
+    return merge_heads(y), key, value
 
 
 @torch.library.custom_op("edgert::attention", mutates_args=())

@@ -2,10 +2,11 @@
 
 Why an op rather than the traced math: traced, RoPE is seven nodes per projection (two Slices,
 Neg, Concat, two Muls, Add), 14 a layer, and on the CPU a decode step of a small int4 model pays
-for the number of nodes nearly as much as for the weights (docs/benchmarks.md, "Low precision"). Each flavour picks its translation: the default flavour writes ONNX's
-``RotaryEmbedding`` (opset 23), one node with an ONNX Runtime kernel; the TensorRT flavour writes
-the primitive ops, because TensorRT's parser imports ``RotaryEmbedding`` only from 10.15 and the
-plugins run from 10.3 (exporters/llm/trt_flavour.py).
+for the number of nodes nearly as much as for the weights (docs/benchmarks.md, "Low precision").
+Each flavour picks its translation: the default flavour writes ONNX's ``RotaryEmbedding``
+(opset 23), one node with an ONNX Runtime kernel; the TensorRT flavour writes the primitive ops,
+because TensorRT's parser imports ``RotaryEmbedding`` only from 10.15 and the plugins run from
+10.3 (exporters/llm/trt_flavour.py).
 
 Contract: ``x`` (B, S, H*D), heads side by side as the projection writes them; ``cos``/``sin``
 (B, S, D/2), the angles position * inverse frequency of each new token. Halves, not interleaved

@@ -35,7 +35,7 @@ from torch import nn
 
 from edgert.runtime.errors import EdgertError
 
-from .attention import attention_heads, heads
+from .attention import attention_heads, heads, merge_heads
 
 DOMAIN = "edgert"
 PLUGIN = {"plugin_version": "1", "plugin_namespace": "edgert"}
@@ -159,7 +159,7 @@ class CacheDecoder(nn.Module):
             def run(q, k, v):
                 y, k_out, v_out = cache_attention(heads(q, dim), heads(k, dim), heads(v, dim), k_cache, v_cache,
                                                   past_lengths, tree_mask)
-                return y.transpose(1, 2).reshape(q.shape), k_out, v_out
+                return merge_heads(y), k_out, v_out
             return run
 
         return self.decoder.run(input_ids, position_ids, logit_positions, attend)
