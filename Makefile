@@ -7,11 +7,11 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: demo test venv bench gpu-check clean
 
-$(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml
+$(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml tests/example_head_plugin/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[export,dev]' -e tests/example_plugin
+	$(PY) -m pip install -q -e '.[export,dev]' -e tests/example_plugin -e tests/example_head_plugin
 	touch $@
 
 venv: $(VENV)/.installed

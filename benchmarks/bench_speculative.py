@@ -129,8 +129,8 @@ def speculative_part(kind: str, target: Path, steps: int, samples: int) -> Path:
         from edgert.exporters.llm.train import train
 
         files, _ = corpus_files()
-        train(kind, str(target), [str(f) for f in files], str(out), num_heads=4, steps=steps, batch=8,
-              samples=samples, prompt_len=64, new_tokens=128, lr=1e-3)
+        train(kind, str(target), [str(f) for f in files], str(out), options={"heads": 4} if kind == "medusa" else {},
+              steps=steps, batch=8, samples=samples, prompt_len=64, new_tokens=128, lr=1e-3)
     return out
 
 

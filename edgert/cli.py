@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, one_line
 
 
 def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict[str, str]:
@@ -96,7 +96,7 @@ def cmd_generate(args) -> int:
                             top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                             stop=tuple(args.stop))
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    generator = Generator(args.bundle, device=args.device, threads=args.threads)
+    generator = Generator(args.bundle, device=args.device, threads=args.threads, backend=args.backend)
     stream = args.stream and not args.json
     on_text = (lambda piece: print(piece, end="", flush=True)) if stream else None
     result = generator.generate(prompt, params, strategy=args.strategy, chat=args.chat, system=args.system, on_text=on_text,
@@ -122,10 +122,21 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     from edgert.exporters.llm.train import train
+    from edgert.runtime.host import get_host
 
-    report = train(args.what, args.checkpoint, args.data, args.out, num_heads=args.heads, num_layers=args.layers,
-                          steps=args.steps, batch=args.batch, samples=args.samples, prompt_len=args.prompt_len,
-                          new_tokens=args.new_tokens, lr=args.lr, seed=args.seed, resume=not args.no_resume)
+    options = _parse_opts(args.opt)
+    head = get_host().get("head", args.what).obj
+    declared = getattr(head, "train_options", {}) or {}
+    # --heads / --layers: Medusa's knobs as typed flags, for the heads that declare them
+    for key in ("heads", "layers"):
+        if getattr(args, key) is not None:
+            if key not in declared:
+                raise EdgertError(f"--{key}: head {args.what!r} has no {key!r} option "
+                                  f"(its options: {sorted(declared) or 'none'})")
+            options[key] = getattr(args, key)
+    report = train(args.what, args.checkpoint, args.data, args.out, options=options, steps=args.steps, batch=args.batch,
+                   samples=args.samples, prompt_len=args.prompt_len, new_tokens=args.new_tokens, lr=args.lr,
+                   seed=args.seed, resume=not args.no_resume)
     print(f"wrote {args.out}: {report['kind']}, last batch top-1 " + " ".join(f"{a:.2f}" for a in report["top1"]))
     return 0
 
@@ -207,9 +218,12 @@ def cmd_info(args) -> int:
         print(f"decoder    context {dec['context']} positions, {dec['num_layers']} layers, KV cache {dec['kv_dtype']} "
               f"[batch, {dec['num_kv_heads']}, positions, {dec['head_dim']}], eos ids {dec['eos_token_ids']}, "
               f"chat template: {'yes' if dec.get('chat_template') else 'no'}")
-        extras = [f"{dec['medusa']['num_heads']} Medusa heads" if dec.get("medusa") else "",
-                  "MTP module (graph 'mtp')" if dec.get("mtp") else "",
-                  f"verify graphs: {shown(', '.join(dec['verify']))}" if dec.get("verify") else ""]
+        from edgert.runtime.llm.contract import heads_of
+
+        extras = [shown(f"{name} head (graph {entry['graph']!r}"
+                        + "".join(f", {k} {v}" for k, v in entry.items() if k != "graph") + ")")
+                  for name, entry in heads_of(dec).items()]
+        extras.append(f"verify graphs: {shown(', '.join(dec['verify']))}" if dec.get("verify") else "")
         if any(extras):
             print("speculate  " + "; ".join(e for e in extras if e))
     if m["preprocessing"]:
@@ -263,38 +277,27 @@ def cmd_run(args) -> int:
 
 
 def _run_stream(model, args) -> int:
-    import time
+    from edgert.runtime.stream import run_stream
 
     session = model.stream(window=args.window)
+    session.top_k = args.top_k
     unit = getattr(model.plugin, "step_unit", "frame")
     extractor = None
     if args.features:
-        from edgert.runtime.chain import check_extractor, feature_chunks
         from edgert.runtime.model import load
 
         extractor = load(args.features, backend=args.backend, device=args.device, threads=args.threads)
-        check_extractor(extractor, model)
     for source in args.input:
-        session.reset()
-        latencies = []
         if not args.json:
             print(f"{source} (streaming, scores averaged over the last {session.window} {unit}s)")
-        steps = (feature_chunks(extractor, source, int(model.bundle.preprocessing["chunk_frames"])) if extractor
-                 else model.plugin.iter_steps(model.bundle, source))
-        steps = iter(steps)
-        while True:
-            t0 = time.perf_counter()  # the step's decoding (and feature extraction) counts too
-            item = next(steps, None)
-            if item is None:
-                break
-            prediction = session.push(item, top_k=args.top_k)
-            latencies.append(time.perf_counter() - t0)
-            index = len(latencies) - 1
-            label, prob = prediction.top[0]
+        latencies = []
+        for st in run_stream(session, source, extractor):
+            latencies.append(st.seconds)
+            label, prob = st.prediction.top[0]
             if args.json:
-                print(json.dumps({"input": source, unit: index, "top": prediction.top, "ms": latencies[-1] * 1e3}))
+                print(json.dumps({"input": source, unit: st.index, "top": st.prediction.top, "ms": st.seconds * 1e3}))
             else:
-                print(f"  {unit} {index:6d}  {shown(label):<32} {prob * 100:6.2f}%  {latencies[-1] * 1e3:7.1f} ms")
+                print(f"  {unit} {st.index:6d}  {shown(label):<32} {prob * 100:6.2f}%  {st.seconds * 1e3:7.1f} ms")
         if latencies and not args.json:
             print(f"  {len(latencies)} {unit}s, {sum(latencies) / len(latencies) * 1e3:.1f} ms per {unit} "
                   f"(decode + preprocess + inference; {model.describe()})")
@@ -460,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgert {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list detectors, decoders, strategies and backends, and where they come from")
+    p = sub.add_parser("plugins", help="list detectors, decoders, strategies, heads and backends, and where they come from")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("export", help="export a model to a bundle (needs edgert[export])")
@@ -507,17 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="--chat: a system message")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, tokens, stop reason, timings")
+    p.add_argument("--backend", default="onnxruntime", help="backend plugin the graphs run on (default onnxruntime)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
     p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("train", help="train speculative heads for a checkpoint (needs edgert[export])")
-    p.add_argument("what", choices=["medusa", "mtp"], help="Medusa heads, or a DeepSeek-style MTP module")
+    p = sub.add_parser("train", help="train a speculative head for a checkpoint (needs edgert[export])")
+    p.add_argument("what", metavar="HEAD", help="the head to train: medusa (Medusa heads), mtp (a DeepSeek-style MTP "
+                   "module), or another registered head that can be trained (see 'edgert plugins')")
     p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint directory of the base model")
     p.add_argument("--data", nargs="+", required=True, help="UTF-8 text files the prompts are cut from")
-    p.add_argument("--out", required=True, help="file to write (.safetensors): Medusa's layout, or DeepSeek's MTP names")
-    p.add_argument("--heads", type=_int(1, 64), default=4, help="medusa: number of heads")
-    p.add_argument("--layers", type=_int(1, 64), default=1, help="medusa: ResBlocks per head")
+    p.add_argument("--out", required=True, help="file to write (.safetensors), in the head's own layout")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="head option (repeatable)")
+    p.add_argument("--heads", type=_int(1, 64), help="medusa: number of heads (default 4)")
+    p.add_argument("--layers", type=_int(1, 64), help="medusa: ResBlocks per head (default 1)")
     p.add_argument("--steps", type=COUNT, default=500)
     p.add_argument("--batch", type=_int(1, 4096), default=8)
     p.add_argument("--samples", type=COUNT, default=256, help="prompts the base model continues (self-distillation)")
@@ -635,7 +641,6 @@ def main(argv: list[str] | None = None) -> int:
 def _internal(err: Exception) -> int:
     if os.environ.get("EDGERT_DEBUG"):
         raise err
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    print(f"edgert: error: internal error: {type(err).__name__}: {shown(lines[0] if lines else '')} "
+    print(f"edgert: error: internal error: {shown(one_line(err))} "
           "(EDGERT_DEBUG=1 shows the traceback; please report it)", file=sys.stderr)
     return 1

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, first_line
 
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -41,8 +41,7 @@ def _read(path: Path, version: tuple) -> dict:
         else:
             data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EdgertError(f"{path}: cannot read checkpoint: {first}") from None
+        raise EdgertError(f"{path}: cannot read checkpoint: {first_line(err)}") from None
     for key in CONTAINER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
@@ -59,20 +58,26 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def check_keys(expected: Mapping, state: Mapping, source: str | Path) -> None:
-    """Raise, listing them, unless ``state`` has exactly ``expected``'s names and shapes."""
+def check_keys(expected: Mapping, state: Mapping, source: str | Path, what: str = "checkpoint",
+               target: str = "the model", noun: str = "keys") -> None:
+    """Raise one line, listing them, unless ``state`` has exactly ``expected``'s names and shapes:
+    the strict check every checkpoint reader uses (video weights, decoders, Medusa heads, MTP
+    modules), never a silent partial load. ``what`` / ``target`` / ``noun`` word the message
+    (``{source}: {what} does not fit {target}; missing {noun}: ...``)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        raise EdgertError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
-    wrong = [f"{k} {list(state[k].shape)} vs model {list(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise EdgertError(f"{source}: checkpoint shapes do not fit the model: {_listing(wrong, 4)}")
+    parts = []
+    if missing:
+        parts.append(f"missing {noun}: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {noun}: {_listing(unexpected)}")
+    if not parts:
+        wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in expected.items()
+                 if tuple(state[k].shape) != tuple(v.shape)]
+        if wrong:
+            parts.append(f"{noun} of the wrong shape: {_listing(wrong, 4)}")
+    if parts:
+        raise EdgertError(f"{source}: {what} does not fit {target}; " + "; ".join(parts))
 
 
 def load_strict(module, state: Mapping, source: str | Path) -> None:

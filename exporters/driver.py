@@ -9,25 +9,21 @@ directory that becomes the bundle only when all of it succeeded.
 
 from __future__ import annotations
 
-import datetime as _dt
-import inspect
-import logging
-import platform
-import re
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgert.runtime.bundle import SCHEMA_VERSION, GraphSpec, sha256_file
+from edgert.runtime.bundle import sha256_file
 from edgert.runtime.staging import staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
 
-from .parity import DEFAULT_TOLERANCE, compare
+from .graph import export_graph, to_fp16
+from .manifest import bundle_manifest
+from .parity import DEFAULT_TOLERANCE, compare, require_parity
 from .precision import resolve_quantization
 from .tensorrt import build_engine, check_available as check_tensorrt
 
@@ -35,111 +31,6 @@ from .tensorrt import build_engine, check_available as check_tensorrt
 # torch.export specialises size-1 dims to constants and the parity check should exercise
 # a batch > 1 through the dynamic axis.
 EXAMPLE_DIM = 2
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import onnx
-    import onnxruntime
-    import torch
-
-    return {
-        "edgert": version("edgert"),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxscript": version("onnxscript"),
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
-
-
-# Above this many bytes of weights the ONNX file keeps them in a side file (<graph>.onnx.data):
-# protobuf cannot serialise a message over 2 GiB.
-EXTERNAL_DATA_BYTES = 1 << 30
-
-
-def _export_graph(module, graph: GraphSpec, feeds: dict[str, np.ndarray], path: Path, translations: dict,
-                  opset: int | None = None, derived: tuple[str, ...] = ()) -> int:
-    """Export one graph with the dynamo exporter; returns the ONNX opset used.
-
-    ``derived``: symbolic dims that are functions of others (a decoder's total length = past +
-    new); torch.export infers them (``Dim.AUTO``) and the spec's name is written on afterwards."""
-    import onnx
-    import onnx_ir as ir
-    import torch
-
-    dims: dict[str, Any] = {}
-    dynamic_shapes = []  # positional, like the args: works for any forward signature, *args too
-    for spec in graph.inputs:
-        axes = {}
-        for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, str):
-                axes[axis] = (torch.export.Dim.AUTO if dim in derived
-                              else dims.setdefault(dim, torch.export.Dim(dim.replace(" ", "_"), min=1)))
-        dynamic_shapes.append(axes or None)
-    args = tuple(torch.from_numpy(feeds[t.name]) for t in graph.inputs)
-    # torch.export wants dynamic_shapes shaped like forward's parameters: a *args parameter
-    # (e.g. the online TSM's shift buffers) takes one tuple for all the values it collects.
-    params = list(inspect.signature(module.forward).parameters.values())
-    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
-    if star is not None:
-        dynamic_shapes = dynamic_shapes[:star] + [tuple(dynamic_shapes[star:])]
-    # The exporter logs a line per torchvision op it cannot register (torchvision is not a
-    # dependency) and pytree deprecation warnings: noise to a user, not information.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            # Two inputs sharing a symbolic dim: the exporter keeps one name and says so; the
-            # spec's names are written back below anyway.
-            warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
-            program = torch.onnx.export(
-                module, args, dynamo=True, input_names=[t.name for t in graph.inputs],
-                output_names=[t.name for t in graph.outputs], dynamic_shapes=tuple(dynamic_shapes),
-                custom_translation_table=translations or None, optimize=True, verbose=False, opset_version=opset,
-            )
-    except Exception as err:
-        root = err
-        while root.__cause__ is not None:  # torch wraps the real reason in "step 1/3" errors
-            root = root.__cause__
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip()
-        first = text.splitlines()[0] if text else type(root).__name__
-        raise EdgertError(f"torch.onnx.export failed for graph {graph.name!r}: {type(root).__name__}: {first}") from err
-    model = program.model
-    # Name the symbolic dims as the spec does, on inputs and outputs, so the ONNX file and
-    # the manifest tell the same story (the exporter invents names like 's0' or 'batch*8').
-    for values, specs in ((model.graph.inputs, graph.inputs), (model.graph.outputs, graph.outputs)):
-        by_name = {t.name: t for t in specs}
-        for value in values:
-            spec = by_name.get(value.name)
-            if spec is None:
-                raise EdgertError(f"graph {graph.name!r}: exported tensor {value.name!r} is not in the plugin's spec")
-            if value.shape is None or len(value.shape) != len(spec.dims):
-                raise EdgertError(f"graph {graph.name!r}: {value.name!r} exported with shape {value.shape}, spec says {spec.shape_text()}")
-            value.shape = ir.Shape([want if isinstance(want, str) else d for d, want in zip(value.shape, spec.dims)])
-    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    program.save(str(path), external_data=weights > EXTERNAL_DATA_BYTES)
-    onnx.checker.check_model(str(path), full_check=True)
-    onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=True)
-    return max(version for domain, version in model.opset_imports.items() if domain in ("", "ai.onnx"))
-
-
-def _to_fp16(path: Path) -> None:
-    """fp16 weights and activations; I/O stay fp32 and normalisation/softmax stay fp32."""
-    import onnx
-    import onnx_ir
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    model = convert_float_to_float16(
-        onnx.load(str(path)), keep_io_types=True,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["Softmax", "LayerNormalization", "RMSNormalization"],
-    )
-    # The converter appends the input Casts after their consumers; ONNX requires topological order.
-    ir_model = onnx_ir.from_proto(model)
-    ir_model.graph.sort()
-    onnx.save(onnx_ir.to_proto(ir_model), str(path))
-    onnx.checker.check_model(str(path), full_check=True)
 
 
 def _exportable(registered) -> bool:
@@ -192,15 +83,11 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
         if trt_engine:
             raise EdgertError(f"{name}: --trt-engine is not available for decoder bundles yet; they run on onnxruntime")
-        # A third-party family written before the TensorRT flavour or quantization need not know them.
-        extra = {} if backend == "onnx" else {"backend": backend}
-        if knobs is not None:
-            if "quantization" not in inspect.signature(registered.obj.export).parameters:
-                raise EdgertError(f"{name}: this decoder family ({registered.plugin.package}) does not quantize; "
-                                  "export it with --precision fp32 or fp16")
-            extra.update(quantization=knobs, calibration=calibration)
-        return registered.obj.export(registered, out, options or {}, checkpoint, precision, tolerance, force, seed,
-                                     **extra)
+        from .llm.export import ExportRequest
+
+        request = ExportRequest(checkpoint, dict(options or {}), precision, tolerance, force, seed, backend,
+                                knobs, calibration if knobs is not None else None)
+        return registered.obj.export(registered, Path(out), request)
     if backend != "onnx" and precision != "int8":
         raise EdgertError(f"--backend {backend} --precision {precision}: only LLM decoders have a TensorRT-plugin "
                           "flavour; video models export standard ONNX (add --trt-engine to build a TensorRT engine from "
@@ -232,39 +119,19 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
             feeds = plugin.example_inputs(opts, graph, rng, dims=dict.fromkeys(
                 [d for t in graph.inputs for d in t.dims if isinstance(d, str)], EXAMPLE_DIM))
             with step(f"exporting graph {graph.name!r} to {graph.file} (torch.onnx, dynamo)"):
-                opset = _export_graph(module, graph, feeds, stage / graph.file, plugin.onnx_translations())
+                opset = export_graph(module, graph, feeds, stage / graph.file, plugin.onnx_translations())
             if precision == "fp16":
                 with step("converting to fp16"):
-                    _to_fp16(stage / graph.file)
+                    to_fp16(stage / graph.file)
             with step(f"checking parity of {graph.file} against PyTorch"):
                 report = compare(stage / graph.file, module, graph, feeds, tolerance)
             parity[graph.name] = report
-            if not report["passed"]:
-                worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
-                raise EdgertError(
-                    f"parity check failed for {name}, graph {graph.name!r}, output {worst[0]!r}: max relative error "
-                    f"{worst[1]['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst[1]['finite'] else ' (non-finite values)'}"
-                    f"; no bundle was written"
-                )
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": registered.kind,
-            "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
-            "model": {
-                "name": plugin.name, "paper": plugin.paper, "options": opts, "details": plugin.details(opts), "seed": seed,
-                "checkpoint": None if checkpoint is None else
-                {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(Path(checkpoint))},
-            },
-            "graphs": {g.name: g.to_json() for g in graphs},
-            "preprocessing": plugin.preprocessing(opts),
-            "labels": plugin.labels(opts),
-            "precision": precision,
-            "provenance": {
-                **_versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            },
-            "parity": {"passed": True, "graphs": parity},
-        }
+            require_parity(report, name, graph.name, tolerance)
+        checkpoint_record = None if checkpoint is None else {"path": str(Path(checkpoint).resolve()),
+                                                             "sha256": sha256_file(Path(checkpoint))}
+        manifest = bundle_manifest(registered, options=opts, details=plugin.details(opts), seed=seed,
+                                   checkpoint=checkpoint_record, graphs=graphs, precision=precision, opset=opset,
+                                   parity=parity, preprocessing=plugin.preprocessing(opts), labels=plugin.labels(opts))
         write_manifest(stage, manifest)
         if knobs is not None:  # the fp32 bundle in the stage is what calibration runs
             from .qdq import quantize_graph

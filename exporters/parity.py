@@ -44,12 +44,30 @@ def output_error(ref: np.ndarray, got: np.ndarray, tolerance: float) -> dict[str
             "passed": finite and max_rel <= tolerance}
 
 
+def cpu_session(model: Path | bytes):
+    """ONNX Runtime on the CPU, as every export-time check runs a graph (parity, accuracy)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"])
+
+
+def require_parity(report: dict[str, Any], model: str, graph: str, tolerance: float) -> None:
+    """Raise the one line that names the worst output when a parity ``report`` failed."""
+    if report["passed"]:
+        return
+    name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_rel"])
+    case = f" ({worst['case']})" if "case" in worst else ""
+    raise EdgertError(f"parity check failed for {model}, graph {graph!r}, output {name!r}{case}: max relative error "
+                      f"{worst['max_rel']:.3g} > tolerance {tolerance:g}{'' if worst['finite'] else ' (non-finite values)'}"
+                      "; no bundle was written")
+
+
 def compare(onnx_path: Path, module, graph: GraphSpec, feeds: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
     """Run both and return the parity report; ``report['passed']`` says whether it held."""
     import onnxruntime as ort
 
     reference = torch_outputs(module, graph, feeds)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path)
     names = [t.name for t in graph.outputs]
     actual = dict(zip(names, session.run(names, feeds)))
     outputs = {}

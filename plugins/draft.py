@@ -16,32 +16,14 @@ pass (on the benchmark of docs/benchmarks.md it took the draft strategy from 0.9
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from edgert.runtime.bundle import Bundle
 from edgert.runtime.detector import Option, boolean, positive_int, probability
-from edgert.runtime.errors import BundleError, InputError
+from edgert.runtime.errors import InputError
 from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.sampling import Sampler
-from edgert.runtime.llm.session import DecoderSession
 from edgert.runtime.llm.tree import Tree
 from edgert.runtime.llm.verify import softmax
-
-
-def open_draft(path: str, target: DecoderSession, device: str, threads: int | None) -> DecoderSession:
-    """The draft bundle's session, after checking that it speaks the target's vocabulary."""
-    bundle = Bundle.load(path)
-    info = bundle.manifest.get("decoder")
-    if bundle.kind != "decoder" or not info:
-        raise BundleError(f"{path}: the draft must be a decoder bundle, this is a {bundle.kind} bundle")
-    mine, theirs = bundle.manifest["files"].get(info["tokenizer"]), target.manifest["files"].get(target.info["tokenizer"])
-    if info["vocab_size"] != target.vocab_size or mine != theirs:
-        raise BundleError(f"{path}: the draft's tokenizer differs from the target's (vocab {info['vocab_size']} vs "
-                          f"{target.vocab_size}, tokenizer.json {'same' if mine == theirs else 'different'}); "
-                          "a draft must share the target's tokenizer")
-    return DecoderSession(bundle, device=device, threads=threads)
 
 
 class DraftModel:
@@ -56,8 +38,7 @@ class DraftModel:
         path = d.options["model"]
         if not path:
             raise InputError("strategy 'draft' needs its draft bundle: --strategy-opt model=DRAFT_BUNDLE")
-        draft = d.resource(("draft", str(Path(path).resolve())),
-                           lambda: open_draft(path, d.session, d.session.device, d.session.threads))
+        draft = d.open_bundle(path)
         cache = draft.new_cache(d.cache.capacity)
         sampler = Sampler(d.sampler.params)
         sampler.rng = np.random.default_rng(d.sampler.rng.integers(2**63))  # its own stream, derived from the seed
@@ -67,8 +48,7 @@ class DraftModel:
             context = d.tokens + [root]
             room = min(gamma, d.room - 1)
             if room < 1:
-                yield [root]
-                root = d.sample(d.step(root))
+                root = yield from d.plain_step(root)
                 continue
             logits = draft.extend(cache, context[cache.length:]).logits[-1]
             proposals, qs = [], []

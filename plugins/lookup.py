@@ -14,7 +14,6 @@ import numpy as np
 
 from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.llm.tree import Tree
 
 
 def find_draft(tokens: list[int], ngram: int, length: int) -> list[int]:
@@ -38,16 +37,9 @@ class PromptLookup:
 
     def decode(self, d):
         root = d.sample(d.prefill())
-        while True:
+        while True:  # nothing to copy (or no room) is an ordinary step
             draft = find_draft(d.tokens + [root], d.options["ngram"], min(d.options["tokens"], d.room - 1))
-            if not draft:  # nothing to copy: an ordinary step
-                yield [root]
-                root = d.sample(d.step(root))
-                continue
-            tokens = [root] + draft
-            verdict = d.verify(Tree.chain(len(tokens)), tokens)
-            yield [tokens[i] for i in verdict.path]
-            root = verdict.bonus
+            root = yield from d.verify_chain(root, draft)
 
 
 @hookimpl

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, first_line
 from .schema import MANIFEST as MANIFEST_SCHEMA, SchemaError
 
 SCHEMA_VERSION = 1
@@ -191,7 +191,7 @@ class Bundle:
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise BundleError(f"{manifest_path}: not valid JSON ({str(err).splitlines()[0]})") from None
+            raise BundleError(f"{manifest_path}: not valid JSON ({first_line(err)})") from None
         validate_manifest(data, manifest_path)
         bundle = cls(root, data)
         bundle.manifest_bytes, bundle.signer = raw, signer

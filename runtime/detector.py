@@ -168,6 +168,13 @@ class Detector:
         """Turn a video file, frame folder or .npy array into the graph's inputs."""
         raise NotImplementedError
 
+    def prepare_clip(self, bundle: Bundle, clip) -> dict[str, np.ndarray]:
+        """Graph inputs from an opened clip (:class:`edgert.runtime.video.Clip`: a file, or frames
+        already in memory). A recognizer that serves as a feature extractor for an online
+        detector (:mod:`edgert.runtime.chain`) must implement it; the default says it cannot."""
+        raise EdgertError(f"{self.name}: this model cannot take frames from memory (its plugin has no prepare_clip), "
+                          "so it cannot extract features for an online detector")
+
     def iter_steps(self, bundle: Bundle, source: str):
         """Streaming detectors: what one step consumes, in order — video frames (H, W, 3) by
         default; feature-based detectors yield one feature vector per chunk."""

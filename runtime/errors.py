@@ -21,3 +21,16 @@ class InputError(EdgertError):
 
 class PluginError(EdgertError):
     """A plugin could not be loaded, or two plugins claim the same name."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of ``err``'s message, or its type's name when it has none: the
+    one place that turns a library's (often multi-line, sometimes empty) message into a line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line`` of ``err`` (for errors whose type says something, a plugin's bug)."""
+    text = first_line(err)
+    return type(err).__name__ if text == type(err).__name__ else f"{type(err).__name__}: {text}"

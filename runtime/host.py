@@ -21,15 +21,18 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import EdgertError, PluginError
+from .errors import EdgertError, PluginError, one_line
 
 ENTRY_POINT_GROUP = "edgert"
 KINDS = {
     "detector": "edgert_register_detectors",
     "decoder": "edgert_register_decoders",
     "strategy": "edgert_register_strategies",
+    "head": "edgert_register_heads",
     "backend": "edgert_register_backends",
 }
+
+PLURAL = {"strategy": "strategies"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def _guard(where: str, fn, *args, **kwargs):
     except (EdgertError, StopIteration, KeyboardInterrupt, GeneratorExit):
         raise
     except Exception as err:
-        raise PluginError(f"{where} failed: {_one_line(err)}") from err
+        raise PluginError(f"{where} failed: {one_line(err)}") from err
 
 
 @dataclass
@@ -114,7 +117,7 @@ class Host:
             raise PluginError(self.conflicts[kind, name])
         if name not in items:
             known = ", ".join(sorted(items)) or "none"
-            raise PluginError(f"no {kind} named {name!r} (installed {kind}s: {known})")
+            raise PluginError(f"no {kind} named {name!r} (installed {PLURAL.get(kind, kind + 's')}: {known})")
         found = items[name]
         if kind == "backend":  # classes: instantiated by the runtime, which catches what they raise
             return found
@@ -127,11 +130,6 @@ class Host:
 
 def _warn(msg: str) -> None:
     print(f"edgert: warning: {msg}", file=sys.stderr)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
@@ -150,8 +148,8 @@ def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
         except KeyboardInterrupt:
             raise
         except BaseException as err:  # a third party's import error, even sys.exit(), must not stop the host
-            host.failures.append((ep.name, _one_line(err)))
-            _warn(f"plugin {ep.name!r} ({info.package}) failed to load and was skipped: {_one_line(err)}")
+            host.failures.append((ep.name, one_line(err)))
+            _warn(f"plugin {ep.name!r} ({info.package}) failed to load and was skipped: {one_line(err)}")
     for name, module in (extra_plugins or {}).items():
         sources.append((PluginInfo(name, "<in-process>", ""), module))
 
@@ -161,8 +159,8 @@ def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
         try:
             pm.register(module, name=info.name)
         except Exception as err:
-            host.failures.append((info.name, _one_line(err)))
-            _warn(f"plugin {info.name!r} ({info.package}) was rejected: {_one_line(err)}")
+            host.failures.append((info.name, one_line(err)))
+            _warn(f"plugin {info.name!r} ({info.package}) was rejected: {one_line(err)}")
             continue
         host.plugins[info.name] = info
 
@@ -174,8 +172,8 @@ def build_host(extra_plugins: dict[str, object] | None = None) -> Host:
             except KeyboardInterrupt:
                 raise
             except BaseException as err:
-                host.failures.append((info.name, _one_line(err)))
-                _warn(f"plugin {info.name!r} ({info.package}) raised in {hook_name} and was skipped: {_one_line(err)}")
+                host.failures.append((info.name, one_line(err)))
+                _warn(f"plugin {info.name!r} ({info.package}) raised in {hook_name} and was skipped: {one_line(err)}")
                 continue
             for obj in items:
                 name = getattr(obj, "name", None)

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from .bundle import GraphSpec
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 def check_inputs(graph: GraphSpec, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
@@ -72,4 +72,4 @@ def load_npy(path, what: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.
     except FileNotFoundError:
         raise InputError(f"{path}: no such file ({what})") from None
     except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"{path}: not a readable .npy array ({what}: {str(err).splitlines()[0] if str(err) else err})") from None
+        raise InputError(f"{path}: not a readable .npy array ({what}: {first_line(err)})") from None

@@ -10,6 +10,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -72,14 +73,24 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "c
     backend_cls = host.get("backend", backend).obj
     backend_cls.check_available()
     plugin = host.get(bundle.kind, bundle.plugin_name).obj
-    backends = {}
-    for name, spec in bundle.graphs.items():
-        rel = getattr(spec, backend_cls.file_key, None)
-        if not rel:
-            raise BundleError(f"{bundle.root}: graph {name!r} has no {backend_cls.file_key} for the {backend} backend"
-                              + (" (export with --trt-engine where TensorRT is installed)" if backend_cls.file_key == "engine" else ""))
-        extra = {}
-        if getattr(backend_cls, "reads_bytes", False):
-            extra = bundle.onnx_sources(spec) if backend_cls.file_key == "file" else {"model": bundle.read(rel)}
-        backends[name] = backend_cls(bundle.path(rel), device=device, threads=threads, **extra)
+    backends = {name: open_backend(bundle, spec, backend_cls, device, threads) for name, spec in bundle.graphs.items()}
     return Model(bundle, backends, plugin)
+
+
+def open_backend(bundle: Bundle, spec: GraphSpec, backend_cls: type[Backend], device: str = "cpu",
+                 threads: int | None = None, interleaved: bool = False) -> Backend:
+    """One graph of ``bundle`` on ``backend_cls``: the file the backend consumes (``file_key``),
+    handed over as the bytes the bundle read and checked where the backend takes bytes.
+    ``interleaved``: a hint for backends that accept it (ONNX Runtime), this graph takes turns
+    with others on the same cores (a generation's decoder and its heads)."""
+    rel = getattr(spec, backend_cls.file_key, None)
+    if not rel:
+        raise BundleError(f"{bundle.root}: graph {spec.name!r} has no {backend_cls.file_key} for the {backend_cls.name} "
+                          "backend" + (" (export with --trt-engine where TensorRT is installed)"
+                                       if backend_cls.file_key == "engine" else ""))
+    extra: dict = {}
+    if getattr(backend_cls, "reads_bytes", False):
+        extra = bundle.onnx_sources(spec) if backend_cls.file_key == "file" else {"model": bundle.read(rel)}
+    if interleaved and "interleaved" in inspect.signature(backend_cls).parameters:
+        extra["interleaved"] = True
+    return backend_cls(bundle.path(rel), device=device, threads=threads, **extra)

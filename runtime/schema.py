@@ -177,6 +177,8 @@ DECODER = Obj({
     "add_bos_token": Bool(),
     "medusa": Opt(Obj({"graph": NAME, "num_heads": Int(1, 64), "num_layers": Int(0, 64)}, required=("graph", "num_heads"))),
     "mtp": Opt(Obj({"graph": NAME}, required=("graph",))),
+    # speculative heads (edgert_register_heads): name -> the head's entry, at least its graph
+    "heads": Map(Obj({"graph": NAME}, required=("graph",)), max_len=64),
     "plugins": Obj({"library": Str(max_len=256), "ops": List(NAME, max_len=64)})},
     required=("graph", "tokenizer", "context", "kv_dtype", "num_layers", "num_kv_heads", "head_dim", "vocab_size",
               "eos_token_ids"))

@@ -11,7 +11,10 @@ output back as the next step's input, and ``reset()`` starts over (a new stream,
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -19,8 +22,8 @@ from .errors import EdgertError
 
 
 class StreamSession:
-    def __init__(self, model, graph: str | None = None, window: int | None = None, batch: int = 1):
-        self.model = model
+    def __init__(self, model, graph: str | None = None, window: int | None = None, batch: int = 1, top_k: int = 5):
+        self.model, self.top_k = model, top_k
         self.spec = model.graph(graph)
         if not self.spec.state:
             raise EdgertError(f"{model.bundle.root}: graph {self.spec.name!r} is not a streaming graph (it has no state); "
@@ -47,10 +50,46 @@ class StreamSession:
         self.steps += 1
         return outputs
 
-    def push(self, item: np.ndarray, top_k: int = 5):
+    def push(self, item: np.ndarray, top_k: int | None = None):
         """Prepare one frame (or chunk feature) with the detector, step, and rank the scores
         averaged over the last ``window`` steps (TSM's online demo averages its recent logits
         the same way; window 1 ranks the current step alone)."""
+        top_k = self.top_k if top_k is None else top_k
         self.step(self.model.plugin.prepare_step(self.model.bundle, item))
         averaged = {name: np.mean([h[name] for h in self.history], axis=0) for name in self.history[-1]}
         return self.model.plugin.postprocess(self.model.bundle, averaged, top_k=top_k)
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One step of a stream run over a source: its index, the prediction (scores averaged over
+    the session's window) and the seconds the step took (decoding the frame, extracting its
+    features where a chain does, inference)."""
+
+    index: int
+    prediction: Any
+    seconds: float
+
+
+def run_stream(session: StreamSession, source: str, extractor=None) -> Iterator[StreamStep]:
+    """Feed ``source`` (a video, frame folder or .npy) step by step to ``session`` from its
+    start (the session is reset): frames, or with ``extractor`` (a recognizer bundle exported
+    with ``--opt output=features``, see :mod:`.chain`) one feature vector per chunk."""
+    from .chain import check_extractor, feature_chunks
+
+    model = session.model
+    if extractor is not None:
+        check_extractor(extractor, model)
+        steps = feature_chunks(extractor, source, int(model.bundle.preprocessing["chunk_frames"]))
+    else:
+        steps = model.plugin.iter_steps(model.bundle, source)
+    session.reset()
+    steps, index = iter(steps), 0
+    while True:
+        t0 = time.perf_counter()  # the step's decoding (and feature extraction) counts too
+        item = next(steps, None)
+        if item is None:
+            return
+        prediction = session.push(item)
+        yield StreamStep(index, prediction, time.perf_counter() - t0)
+        index += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import EdgertError
+from .errors import EdgertError, first_line
 
 EXTRA = "pip install 'edgert[trt]'"
 
@@ -66,6 +66,4 @@ def build_serialized(onnx: str | Path | bytes, shapes: dict[str, tuple[list, lis
     try:
         return bytes(EngineBytesFromNetwork(network, config=config)())
     except Exception as err:  # Polygraphy raises its own exceptions with the parser's or builder's log
-        text = str(err).strip()
-        raise EdgertError(f"{name}: TensorRT engine build failed: "
-                          f"{text.splitlines()[0] if text else type(err).__name__}") from None
+        raise EdgertError(f"{name}: TensorRT engine build failed: {first_line(err)}") from None

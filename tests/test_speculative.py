@@ -325,12 +325,15 @@ def test_generate_stats_on_the_cli(bundles):
 def test_a_generations_sessions_stop_spinning_between_runs(bundles):
     """Decoder, Medusa heads and MTP graph take turns on the cores: each session's threads stop
     spinning when its run ends (idle spinning pools took the cores from the next session)."""
+    from edgert.plugins.medusa.session import MedusaSession
     from edgert.runtime.bundle import Bundle
-    from edgert.runtime.llm.session import DecoderSession, MedusaSession
+    from edgert.runtime.llm.contract import heads_of
+    from edgert.runtime.llm.session import DecoderSession
 
     bundle = Bundle.load(bundles[2])
-    for session in (DecoderSession(bundle, threads=2), DecoderSession(bundle, threads=2, graph="mtp"),
-                    MedusaSession(bundle, threads=2)):
+    decoder = DecoderSession(bundle, threads=2)
+    for session in (decoder, DecoderSession(bundle, threads=2, graph="mtp"),
+                    MedusaSession(decoder, heads_of(bundle.manifest["decoder"])["medusa"])):
         options = session.backend.session.get_session_options()
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 

@@ -22,9 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgert.runtime.bundle import safe_relative
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, first_line
 from edgert.runtime.schema import Bool, Int, Num, Obj, Opt, SchemaError, Str
 
+from ..checkpoints import check_keys
 from .attention import attention
 from .rotary import rotary
 
@@ -276,20 +277,14 @@ def load_decoder(directory: str | Path) -> LlamaDecoder:
         try:
             state.update(load_file(str(directory / shard)))
         except Exception as err:  # safetensors raises its own types for a damaged header
-            raise EdgertError(f"{directory / shard}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
+            raise EdgertError(f"{directory / shard}: not a readable safetensors file ({first_line(err)})") from None
     with torch.device("meta"):
         model = LlamaDecoder(cfg)
     expected = {k: v for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
         state.pop("lm_head.weight", None)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    for problem, keys in (("missing tensors", missing), ("unexpected tensors", unexpected), ("tensors of the wrong shape", wrong)):
-        if keys:
-            raise EdgertError(f"{directory}: {problem}: {', '.join(keys[:6])}" + (f", ... ({len(keys)} in all)" if len(keys) > 6 else ""))
+    check_keys(expected, state, directory, "checkpoint", f"a {cfg.model_type} of its config.json", "tensors")
     model = LlamaDecoder(cfg)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if cfg.tie_word_embeddings:

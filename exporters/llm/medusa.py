@@ -71,7 +71,7 @@ def load_medusa(path: str | Path, hidden: int, vocab: int) -> MedusaHeads:
     path = Path(path)
     if not path.is_file():
         raise EdgertError(f"{path}: Medusa heads file not found")
-    from edgert.exporters.checkpoints import read_state_dict
+    from edgert.exporters.checkpoints import check_keys, read_state_dict
 
     state = read_state_dict(path)  # safetensors, or torch.load(weights_only=True): never code
     keys = [k for k in state if re.fullmatch(r"\d+\.\d+\.(linear\.)?(weight|bias)", k)]
@@ -82,13 +82,8 @@ def load_medusa(path: str | Path, hidden: int, vocab: int) -> MedusaHeads:
     num_heads = 1 + max(int(k.split(".")[0]) for k in keys)
     num_layers = max(int(k.split(".")[1]) for k in keys)  # the last index is the projection
     heads = MedusaHeads(hidden, vocab, num_heads, num_layers)
-    expected = heads.state_dict()
-    missing = sorted(set(expected) - set(state))
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or wrong:
-        what = f"missing {', '.join(missing[:4])}" if missing else f"wrong shape: {', '.join(wrong[:3])}"
-        raise EdgertError(f"{path}: Medusa heads do not fit this model (hidden {hidden}, vocab {vocab}): {what}")
+    check_keys(heads.state_dict(), state, path, "Medusa heads file", f"this model (hidden {hidden}, vocab {vocab})",
+               "tensors")
     heads.load_state_dict({k: v.float() for k, v in state.items()})
     return heads.eval()
 

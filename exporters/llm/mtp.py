@@ -27,6 +27,7 @@ from torch import nn
 
 from edgert.runtime.errors import EdgertError
 
+from ..checkpoints import check_keys
 from .attention import attention
 from .llama import DecoderConfig, DecoderLayer, LlamaDecoder, RMSNorm, rope_tables
 
@@ -85,14 +86,7 @@ def load_mtp(path: str | Path, cfg: DecoderConfig) -> MTPModule:
     except Exception as err:  # safetensors raises its own error types for a damaged header
         raise EdgertError(f"{path}: not a safetensors file ({err})") from None
     module = MTPModule(cfg)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    for problem, keys in (("missing tensors", missing), ("unexpected tensors", unexpected), ("tensors of the wrong shape", wrong)):
-        if keys:
-            raise EdgertError(f"{path}: MTP module does not fit this model: {problem}: {', '.join(keys[:4])}")
+    check_keys(module.state_dict(), state, path, "MTP module", "this model", "tensors")
     module.load_state_dict({k: v.float() for k, v in state.items()})
     return module.eval()
 

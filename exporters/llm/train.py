@@ -1,6 +1,7 @@
-"""Training speculative parts for a user's own checkpoint, the base model frozen, on the base
+"""Training speculative heads for a user's own checkpoint, the base model frozen, on the base
 model's own greedy continuations (self-distillation: the draft learns what the base will say,
-not what a dataset says):
+not what a dataset says). One loop for every head that offers ``trainee`` (see
+``edgert_register_heads``); the built-in ones:
 
 * ``medusa``: Medusa-1 heads (ResBlock + projection initialised from lm_head); head k predicts
   token t + k + 2 from the base's final hidden state at t, its loss weighted 0.8^k (Cai et al.,
@@ -24,20 +25,38 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, first_line
 from edgert.runtime.progress import Bar, step
 
 from .llama import causal_mask, load_decoder
-from .medusa import MedusaHeads, save_medusa
-from .mtp import MTPGraph, MTPModule, save_mtp
+from .medusa import MedusaHeads
+from .mtp import MTPGraph, MTPModule
 
 DECAY = 0.8
+
+
+@dataclass
+class Trainee:
+    """What a head gives the training loop: the module trained on the frozen base, its losses
+    ``(base, module, seqs, prompt_len) -> (loss, top-1 accuracy per output)``, its writer
+    ``(module, path)`` (its checkpoint layout), a name for the progress bar, how many tokens
+    past a position its furthest target lies (the continuations must be longer) and how many
+    outputs it reports."""
+
+    module: Any
+    losses: Callable
+    save: Callable
+    what: str
+    lookahead: int = 1
+    count: int = 1
 
 
 def read_corpus(files: list[str], tokenizer_path: Path) -> np.ndarray:
@@ -130,7 +149,7 @@ def mtp_losses(model, mtp: MTPModule, seqs: torch.Tensor, prompt_len: int) -> tu
 
 
 def train_medusa(checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, **kwargs) -> dict:
-    return train("medusa", checkpoint, data, out, num_heads=num_heads, num_layers=num_layers, **kwargs)
+    return train("medusa", checkpoint, data, out, options={"heads": num_heads, "layers": num_layers}, **kwargs)
 
 
 def train_mtp(checkpoint: str, data: list[str], out: str, **kwargs) -> dict:
@@ -178,22 +197,29 @@ def load_resume_state(path: Path, setup: dict, heads, optimizer) -> tuple[int, t
         heads.load_state_dict({k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")})
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise ResumeError(f"does not fit these heads ({str(err).splitlines()[0]})") from None
+        raise ResumeError(f"does not fit these heads ({first_line(err)})") from None
     return step, tensors["seqs"]
 
 
-def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int = 4, num_layers: int = 1, steps: int = 500,
+def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[str, Any] | None = None, steps: int = 500,
           batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
           seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
+    """Train head ``kind`` (a registered head with ``trainee``) for ``checkpoint``; ``options``:
+    the head's ``train_options`` (e.g. Medusa's heads and layers)."""
+    from edgert.runtime.detector import resolve_options
+    from edgert.runtime.host import get_host
+
+    head = get_host().get("head", kind).obj
+    if not callable(getattr(head, "trainee", None)):
+        raise EdgertError(f"head {kind!r} cannot be trained by edgert (it offers no trainee)")
+    opts = resolve_options(f"head {kind!r}", getattr(head, "train_options", {}) or {}, options or {})
     directory = Path(checkpoint)
     if not directory.is_dir():
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
-    for name, value in (("heads", num_heads), ("layers", num_layers), ("steps", steps), ("batch", batch),
-                        ("samples", samples), ("prompt-len", prompt_len), ("new-tokens", new_tokens)):
+    for name, value in (("steps", steps), ("batch", batch), ("samples", samples), ("prompt-len", prompt_len),
+                        ("new-tokens", new_tokens)):
         if value < 1:
             raise EdgertError(f"--{name} must be at least 1, got {value}")
-    if kind == "medusa" and new_tokens <= num_heads:
-        raise EdgertError(f"--new-tokens {new_tokens} must exceed --heads {num_heads}: head k needs k + 2 tokens ahead")
     out_path = Path(out)
     partial = out_path.with_name(out_path.name + ".partial.safetensors")
     torch.manual_seed(seed)
@@ -201,15 +227,13 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int 
     with step(f"loading {directory}"):
         model = load_decoder(directory)
     model.requires_grad_(False)
-    cfg = model.cfg
-    if kind == "medusa":
-        heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers, model.lm_head)
-        losses, write = head_losses, save_medusa
-    else:
-        heads = MTPModule(cfg)
-        losses, write = mtp_losses, save_mtp
+    trainee = head.trainee(model, opts)
+    if new_tokens <= trainee.lookahead:
+        raise EdgertError(f"--new-tokens {new_tokens} must exceed {trainee.lookahead}: {trainee.what} learn(s) tokens "
+                          f"up to {trainee.lookahead + 1} ahead")
+    heads, losses, write = trainee.module, trainee.losses, trainee.save
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
-    setup = {"kind": kind, "heads": num_heads, "layers": num_layers, "samples": samples, "prompt_len": prompt_len,
+    setup = {"kind": kind, **opts, "samples": samples, "prompt_len": prompt_len,
              "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(directory.resolve())}
     start, seqs = 0, None
     if resume and partial.is_file():
@@ -228,7 +252,7 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int 
         save_resume_state(tmp, setup, at, heads, optimizer, seqs)
         os.replace(tmp, partial)
 
-    bar = Bar(f"training {'Medusa heads' if kind == 'medusa' else 'the MTP module'}", steps, start)
+    bar = Bar(f"training {trainee.what}", steps, start)
     accuracy: list[float] = []
     for it in range(start, steps):
         idx = torch.randint(0, seqs.shape[0], (batch,), generator=torch.Generator().manual_seed(seed * 100003 + it))
@@ -243,4 +267,4 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, num_heads: int 
     write(heads, tmp)
     os.replace(tmp, out_path)
     partial.unlink(missing_ok=True)
-    return {"kind": kind, "heads": num_heads if kind == "medusa" else 1, "steps": steps, "top1": accuracy}
+    return {"kind": kind, "heads": trainee.count, "steps": steps, "top1": accuracy}

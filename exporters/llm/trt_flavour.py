@@ -167,29 +167,12 @@ class CacheDecoder(nn.Module):
 
 # --- the bundle's graphs ---------------------------------------------------------------------
 
-def decoder_graph(cfg, kv_dtype: str):
+def decoder_graph(geometry, kv_dtype: str):
     """The default flavour's I/O with the mask replaced by past lengths and the packed tree mask,
-    and the caches at their fixed capacity in and out."""
-    from dataclasses import replace
+    and the caches at their fixed capacity in and out (:func:`edgert.runtime.llm.contract.cache_decoder_graph`)."""
+    from edgert.runtime.llm.contract import cache_decoder_graph, decoder_graph as default_graph
 
-    from edgert.runtime.bundle import TensorSpec
-
-    from .export import decoder_graph as default_graph
-
-    cache = ("batch", cfg.num_kv_heads, "capacity", cfg.head_dim)
-
-    def flavour(specs):
-        out = []
-        for spec in specs:
-            if spec.name == "attention_mask":
-                out += [TensorSpec("past_lengths", "int32", ("batch",)),
-                        TensorSpec("tree_mask", "int32", ("sequence_length", "mask_words"))]
-            else:
-                out.append(replace(spec, dims=cache) if spec.name.startswith(("past_key_values.", "present.")) else spec)
-        return tuple(out)
-
-    base = default_graph(cfg, kv_dtype)
-    return replace(base, inputs=flavour(base.inputs), outputs=flavour(base.outputs))
+    return cache_decoder_graph(default_graph(geometry, kv_dtype))
 
 
 def cache_feeds(feeds: dict, cfg, capacity: int, rng) -> dict:

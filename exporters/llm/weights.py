@@ -102,9 +102,9 @@ def token_chunks(tokenizer_file: Path, data: str | None, context: int) -> tuple[
 # ---- running the decoder graph with ONNX Runtime (one prefill, or a cached greedy loop) ----
 
 def _session(path: Path):
-    import onnxruntime as ort
+    from ..parity import cpu_session
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return cpu_session(path)
 
 
 def _feeds(session, ids: np.ndarray, past: dict[str, np.ndarray] | None, start: int) -> dict[str, np.ndarray]:
@@ -361,7 +361,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
 
     root.handlers[:], root.level = handlers, root_level
 
-    from ..driver import EXTERNAL_DATA_BYTES
+    from ..graph import EXTERNAL_DATA_BYTES
 
     model = onnx.load(str(path))
     fp32_bytes = sum(i.ByteSize() for i in model.graph.initializer)

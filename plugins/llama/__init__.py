@@ -26,24 +26,28 @@ class LlamaFamily:
     description = "Llama-family LLM decoders (llama, qwen2, mistral) with KV cache, from HF checkpoints"
     paper = ("Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024; "
              "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023")
-    options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
-                                 non_negative_int),
-               "medusa": Option("", "Medusa heads file (medusa_lm_head.safetensors layout) to export with the "
-                                    "decoder, for --strategy medusa"),
-               "mtp": Option("", "MTP module file (edgert train mtp) to export as the 'mtp' graph, for --strategy mtp"),
-               "proposals": Option("fp32", "weights of the Medusa and MTP graphs: fp32, or int8 (dynamic int8 MatMuls, "
-                                           "4x less to read per step on a CPU; they only propose tokens, the target "
-                                           "verifies them, so greedy output stays exact)", choices=("fp32", "int8"))}
+    base_options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
+                                      non_negative_int),
+                    "proposals": Option("fp32", "weights of the heads' graphs: fp32, or int8 (dynamic int8 MatMuls, 4x "
+                                                "less to read per step on a CPU; they only propose tokens, the target "
+                                                "verifies them, so greedy output stays exact)", choices=("fp32", "int8"))}
+
+    @property
+    def options(self) -> dict[str, Option]:
+        """The family's own options, and ``<head>=FILE`` for every registered speculative head."""
+        from edgert.runtime.host import get_host
+
+        heads = {r.name: Option("", r.obj.file_help) for r in sorted(get_host().registry["head"].values(),
+                                                                     key=lambda r: r.name)}
+        return {"context": self.base_options["context"], **heads, "proposals": self.base_options["proposals"]}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         return resolve_options(self.name, self.options, given)
 
-    def export(self, registered, out, options, checkpoint, precision="fp32", tolerance=None, force=False, seed=0,
-               backend="onnx", quantization=None, calibration=None):
+    def export(self, registered, out, request):
         from edgert.exporters.llm.export import export_decoder
 
-        return export_decoder(registered, checkpoint, out, options, precision, tolerance, force, seed, backend,
-                              quantization, calibration)
+        return export_decoder(registered, out, request)
 
 
 @hookimpl

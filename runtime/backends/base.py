@@ -41,6 +41,15 @@ class Backend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def run_into(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Run with each named output written into the array given for it (its exact shape and
+        dtype; views into a larger buffer allowed). A decoder's KV cache is such a buffer: a
+        backend that can bind memory (ONNX Runtime's IO binding) writes there directly, and this
+        default, for every other backend, copies the results in."""
+        results = self.run(feeds)
+        for name, target in outputs.items():
+            target[...] = results[name]
+
     def describe(self) -> str:
         """A short line for logs and ``bench``: backend, device/provider, threads."""
         return self.name

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, EdgertError
+from ..errors import BundleError, EdgertError, first_line
 from .base import Backend
 
 PROVIDERS = {
@@ -20,11 +20,6 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 class OnnxRuntimeBackend(Backend):
@@ -71,7 +66,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(self.path) if model is None else model, sess_options=options,
                                                 providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
-            raise BundleError(f"{self.path}: onnxruntime cannot load this graph: {_first_line(err)}") from None
+            raise BundleError(f"{self.path}: onnxruntime cannot load this graph: {first_line(err)}") from None
         self.providers = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -79,8 +74,21 @@ class OnnxRuntimeBackend(Backend):
         try:
             values = self.session.run(self.output_names, feeds)
         except Exception as err:
-            raise EdgertError(f"{self.path.name}: onnxruntime failed to run the graph: {_first_line(err)}") from None
+            raise EdgertError(f"{self.path.name}: onnxruntime failed to run the graph: {first_line(err)}") from None
         return dict(zip(self.output_names, values))
+
+    def run_into(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """IO binding: inputs are read and outputs written where they lie in memory."""
+        ort = __import__("onnxruntime")
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in outputs.items():
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as err:
+            raise EdgertError(f"{self.path.name}: onnxruntime failed to run the graph: {first_line(err)}") from None
 
     def describe(self) -> str:
         threads = self.threads or "default"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -26,6 +27,7 @@ from ..bundle import Bundle
 from ..detector import resolve_options
 from ..errors import BundleError, InputError
 from ..host import get_host
+from .contract import heads_of
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession, Outputs
 from .tokenizer import IncrementalDetokenizer, TextTokenizer
@@ -72,13 +74,29 @@ class GenerationResult:
     stats: GenerationStats
 
 
+def open_same_vocabulary(path: str | os.PathLike, target: DecoderSession) -> DecoderSession:
+    """``path``'s decoder session, after checking that it speaks ``target``'s vocabulary."""
+    bundle = Bundle.load(path)
+    info = bundle.manifest.get("decoder")
+    if bundle.kind != "decoder" or not info:
+        raise BundleError(f"{path}: the draft must be a decoder bundle, this is a {bundle.kind} bundle")
+    mine, theirs = bundle.manifest["files"].get(info["tokenizer"]), target.manifest["files"].get(target.info["tokenizer"])
+    if info["vocab_size"] != target.vocab_size or mine != theirs:
+        raise BundleError(f"{path}: the draft's tokenizer differs from the target's (vocab {info['vocab_size']} vs "
+                          f"{target.vocab_size}, tokenizer.json {'same' if mine == theirs else 'different'}); "
+                          "a draft must share the target's tokenizer")
+    return DecoderSession(bundle, device=target.device, threads=target.threads, backend=target.backend_name)
+
+
 class Decoding:
-    """What a strategy sees: the model, the cache, the sampler and the tokens so far.
+    """What a strategy sees: the model, the cache, the sampler and the tokens so far (the
+    strategy's whole surface; ``edgert_register_strategies`` in hookspecs.py is its manual).
 
     ``tokens`` is the prompt plus every token accepted so far (the Generator appends what a
     strategy yields before resuming it). ``cache.length`` is how many of them are cached.
     ``options`` are the strategy's resolved options; ``resource(key, make)`` keeps objects that
-    outlive one generation (a draft model's session) in the Generator.
+    outlive one generation (a head's or a draft model's session) in the Generator.
+    ``session`` is the target's :class:`DecoderSession` (its bundle, info, device, threads).
     """
 
     def __init__(self, session: DecoderSession, prompt: list[int], sampler: Sampler, capacity: int,
@@ -93,6 +111,56 @@ class Decoding:
         self._resources = {} if resources is None else resources
         self.verifier = verifier or verify
         self.hidden: np.ndarray | None = None  # hidden states of the tokens the last pass accepted (draft heads)
+
+    @property
+    def context(self) -> int:
+        """Positions the bundle serves, prompt and generated tokens together."""
+        return self.session.context
+
+    @property
+    def vocab_size(self) -> int:
+        return self.session.vocab_size
+
+    def head(self, name: str):
+        """The bundle's speculative head ``name``, opened on the target's backend (once per
+        Generator); one line when the bundle was exported without it."""
+        session = self.session
+        head = get_host().get("head", name).obj
+        entry = heads_of(session.info).get(name)
+        if entry is None:
+            what = getattr(head, "what", None) or f"the {name!r} head"
+            raise InputError(f"{session.bundle.root}: this strategy needs a bundle exported with {what} (edgert export "
+                             f"{session.manifest['plugin']['name']} --opt {name}=FILE); this one has none")
+        return self.resource(("head", name, str(session.bundle.root)), lambda: head.open(session, entry))
+
+    def open_graph(self, name: str) -> DecoderSession:
+        """Another graph of the decoder contract in the bundle (a head's), on the target's backend."""
+        s = self.session
+        return self.resource(("graph", name, str(s.bundle.root)),
+                             lambda: DecoderSession(s.bundle, s.device, s.threads, graph=name, backend=s.backend_name))
+
+    def open_bundle(self, path: str) -> DecoderSession:
+        """Another decoder bundle's session (a draft model), checked to speak the target's
+        vocabulary, on the target's backend; kept between generations."""
+        s = self.session
+        return self.resource(("bundle", str(Path(path).resolve())), lambda: open_same_vocabulary(path, s))
+
+    def verify_chain(self, root: int, draft: list[int], draft_probs: np.ndarray | None = None):
+        """``root = yield from d.verify_chain(root, draft)``: verify ``root`` followed by a linear
+        ``draft`` in one pass (see :meth:`verify`), emit the accepted tokens, return the bonus;
+        an empty draft is a plain step."""
+        if not draft:
+            return (yield from self.plain_step(root))
+        tokens = [root, *draft]
+        verdict = self.verify(Tree.chain(len(tokens)), tokens, draft_probs=draft_probs)
+        yield [tokens[i] for i in verdict.path]
+        return verdict.bonus
+
+    def plain_step(self, token: int):
+        """``root = yield from d.plain_step(root)``: emit ``token``, run it, return the next
+        token. What a strategy does where its proposal no longer fits the context."""
+        yield [token]
+        return self.sample(self.step(token))
 
     def resource(self, key, make: Callable):
         if key not in self._resources:
@@ -205,18 +273,46 @@ class Completion:
         return piece
 
 
+class TextStream:
+    """The text pieces of one generation, as they are decided; ``result`` holds the
+    :class:`GenerationResult` once the stream is exhausted (None before). ``close()`` stops it
+    early (the strategy's generator is closed too)."""
+
+    def __init__(self, pieces: Iterator[str], sink: list | None = None):
+        self._pieces, self._sink = pieces, sink
+        self.result: GenerationResult | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as done:
+            if self.result is None and done.value is not None:
+                self.result = done.value
+                if self._sink is not None:
+                    self._sink.append(self.result)
+            raise
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
 class Generator:
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "cpu", threads: int | None = None,
-                 verifier: str = "numpy", trusted_keys=None):
-        """``verifier``: ``numpy`` (the reference) or ``onnx`` (the bundle's verify graphs on
-        ONNX Runtime) for the speculative strategies' verification op. ``trusted_keys``: public
-        key files the bundle must be signed by (None: the configured trust store)."""
+                 verifier: str = "numpy", trusted_keys=None, backend: str = "onnxruntime"):
+        """``backend``: the backend plugin the graphs run on (``edgert plugins``; any that runs
+        the bundle's ONNX files). ``verifier``: ``numpy`` (the reference) or ``onnx`` (the
+        bundle's verify graphs on ONNX Runtime) for the speculative strategies' verification op.
+        ``trusted_keys``: public key files the bundle must be signed by (None: the configured
+        trust store)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, trusted_keys=trusted_keys)
         info = self.bundle.manifest.get("decoder")
         if self.bundle.kind != "decoder" or not isinstance(info, dict):
             raise BundleError(f"{self.bundle.root}: a {self.bundle.kind} bundle, not a decoder; use 'edgert run'")
         self.info = info
-        self.session = DecoderSession(self.bundle, device=device, threads=threads)
+        self.session = DecoderSession(self.bundle, device=device, threads=threads, backend=backend)
         self.tokenizer = TextTokenizer(self.bundle.path(info["tokenizer"]), info, data=self.bundle.read(info["tokenizer"]))
         self.eos = set(info["eos_token_ids"])
         self.device, self.threads = device, threads
@@ -255,15 +351,19 @@ class Generator:
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None, strategy: str = "ar",
                chat: bool = False, system: str | None = None, result: list | None = None,
-               strategy_options: dict | None = None) -> Iterator[str]:
-        """Yield text pieces as they are decided; ``result`` (a list), when given, receives the
-        :class:`GenerationResult` at the end. ``strategy_options``: the strategy's options
-        (``--strategy-opt key=value``), checked against what it declares."""
+               strategy_options: dict | None = None) -> "TextStream":
+        """Text pieces as they are decided: iterate the returned :class:`TextStream`; its
+        ``result`` is the :class:`GenerationResult` once it is exhausted. ``strategy_options``: the
+        strategy's options (``--strategy-opt key=value``), checked against what it declares.
+        ``result`` (a list; deprecated, use the stream's ``result``) receives it too."""
         params = params or SamplingParams()
         decoder = get_host().get("strategy", strategy).obj
         options = resolve_options(f"strategy {decoder.name!r}", getattr(decoder, "options", {}) or {}, strategy_options or {})
         prompt_ids = self.encode(prompt, chat, system)
         self._check_prompt(prompt_ids)
+        return TextStream(self._pieces(decoder, options, prompt_ids, params), result)
+
+    def _pieces(self, decoder, options: dict, prompt_ids: list[int], params: SamplingParams):
         budget = min(params.max_new_tokens, self.context - len(prompt_ids))
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         state = Decoding(self.session, prompt_ids, Sampler(params), len(prompt_ids) + budget, stats, options,
@@ -294,8 +394,7 @@ class Generator:
         stats.new_tokens = len(out.tokens)
         stats.ttft_s = first - start
         stats.decode_s = last - first
-        if result is not None:
-            result.append(GenerationResult(out.text, out.tokens, out.reason, stats))
+        return GenerationResult(out.text, out.tokens, out.reason, stats)
 
     def generate_batch(self, prompts: list[str | list[int]], params: SamplingParams | None = None, chat: bool = False,
                        system: str | None = None) -> list[GenerationResult]:
@@ -358,8 +457,8 @@ class Generator:
                  chat: bool = False, system: str | None = None, on_text: Callable[[str], None] | None = None,
                  strategy_options: dict | None = None) -> GenerationResult:
         """Generate to the end; ``on_text`` is called with each text piece as it is decided."""
-        result: list[GenerationResult] = []
-        for piece in self.stream(prompt, params, strategy, chat, system, result, strategy_options):
+        stream = self.stream(prompt, params, strategy, chat, system, strategy_options=strategy_options)
+        for piece in stream:
             if on_text is not None:
                 on_text(piece)
-        return result[0]
+        return stream.result

@@ -1,117 +1,119 @@
-"""One decoder graph on ONNX Runtime, called with IO binding: inputs and the cache's past are
-bound where they lie in memory, and the graph writes its present straight into the cache's
-other buffer (see :mod:`.kvcache`)."""
+"""One graph of the decoder contract (:mod:`.contract`) on a backend: the bundle's decoder, or a
+head's graph that follows the same contract (an MTP module, an EAGLE draft layer).
+
+Runs through the :class:`~edgert.runtime.backends.base.Backend` interface, like every other
+graph: ``run_into`` writes the logits, hidden states and the cache's present where they lie in
+memory (see :mod:`.kvcache`). ONNX Runtime does that with IO binding; a backend without that
+capability gets the default, which copies.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from ..backends.onnxruntime import OnnxRuntimeBackend, _first_line
 from ..bundle import Bundle
-from ..errors import EdgertError
+from ..errors import BundleError, EdgertError
+from ..host import get_host
+from ..model import open_backend
+from .contract import KV_DTYPES, layout
 from .kvcache import KVCache
 
-DTYPES = {"float32": np.float32, "float16": np.float16}
 
+class Outputs(tuple):
+    """``(logits, hidden)``: logits (B, K, vocab) at the requested positions and hidden states
+    (B, S, hidden) of every new token; ``extra``: the graph's extra outputs by name
+    (:attr:`.contract.Layout.extra_outputs`), outside the pair so that ``logits, hidden = out``."""
 
-class Outputs(NamedTuple):
-    logits: np.ndarray  # (B, K, vocab) at the requested positions
-    hidden: np.ndarray  # (B, S, hidden) of every new token
+    def __new__(cls, logits: np.ndarray, hidden: np.ndarray, extra: dict | None = None):
+        out = super().__new__(cls, (logits, hidden))
+        out.extra = extra or {}
+        return out
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def hidden(self) -> np.ndarray:
+        return self[1]
 
 
 class DecoderSession:
-    """The bundle's decoder graph, or (``graph="mtp"``) its MTP module's graph, which has the
-    same I/O with one layer plus a ``hidden_states`` input."""
+    """``graph`` (default: the bundle's decoder) of a decoder bundle on ``backend``; its layer
+    count, hidden-state output and extra tensors are read from the graph's spec."""
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None, graph: str | None = None):
-        import onnxruntime as ort
-
-        self._ort = ort
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None, graph: str | None = None,
+                 backend: str = "onnxruntime"):
         self.bundle, self.manifest = bundle, bundle.manifest
-        self.device, self.threads = device, threads
+        self.device, self.threads, self.backend_name = device, threads, backend
         self.info = bundle.manifest["decoder"]
         if self.info.get("backend", "onnx") != "onnx":
             raise EdgertError(f"{bundle.root}: this is the TensorRT flavour of the decoder (exported with --backend "
-                              f"{self.info['backend']}): its graph holds edgert's TensorRT plugin ops, which ONNX Runtime "
-                              "cannot run; export with --backend onnx for onnxruntime")
-        self.graph = bundle.graph(graph or self.info["graph"])
-        self.num_layers = 1 if graph == "mtp" else int(self.info["num_layers"])
-        self.hidden_name = "mtp_hidden_states" if graph == "mtp" else "hidden_states"
-        self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
-                                          **bundle.onnx_sources(self.graph))
-        self.session = self.backend.session
-        outputs = {t.name: t for t in self.graph.outputs}
-        self.vocab_size = int(outputs["logits"].dims[-1])
-        self.hidden_size = int(outputs[self.hidden_name].dims[-1])
+                              "trt): its graph holds edgert's TensorRT plugin ops and an in-place cache, which "
+                              "this session does not drive; export with --backend onnx")
+        name = graph or self.info["graph"]
+        if name not in bundle.graphs:
+            raise BundleError(f"{bundle.root}: no graph {name!r} in this bundle (graphs: {', '.join(bundle.graphs)})")
+        self.graph = bundle.graph(name)
+        self.layout = layout(self.graph)
+        backend_cls = get_host().get("backend", backend).obj
+        backend_cls.check_available()
+        self.backend = open_backend(bundle, self.graph, backend_cls, device, threads, interleaved=True)
+        self.num_layers = self.layout.num_layers
+        self.vocab_size, self.hidden_size = self.layout.vocab_size, self.layout.hidden_size
         self.context = int(self.info["context"])
-        self.kv_dtype = DTYPES[self.info["kv_dtype"]]
+        self.kv_dtype = KV_DTYPES[self.info["kv_dtype"]]
+        self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
+
+    def open_backend(self, graph: str):
+        """Another graph of the bundle (a head's) on this session's backend, device and threads:
+        a :class:`~edgert.runtime.backends.base.Backend` (``run`` / ``run_into``)."""
+        if graph not in self.bundle.graphs:
+            raise BundleError(f"{self.bundle.root}: no graph {graph!r} in this bundle (graphs: {', '.join(self.bundle.graphs)})")
+        backend_cls = get_host().get("backend", self.backend_name).obj
+        return open_backend(self.bundle, self.bundle.graph(graph), backend_cls, self.device, self.threads, interleaved=True)
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         info = self.info
         return KVCache(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
 
     def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-                logit_positions: np.ndarray, hidden_states: np.ndarray | None = None) -> Outputs:
+                logit_positions: np.ndarray, **extra_inputs: np.ndarray) -> Outputs:
         """Run new tokens (B, S) over the cache; returns logits (B, K, vocab) at
-        ``logit_positions`` (B, K) and hidden states (B, S, hidden); the cache grows by S."""
+        ``logit_positions`` (B, K), hidden states (B, S, hidden) and the graph's extra outputs;
+        the cache grows by S. ``extra_inputs``: the graph's own inputs (e.g. ``hidden_states``)."""
         batch, new = input_ids.shape
         if cache.length + new > self.context:
             raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
+        missing = set(self.layout.extra_inputs) - set(extra_inputs)
+        if missing or set(extra_inputs) - set(self.layout.extra_inputs):
+            raise EdgertError(f"graph {self.graph.name!r} takes the extra inputs {list(self.layout.extra_inputs)}; "
+                              f"given {sorted(extra_inputs)}")
         cache.reserve(cache.length + new)
-        extra = {} if hidden_states is None else {"hidden_states": np.ascontiguousarray(hidden_states, np.float32)}
-        ort = self._ort
-        binding = self.session.io_binding()
-        for name, value in (("input_ids", input_ids), ("position_ids", position_ids),
-                            ("attention_mask", attention_mask), ("logit_positions", logit_positions), *extra.items()):
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, value in cache.past().items():
-            binding.bind_cpu_input(name, value)
+        feeds = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
+                 "logit_positions": logit_positions,
+                 **{k: np.asarray(v, np.float32) for k, v in extra_inputs.items()}}
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        feeds.update(cache.past())
         logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
-        outputs = {"logits": logits, self.hidden_name: hidden, **cache.present(new)}
-        for name, value in outputs.items():
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as err:
-            raise EdgertError(f"{self.graph.file}: onnxruntime failed to run the decoder: {_first_line(err)}") from None
+        extra = {name: np.empty((batch, new, dim), np.float32) for name, dim in self._extra_shapes.items()}
+        self.backend.run_into(feeds, {"logits": logits, self.layout.hidden: hidden, **extra, **cache.present(new)})
         cache.advance(new)
-        return Outputs(logits, hidden)
-
+        return Outputs(logits, hidden, extra)
 
     def extend(self, cache: KVCache, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None,
-               hidden_states: np.ndarray | None = None) -> Outputs:
+               **extra_inputs: np.ndarray) -> Outputs:
         """Batch 1: run ``tokens`` (1-D) after everything cached; causal among them unless a
         (S, S) ``mask`` is given (a tree); ``positions`` default to consecutive ones; logits at
-        ``logits_at`` (default: the last token). Returns row 0's logits (K, vocab) and hidden
-        states (S, hidden)."""
+        ``logits_at`` (default: the last token); ``extra_inputs`` as (S, dim) arrays. Returns row
+        0's logits (K, vocab), hidden states (S, hidden) and extra outputs (S, dim)."""
         tokens = np.asarray(tokens, dtype=np.int64)[None]
         new, past = tokens.shape[1], cache.length
         positions = np.arange(past, past + new) if positions is None else positions
         mask = np.tri(new, dtype=bool) if mask is None else mask
         full = np.concatenate([np.ones((new, past), bool), mask], axis=1)[None]
         at = np.asarray([new - 1] if logits_at is None else logits_at, dtype=np.int64)[None]
-        hidden = None if hidden_states is None else np.asarray(hidden_states, np.float32).reshape(1, new, -1)
-        out = self.forward(cache, tokens, np.asarray(positions, np.int64)[None], full, at, hidden)
-        return Outputs(out.logits[0], out.hidden[0])
-
-
-class MedusaSession:
-    """The bundle's ``medusa`` graph: final hidden states -> every head's logits."""
-
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
-        info = bundle.manifest["decoder"].get("medusa")
-        if not info:
-            raise EdgertError(f"{bundle.root}: no Medusa heads in this bundle "
-                              "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
-        self.num_heads = int(info["num_heads"])
-        self.graph = bundle.graph(info["graph"])
-        self.backend = OnnxRuntimeBackend(bundle.path(self.graph.file), device=device, threads=threads, interleaved=True,
-                                          **bundle.onnx_sources(self.graph))
-
-    def __call__(self, hidden: np.ndarray) -> np.ndarray:
-        """hidden (H,) -> (heads, vocab)."""
-        feeds = {"hidden_states": np.ascontiguousarray(hidden, np.float32).reshape(1, 1, -1)}
-        return self.backend.run(feeds)["medusa_logits"][0, 0]
+        given = {k: np.asarray(v, np.float32).reshape(1, new, -1) for k, v in extra_inputs.items()}
+        out = self.forward(cache, tokens, np.asarray(positions, np.int64)[None], full, at, **given)
+        return Outputs(out.logits[0], out.hidden[0], {k: v[0] for k, v in out.extra.items()})

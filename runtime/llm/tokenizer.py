@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, first_line
 
 
 def _load(path: Path, data: bytes | None = None):
@@ -19,7 +19,7 @@ def _load(path: Path, data: bytes | None = None):
     except UnicodeDecodeError as err:
         raise BundleError(f"{path}: not a readable tokenizer.json (not UTF-8: {err.reason} at byte {err.start})") from None
     except Exception as err:  # tokenizers raises a bare Exception with serde's message
-        raise BundleError(f"{path}: not a readable tokenizer.json ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise BundleError(f"{path}: not a readable tokenizer.json ({first_line(err)})") from None
 
 
 def check_vocab(path: Path, vocab_size: int) -> None:

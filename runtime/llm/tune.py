@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..progress import Bar
 from .generator import Decoding, GenerationStats, Generator
 from .sampling import Sampler, SamplingParams
-from .session import MedusaSession
+from .contract import heads_of
 
 
 @dataclass
@@ -38,9 +38,9 @@ class TreeChoice:
 
 def head_accuracy(gen: Generator, prompts: list[list[int]], new_tokens: int, top_k: int) -> np.ndarray:
     """acc[k, r]: fraction of steps where head k's rank-r candidate was the token k + 2 ahead."""
-    if not gen.session.info.get("medusa"):
+    if "medusa" not in heads_of(gen.session.info):
         raise InputError("tune-tree needs a bundle exported with Medusa heads (--opt medusa=...)")
-    medusa = MedusaSession(gen.bundle, gen.device, gen.threads)
+    medusa = Decoding(gen.session, [0], Sampler(SamplingParams()), 1, GenerationStats(), resources=gen.resources).head("medusa")
     heads = medusa.num_heads
     hits, count = np.zeros((heads, top_k)), np.zeros(heads)
     bar = Bar("measuring head accuracy (greedy decoding of the samples)", len(prompts))

@@ -33,6 +33,7 @@ Rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +74,7 @@ def draw(probs: np.ndarray, u: float) -> int:
 
 def verify(tokens, parents, logits, mode: str = "greedy", *, temperature: float = 1.0, epsilon: float = TYPICAL_EPSILON,
            delta: float = TYPICAL_DELTA, draft_probs: np.ndarray | None = None, seed: int = 0) -> Verdict:
+    """The op (see the module docstring): checks the arguments, then the mode's rule."""
     tree = parents if isinstance(parents, Tree) else Tree(np.asarray(parents))
     tokens = np.asarray(tokens, dtype=np.int64)
     logits = np.asarray(logits)
@@ -83,38 +85,57 @@ def verify(tokens, parents, logits, mode: str = "greedy", *, temperature: float 
                          f"got {tokens.shape} and {logits.shape}")
     if mode != "greedy" and not temperature > 0:
         raise InputError(f"verify: {mode} mode needs temperature > 0, got {temperature}")
-    kids = tree.children()
-    depth = tree.depths()
     if mode == "greedy":
-        best = logits.argmax(axis=1)
-        accepted = np.zeros(tree.size, bool)
-        accepted[0] = True
-        for i in range(1, tree.size):
-            accepted[i] = accepted[tree.parents[i]] and tokens[i] == best[tree.parents[i]]
-        last = max(np.flatnonzero(accepted), key=lambda i: (depth[i], -i))  # longest, then first
-        return Verdict(tree.path(int(last)), int(best[last]))
+        return verify_greedy(tokens, tree, logits)
     if mode == "typical":
-        p = softmax(logits, temperature)
-        entropy = -(p * np.log(p + 1e-5)).sum(axis=1)
-        threshold = np.minimum(epsilon, delta * np.exp(-entropy))
-        plausible = np.zeros(tree.size, bool)
-        plausible[0] = True
-        score = np.zeros(tree.size)
-        for i in range(1, tree.size):
-            parent = tree.parents[i]
-            prob = p[parent, tokens[i]]
-            plausible[i] = plausible[parent] and prob > threshold[parent]
-            score[i] = score[parent] + np.log(max(prob, 1e-30))
-        candidates = np.flatnonzero(plausible)
-        last = max(candidates, key=lambda i: (depth[i], score[i], -i))  # longest, then most likely, then first
-        u = uniforms(seed, tree.size)
-        # never empty: max p >= exp(-H) > threshold
-        allowed = np.where(p[last] > threshold[last], p[last], 0.0)
-        return Verdict(tree.path(int(last)), draw(allowed, u[0]))
-    # sampling
-    p_all = softmax(logits, temperature)
+        return verify_typical(tokens, tree, logits, temperature, epsilon, delta, seed)
     if draft_probs is not None and draft_probs.shape != logits.shape:
         raise InputError(f"verify: draft_probs {draft_probs.shape} must match logits {logits.shape}")
+    return verify_sampling(tokens, tree, logits, temperature, draft_probs, seed)
+
+
+def verify_greedy(tokens: np.ndarray, tree: Tree, logits: np.ndarray) -> Verdict:
+    """A node is accepted when its token is its parent's argmax and its parent is accepted; the
+    deepest accepted node (ties: the first) ends the path; the bonus is its argmax."""
+    best = logits.argmax(axis=1)
+    depth = tree.depths()
+    accepted = np.zeros(tree.size, bool)
+    accepted[0] = True
+    for i in range(1, tree.size):
+        accepted[i] = accepted[tree.parents[i]] and tokens[i] == best[tree.parents[i]]
+    last = max(np.flatnonzero(accepted), key=lambda i: (depth[i], -i))  # longest, then first
+    return Verdict(tree.path(int(last)), int(best[last]))
+
+
+def verify_typical(tokens: np.ndarray, tree: Tree, logits: np.ndarray, temperature: float, epsilon: float,
+                   delta: float, seed: int) -> Verdict:
+    """Medusa's typical acceptance: plausible children (p > min(ε, δ·exp(−H))) along the
+    longest path (ties: larger Σ log p, then first); bonus from p restricted to plausible tokens."""
+    depth = tree.depths()
+    p = softmax(logits, temperature)
+    entropy = -(p * np.log(p + 1e-5)).sum(axis=1)
+    threshold = np.minimum(epsilon, delta * np.exp(-entropy))
+    plausible = np.zeros(tree.size, bool)
+    plausible[0] = True
+    score = np.zeros(tree.size)
+    for i in range(1, tree.size):
+        parent = tree.parents[i]
+        prob = p[parent, tokens[i]]
+        plausible[i] = plausible[parent] and prob > threshold[parent]
+        score[i] = score[parent] + np.log(max(prob, 1e-30))
+    last = max(np.flatnonzero(plausible), key=lambda i: (depth[i], score[i], -i))  # longest, most likely, first
+    u = uniforms(seed, tree.size)
+    allowed = np.where(p[last] > threshold[last], p[last], 0.0)  # never empty: max p >= exp(-H) > threshold
+    return Verdict(tree.path(int(last)), draw(allowed, u[0]))
+
+
+def verify_sampling(tokens: np.ndarray, tree: Tree, logits: np.ndarray, temperature: float,
+                    draft_probs: np.ndarray | None, seed: int) -> Verdict:
+    """Speculative sampling, multi-candidate: at a node try its children in order, accept x when
+    u_x < p(x)/q(x), else p <- norm(max(0, p − q)) and try the next; the bonus is drawn from
+    the p left at the last accepted node (q one-hot at the token for deterministic drafts)."""
+    kids = tree.children()
+    p_all = softmax(logits, temperature)
     u = uniforms(seed, tree.size)
     node = 0
     while True:
@@ -145,14 +166,10 @@ class OnnxVerifier:
 
     def __init__(self, directory, files: dict[str, str], threads: int | None = 1, read=None):
         """``read(name) -> bytes``: the bundle's checked bytes of each file (else the files are opened)."""
-        import onnxruntime as ort
+        from ..backends.onnxruntime import OnnxRuntimeBackend
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = {mode: ort.InferenceSession(read(name) if read else str(directory / name), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.sessions = {mode: OnnxRuntimeBackend(Path(directory) / name, threads=threads,
+                                                  model=read(name) if read else None)
                          for mode, name in files.items()}
 
     def __call__(self, tokens, parents, logits, mode: str = "greedy", *, temperature: float = 1.0,
@@ -175,5 +192,5 @@ class OnnxVerifier:
                 draft_probs[tree.parents[1:], feeds["tokens"][1:]] = 1.0
             feeds.update(temperature=scalar(temperature), draft_probs=np.asarray(draft_probs, np.float32),
                          uniforms=uniforms(seed, tree.size).astype(np.float32))
-        path, _, bonus = self.sessions[mode].run(None, feeds)
+        path, _, bonus = self.sessions[mode].run(feeds).values()
         return Verdict([int(i) for i in path], int(np.asarray(bonus).reshape(-1)[0]))

@@ -1,6 +1,6 @@
-"""Built-in decoding strategy ``mtp``: a DeepSeek-V3-style multi-token-prediction module drafts a
-chain, the target verifies it in one pass. Needs a bundle exported with ``--opt mtp=MODULE``
-(``edgert train mtp`` makes one for any checkpoint).
+"""Decoding strategy ``mtp``: a DeepSeek-V3-style multi-token-prediction module drafts a chain,
+the target verifies it in one pass. Needs a bundle exported with the ``mtp`` head (``--opt
+mtp=MODULE``; ``edgert train mtp`` makes one for any checkpoint).
 
 The module reads the target's hidden state h_j and the next token t_{j+1} and predicts t_{j+2};
 depth k > 1 chains it on its own output (speculative entries in its cache, dropped after the
@@ -15,9 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.runtime.detector import Option, positive_int
-from edgert.runtime.errors import InputError
-from edgert.runtime.hookspecs import hookimpl
-from edgert.runtime.llm.session import DecoderSession
 from edgert.runtime.llm.tree import Tree
 
 
@@ -27,20 +24,14 @@ class MultiTokenPrediction:
     options = {"depth": Option(3, "draft tokens per step (the module chained)", positive_int)}
 
     def decode(self, d):
-        if not d.session.info.get("mtp"):
-            raise InputError("strategy 'mtp' needs a bundle exported with an MTP module "
-                             "(edgert train mtp ..., then edgert export llama --opt mtp=MODULE)")
-        session = d.session
-        mtp = d.resource(("mtp", str(session.bundle.root)),
-                         lambda: DecoderSession(session.bundle, session.device, session.threads, graph="mtp"))
+        mtp = d.head("mtp")
         cache = mtp.new_cache(d.cache.capacity)
         root = d.sample(d.prefill())
         hidden = d.hidden  # the target's h_j for every j whose pair is not yet in the module's cache
         while True:
             depth = min(d.options["depth"], d.room - 1)
             if depth < 1:
-                yield [root]
-                root = d.sample(d.step(root))
+                root = yield from d.plain_step(root)
                 continue
             start = cache.length  # pairs (h_j, t_{j+1}) for j = start .. len(tokens) - 1, t_len = root
             nxt = d.tokens[start + 1:] + [root]
@@ -57,8 +48,3 @@ class MultiTokenPrediction:
             hidden = d.hidden                 # the target's h of the accepted tokens
             yield [tokens[i] for i in verdict.path]
             root = verdict.bonus
-
-
-@hookimpl
-def edgert_register_strategies():
-    return [MultiTokenPrediction()]

@@ -1,5 +1,5 @@
-"""Built-in decoding strategy ``medusa``: Medusa heads propose a tree, the target verifies it in
-one pass (Cai et al., 2024). Needs a bundle exported with ``--opt medusa=HEADS``.
+"""Decoding strategy ``medusa``: Medusa heads propose a tree, the target verifies it in one pass
+(Cai et al., 2024). Needs a bundle exported with the ``medusa`` head (``--opt medusa=HEADS``).
 
 Each step: the root is the target's own next token; head k's top-k tokens fill depth k + 1 of
 the tree given by ``medusa_choices`` (tree indices as Medusa computes them); one decoder pass
@@ -19,9 +19,7 @@ import numpy as np
 
 from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
-from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.medusa_trees import load_choices
-from edgert.runtime.llm.session import MedusaSession
 from edgert.runtime.llm.tree import medusa_buffers
 
 
@@ -42,12 +40,7 @@ class Medusa:
                "verify": Option("auto", "greedy, typical or sampling (auto: greedy at temperature 0, else typical)", _mode)}
 
     def decode(self, d):
-        session = d.session
-        if not session.info.get("medusa"):
-            raise InputError("strategy 'medusa' needs a bundle exported with Medusa heads "
-                             "(edgert export llama --opt medusa=medusa_lm_head.safetensors)")
-        medusa = d.resource(("medusa", str(session.bundle.root)),
-                            lambda: MedusaSession(session.bundle, session.device, session.threads))
+        medusa = d.head("medusa")
         heads = medusa.num_heads
         key = ("medusa-buffers", str(d.options["tree"]), d.options["top_k"], heads)
         buffers = d.resource(key, lambda: medusa_buffers(load_choices(d.options["tree"]), d.options["top_k"], heads))
@@ -58,13 +51,12 @@ class Medusa:
             raise InputError(f"medusa verify={mode} needs sampling: give --temperature > 0")
         k, size = buffers.top_k, buffers.tree.size
         ranks = 1 + max(rank for path in buffers.choices for rank in path)  # candidates a head must rank
-        if size >= d.session.context:
-            raise InputError(f"medusa tree of {size} tokens does not fit the bundle's context of {d.session.context} positions")
+        if size >= d.context:
+            raise InputError(f"medusa tree of {size} tokens does not fit the bundle's context of {d.context} positions")
         root = d.sample(d.prefill())
         while True:
             if d.room < size:  # the tree no longer fits the context: plain steps to the end
-                yield [root]
-                root = d.sample(d.step(root))
+                root = yield from d.plain_step(root)
                 continue
             scores = medusa(d.hidden[-1])  # (heads, vocab) at the last accepted token
             if ranks == 1:  # a chain uses each head's best token only: argmax, not a partial sort
@@ -79,8 +71,3 @@ class Medusa:
             verdict = d.verify(buffers.tree, tokens, mode=mode)
             yield [int(tokens[i]) for i in verdict.path]
             root = verdict.bonus
-
-
-@hookimpl
-def edgert_register_strategies():
-    return [Medusa()]

@@ -1,0 +1,69 @@
+"""A third-party speculative head (tests/example_head_plugin, its own package and entry point)
+exports with a decoder and decodes losslessly, without touching edgert's own files: the proof
+that heads are an extension point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import assert_user_error, edgert  # noqa: E402
+from llm_checkpoints import make_llama  # noqa: E402
+
+from edgert.exporters.driver import export  # noqa: E402
+from edgert.runtime.llm.generator import Generator  # noqa: E402
+from edgert.runtime.llm.sampling import SamplingParams  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def repeat_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repeat")
+    make_llama(root / "ckpt")
+    (root / "repeat.json").write_text(json.dumps({"length": 3}))
+    export("llama", root / "bundle", {"repeat": str(root / "repeat.json")}, checkpoint=str(root / "ckpt"))
+    return root
+
+
+def test_the_head_is_registered_by_its_own_package():
+    listing = edgert("plugins").stdout
+    rows = [line.split() for line in listing.splitlines()]
+    assert ["repeat", "head", "edgert-repeat-head", "0.1.0"] in [row[:4] for row in rows]
+    assert ["repeat", "strategy", "edgert-repeat-head", "0.1.0"] in [row[:4] for row in rows]
+
+
+def test_export_carries_its_graph_and_entry(repeat_bundle):
+    manifest = json.loads((repeat_bundle / "bundle" / "manifest.json").read_text())
+    assert manifest["decoder"]["heads"] == {"repeat": {"graph": "repeat", "length": 3}}
+    assert manifest["graphs"]["repeat"]["file"] == "repeat.onnx" and "repeat.onnx" in manifest["files"]
+    assert manifest["parity"]["graphs"]["repeat"]["passed"]
+    info = edgert("info", repeat_bundle / "bundle").stdout
+    assert "repeat head (graph 'repeat', length 3)" in info
+
+
+def test_its_strategy_equals_ar_and_accepts_repeats(repeat_bundle):
+    gen = Generator(repeat_bundle / "bundle")
+    params = SamplingParams(max_new_tokens=40)
+    passes = []
+    for prompt in ["The quick brown fox", "0 0 0 0 0 0 0 0", "def add(a, b):\n    return", "Edge devices run"]:
+        ar = gen.generate(prompt, params)
+        ours = gen.generate(prompt, params, strategy="repeat")
+        assert ours.tokens == ar.tokens, prompt
+        passes.append(ours.stats.forward_calls)
+    assert ours.stats.accepted and all(1 <= a <= 4 for a in ours.stats.accepted)
+
+
+def test_a_bundle_without_the_head_and_a_bad_head_file_are_one_line(repeat_bundle, tmp_path):
+    export("llama", tmp_path / "plain", checkpoint=str(repeat_bundle / "ckpt"))
+    assert_user_error(edgert("generate", tmp_path / "plain", "--prompt", "hi", "--strategy", "repeat"),
+                      "needs a bundle exported with a repeat head", "--opt repeat=FILE")
+    (tmp_path / "bad.json").write_text("{}")
+    assert_user_error(edgert("export", "llama", "--checkpoint", repeat_bundle / "ckpt", "--out", tmp_path / "b",
+                             "--opt", f"repeat={tmp_path / 'bad.json'}"), "not a repeat-head file")
+    assert not (tmp_path / "b").exists()
+    assert_user_error(edgert("export", "llama", "--checkpoint", repeat_bundle / "ckpt", "--out", tmp_path / "b",
+                             "--backend", "trt", "--precision", "fp16", "--opt", f"repeat={tmp_path / 'bad.json'}"),
+                      "does not carry a repeat head")
