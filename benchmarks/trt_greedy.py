@@ -33,7 +33,7 @@ def export_pair(out: Path) -> tuple[Path, Path]:
     for backend in ("onnx", "trt"):
         bundles[backend] = out / f"bundle-{backend}"
         subprocess.run([sys.executable, "-m", "edgert", "export", "llama", "--checkpoint", str(out / "ckpt"), "--out",
-                        str(bundles[backend]), "--backend", backend, "--precision", "fp16", "--force"], check=True)
+                        str(bundles[backend]), "--flavour", backend, "--precision", "fp16", "--force"], check=True)
     return bundles["onnx"], bundles["trt"]
 
 

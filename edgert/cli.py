@@ -56,8 +56,8 @@ def cmd_export(args) -> int:
 
     print(f"exporting {args.model} to {args.out}", file=sys.stderr)
     out = export(args.model, args.out, _parse_opts(args.opt), checkpoint=args.checkpoint, precision=args.precision,
-                 tolerance=args.tolerance, force=args.force, seed=args.seed, trt_engine=args.trt_engine,
-                 trt_max_batch=args.trt_max_batch, backend=args.backend, calibration=args.calibration,
+                 tolerance=args.tolerance, force=args.force, seed=args.seed, engine=args.engine,
+                 engine_max_batch=args.engine_max_batch, flavour=args.flavour, calibration=args.calibration,
                  quant=_parse_opts(args.quant, "--quant"))
     from edgert.runtime.bundle import Bundle
 
@@ -452,6 +452,27 @@ def _float(lo: float, hi: float, low_open: bool = False):
     return parse
 
 
+def _deprecated(replacement: str, constant=None):
+    """An argparse action for an old spelling: stores like ``replacement`` and warns once."""
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"edgert: warning: {option_string} is deprecated, use {replacement} (the old spelling goes in the "
+                  "next release)", file=sys.stderr)
+            setattr(namespace, self.dest, values if constant is None else constant)
+    return Deprecated
+
+
+DEVICES = ["cpu", "cuda", "tensorrt-ep"]
+
+
+def _device(text: str) -> str:
+    if text == "trt":  # the previous release's name for ONNX Runtime's TensorRT execution provider
+        print("edgert: warning: --device trt is deprecated, use --device tensorrt-ep (ONNX Runtime's TensorRT "
+              "execution provider; the old spelling goes in the next release)", file=sys.stderr)
+        return "tensorrt-ep"
+    return text
+
+
 THREADS = _int(1, 1024)
 COUNT = _int(1, 1 << 20)
 SEED = _int(0, 2**63 - 1)
@@ -485,11 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1e-4 for fp32, 1e-2 for fp16)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for random init and parity inputs")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    p.add_argument("--trt-engine", action="store_true", help="also build a TensorRT engine (needs edgert[trt])")
-    p.add_argument("--trt-max-batch", type=_int(1, 4096), default=8, help="largest batch of the engine's profile")
-    p.add_argument("--backend", default="onnx", choices=["onnx", "trt"],
-                   help="graph flavour: standard ONNX ops for ONNX Runtime (default), or, for LLM decoders, edgert's "
-                        "TensorRT plugin ops (EdgertAttention, EdgertTreeVerify, EdgertKVCompact)")
+    p.add_argument("--engine", action="store_true", help="also build a TensorRT engine per graph (needs edgert[trt])")
+    p.add_argument("--engine-max-batch", type=_int(1, 4096), default=8, help="largest batch of the engine's profile")
+    p.add_argument("--flavour", default="onnx", choices=["onnx", "trt"],
+                   help="graph flavour: standard ONNX ops for ONNX Runtime (default), or trt: for LLM decoders edgert's "
+                        "TensorRT plugin ops (EdgertAttention, EdgertTreeVerify, EdgertKVCompact), for int8 video "
+                        "models TensorRT's explicit-quantization QDQ")
+    # The spellings of the previous release, kept for one more (each warns once).
+    p.add_argument("--trt-engine", dest="engine", nargs=0, action=_deprecated("--engine", True), help=argparse.SUPPRESS)
+    p.add_argument("--trt-max-batch", dest="engine_max_batch", type=_int(1, 4096), action=_deprecated("--engine-max-batch"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--backend", dest="flavour", choices=["onnx", "trt"], action=_deprecated("--flavour"),
+                   help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="generate text with a decoder bundle")
@@ -511,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, tokens, stop reason, timings")
     p.add_argument("--backend", default="onnxruntime", help="backend plugin the graphs run on (default onnxruntime)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+    p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
     p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
 
@@ -543,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=_int(1, 1 << 16), default=64)
     p.add_argument("--top-k", type=_int(1, 1024), default=10)
     p.add_argument("--max-nodes", type=_int(1, 1024), default=63)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+    p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
     p.add_argument("--threads", type=THREADS)
     p.set_defaults(func=cmd_tune_tree)
 
@@ -577,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("bundle")
         p.add_argument("--backend", default="onnxruntime")
-        p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "trt"])
+        p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
         p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
         p.set_defaults(func=func)
         if name == "run":

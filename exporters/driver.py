@@ -9,6 +9,7 @@ directory that becomes the bundle only when all of it succeeded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,38 +68,50 @@ def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> d
 
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
            precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
-           trt_engine: bool = False, trt_max_batch: int = 8, backend: str = "onnx", calibration: str | None = None,
-           quant: dict[str, str] | None = None) -> Path:
+           engine: bool = False, engine_max_batch: int = 8, flavour: str = "onnx", calibration: str | None = None,
+           quant: dict[str, str] | None = None, **deprecated) -> Path:
     """Export model ``name`` into the bundle directory ``out``; returns its path.
 
     ``precision``: fp32, fp16, int8 or int4 (decoders), see :mod:`.precision`; ``quant``: its
     ``--quant`` knobs; ``calibration``: the data int8 video models (and GPTQ) calibrate on.
-    ``trt_engine``: also build a TensorRT engine per graph (needs the tensorrt package).
-    ``backend``: the graph flavour, "onnx" (standard ops) or "trt": for decoders edgert's
-    TensorRT plugin ops, for int8 video models TensorRT's explicit (symmetric) quantization."""
+    ``engine``: also build a TensorRT engine per graph (needs the tensorrt package), for batches
+    up to ``engine_max_batch``. ``flavour``: the graph flavour, "onnx" (standard ops) or "trt":
+    for decoders edgert's TensorRT plugin ops, for int8 video models TensorRT's explicit
+    (symmetric) quantization. ``backend``, ``trt_engine``, ``trt_max_batch``: the previous
+    release's names of ``flavour``, ``engine`` and ``engine_max_batch`` (deprecated)."""
     import torch
 
+    renamed = {"backend": "flavour", "trt_engine": "engine", "trt_max_batch": "engine_max_batch"}
+    if set(deprecated) - set(renamed):
+        raise TypeError(f"export() got unexpected keyword arguments {sorted(set(deprecated) - set(renamed))}")
+    for old in deprecated:
+        warnings.warn(f"export({old}=...) is deprecated, use {renamed[old]}=...", DeprecationWarning, stacklevel=2)
+    flavour = deprecated.get("backend", flavour)
+    engine = deprecated.get("trt_engine", engine)
+    engine_max_batch = deprecated.get("trt_max_batch", engine_max_batch)
+    backend = flavour  # the exporters' internal name for it
     registered = find_exportable(name)
     knobs = resolve_quantization(registered.kind, precision, backend, quant or {}, calibration)
     if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
-        if trt_engine:
-            raise EdgertError(f"{name}: --trt-engine is not available for decoder bundles yet; they run on onnxruntime")
+        if engine:
+            raise EdgertError(f"{name}: --engine is not available for decoder bundles yet (build the TensorRT flavour's "
+                              "engine on the device, trt_plugins/README.md)")
         from .llm.export import ExportRequest
 
         request = ExportRequest(checkpoint, dict(options or {}), precision, tolerance, force, seed, backend,
                                 knobs, calibration if knobs is not None else None)
         return registered.obj.export(registered, Path(out), request)
     if backend != "onnx" and precision != "int8":
-        raise EdgertError(f"--backend {backend} --precision {precision}: only LLM decoders have a TensorRT-plugin "
-                          "flavour; video models export standard ONNX (add --trt-engine to build a TensorRT engine from "
-                          "it), and --backend trt --precision int8 writes TensorRT's explicit-quantization QDQ graph")
+        raise EdgertError(f"--flavour {backend} --precision {precision}: only LLM decoders have a TensorRT-plugin "
+                          "flavour; video models export standard ONNX (add --engine to build a TensorRT engine from "
+                          "it), and --flavour trt --precision int8 writes TensorRT's explicit-quantization QDQ graph")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
     if knobs is not None:  # before minutes of export, not after
         from .qdq import calibration_sources
 
         calibration_sources(calibration)
-    if trt_engine:
+    if engine:
         check_tensorrt()
     plugin = registered.obj
     opts = _resolve_options(plugin, options or {}, checkpoint)
@@ -138,14 +151,14 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
 
             manifest["quantization"] = {graph.name: quantize_graph(stage, graph, knobs, calibration, backend)
                                         for graph in graphs}
-        if trt_engine:
+        if engine:
             for i, graph in enumerate(graphs):
-                engine = graph.file.rsplit(".", 1)[0] + ".plan"
-                with step(f"building TensorRT engine {engine}"):
-                    build_engine(stage / graph.file, graph, stage / engine, precision == "fp16", trt_max_batch)
-                graphs[i] = replace(graph, engine=engine)
+                plan = graph.file.rsplit(".", 1)[0] + ".plan"
+                with step(f"building TensorRT engine {plan}"):
+                    build_engine(stage / graph.file, graph, stage / plan, precision == "fp16", engine_max_batch)
+                graphs[i] = replace(graph, engine=plan)
             manifest["graphs"] = {g.name: g.to_json() for g in graphs}
-        if knobs is not None or trt_engine:
+        if knobs is not None or engine:
             write_manifest(stage, manifest)
     return Path(out)
 

@@ -112,9 +112,9 @@ def resolve_quantization(kind: str, precision: str, backend: str, given: dict[st
                               "from them")
         return resolve_options("--quant for int8 video models", VIDEO_INT8, given, "--quant")
     if backend == "trt":
-        raise EdgertError(f"--backend trt --precision {precision}: the TensorRT flavour of decoders runs fp16 "
-                          "(weight-only int4/int8 for it is not built yet); export --backend onnx --precision "
-                          f"{precision} for ONNX Runtime, or --backend trt --precision fp16")
+        raise EdgertError(f"--flavour trt --precision {precision}: the TensorRT flavour of decoders runs fp16 "
+                          "(weight-only int4/int8 for it is not built yet); export --flavour onnx --precision "
+                          f"{precision} for ONNX Runtime, or --flavour trt --precision fp16")
     knobs = resolve_options(f"--quant for {precision} decoders", DECODER_WEIGHTS, given, "--quant")
     if knobs["method"] == "gptq" and not calibration:
         raise EdgertError("--quant method=gptq needs --calibration TEXTFILES (text the model will see)")

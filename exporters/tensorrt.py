@@ -1,4 +1,4 @@
-"""Optional TensorRT engine build at export time (``edgert export ... --trt-engine``).
+"""Optional TensorRT engine build at export time (``edgert export ... --engine``).
 
 Built with Polygraphy's loaders (:mod:`edgert.runtime.trt_build`: strongly typed on TensorRT 10
 and 11, the graph's own precision), where the ``tensorrt`` package is installed. Symbolic dims get
@@ -17,7 +17,7 @@ from edgert.runtime.trt_build import build_serialized, require_tensorrt
 
 def check_available() -> None:
     """Before minutes of export, not after."""
-    require_tensorrt("--trt-engine")
+    require_tensorrt("--engine")
 
 
 def build_engine(onnx_path: Path, graph: GraphSpec, engine_path: Path, fp16: bool, max_batch: int) -> None:

@@ -72,7 +72,7 @@ def edgert_register_decoders():
     out, request)``, which writes the bundle (import torch inside it). ``request`` is an
     :class:`edgert.exporters.llm.export.ExportRequest`: checkpoint, options, precision,
     tolerance, force, seed, ``flavour`` (``"onnx"``: standard ops for ONNX Runtime; ``"trt"``:
-    edgert's TensorRT plugin ops, ``edgert export --backend trt``; a family without that
+    edgert's TensorRT plugin ops, ``edgert export --flavour trt``; a family without that
     flavour raises EdgertError), and for ``int8`` / ``int4`` the resolved ``quantization`` knobs
     and the ``calibration`` text. :func:`edgert.exporters.llm.export.export_decoder` does all of
     it for a family that gives it a PyTorch module of the contract.

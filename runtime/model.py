@@ -86,7 +86,7 @@ def open_backend(bundle: Bundle, spec: GraphSpec, backend_cls: type[Backend], de
     rel = getattr(spec, backend_cls.file_key, None)
     if not rel:
         raise BundleError(f"{bundle.root}: graph {spec.name!r} has no {backend_cls.file_key} for the {backend_cls.name} "
-                          "backend" + (" (export with --trt-engine where TensorRT is installed)"
+                          "backend" + (" (export with --engine where TensorRT is installed)"
                                        if backend_cls.file_key == "engine" else ""))
     extra: dict = {}
     if getattr(backend_cls, "reads_bytes", False):

@@ -5,7 +5,7 @@ type the ONNX graph gives it. edgert's graphs already carry their precision (``-
 converts the ONNX; norms and softmax stay fp32 where parity was checked), so every engine is built
 strongly typed wherever TensorRT offers it (10.0 on; the plugins need 10.3 anyway) and the FP16
 flag is set only on a TensorRT without strong typing that still has the flag. One availability
-check for the backend, the decoder engines and ``export --trt-engine``. tensorrt and polygraphy
+check for the backend, the decoder engines and ``export --engine``. tensorrt and polygraphy
 are imported lazily: they are the ``trt`` extra, absent on most machines.
 """
 

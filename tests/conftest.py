@@ -75,7 +75,7 @@ def trt_llama(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("trt")
     make_llama(root / "ckpt", hidden=256, heads=4, kv_heads=1)
-    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--backend", "trt",
+    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--flavour", "trt",
                     "--precision", "fp16")
     assert result.returncode == 0, result.stderr
     return root

@@ -47,7 +47,7 @@ def test_cuda_provider_matches_cpu(tiny_bundle):
                     "index, which this machine cannot reach")
 def test_tensorrt_engine_export_and_run(tmp_path, clip_npy):
     out = tmp_path / "trt"
-    result = edgert("export", "tsn", "--out", out, "--trt-engine", "--trt-max-batch", "2", *TINY_TSN)
+    result = edgert("export", "tsn", "--out", out, "--engine", "--engine-max-batch", "2", *TINY_TSN)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["graphs"]["main"]["engine"] == "model.plan" and "model.plan" in manifest["files"]
@@ -61,6 +61,6 @@ def test_tensorrt_engine_export_and_run(tmp_path, clip_npy):
 def test_trt_engine_export_without_tensorrt_fails_fast(tmp_path):
     from conftest import assert_user_error
 
-    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "x", "--trt-engine", *TINY_TSN),
-                      "--trt-engine needs the 'tensorrt' and 'polygraphy' packages")
+    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "x", "--engine", *TINY_TSN),
+                      "--engine needs the 'tensorrt' and 'polygraphy' packages")
     assert not (tmp_path / "x").exists()

@@ -153,3 +153,20 @@ def test_runtime_never_imports_torch(tiny_bundle, clip_npy, tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "torch-free" in result.stdout
+
+
+def test_the_previous_releases_spellings_still_work_and_warn(tiny_bundle, clip_npy, tmp_path):
+    """One word per TensorRT knob (--flavour trt, --engine, backend tensorrt, device tensorrt-ep);
+    the old spellings are aliases for one release, each with a warning naming the new one."""
+    result = edgert("export", "tsn", "--out", tmp_path / "v", "--backend", "trt", *TINY_TSN)
+    assert_user_error(result, "--flavour trt --precision fp32", "only LLM decoders have a TensorRT-plugin flavour")
+    assert "--backend is deprecated, use --flavour" in result.stderr
+    result = edgert("export", "tsn", "--out", tmp_path / "x", "--trt-engine", *TINY_TSN)
+    assert_user_error(result, "--engine needs the 'tensorrt' and 'polygraphy' packages")
+    assert "--trt-engine is deprecated, use --engine" in result.stderr
+    result = edgert("export", "tsn", "--out", tmp_path / "y", "--trt-max-batch", "0", *TINY_TSN)
+    assert result.returncode == 2 and "argument --trt-max-batch: 0 is outside" in result.stderr
+    result = edgert("run", tiny_bundle, "--input", clip_npy, "--device", "trt", "--threads", "1")
+    assert result.returncode == 0, result.stderr  # no TensorRT EP here: a warning and the CPU
+    assert "--device trt is deprecated, use --device tensorrt-ep" in result.stderr
+    assert "TensorrtExecutionProvider" in result.stderr and "falling back to CPUExecutionProvider" in result.stderr

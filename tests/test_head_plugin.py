@@ -65,5 +65,5 @@ def test_a_bundle_without_the_head_and_a_bad_head_file_are_one_line(repeat_bundl
                              "--opt", f"repeat={tmp_path / 'bad.json'}"), "not a repeat-head file")
     assert not (tmp_path / "b").exists()
     assert_user_error(edgert("export", "llama", "--checkpoint", repeat_bundle / "ckpt", "--out", tmp_path / "b",
-                             "--backend", "trt", "--precision", "fp16", "--opt", f"repeat={tmp_path / 'bad.json'}"),
+                             "--flavour", "trt", "--precision", "fp16", "--opt", f"repeat={tmp_path / 'bad.json'}"),
                       "does not carry a repeat head")

@@ -409,7 +409,7 @@ def test_no_mutation_of_a_manifest_gives_more_than_one_line(copy, capsys):
     (["export", "tsn", "--out", "{t}/o", "--tolerance", "nan"], "argument --tolerance: nan is outside (0, 1000.0]"),
     (["export", "tsn", "--out", "{t}/o", "--tolerance", "-1"], "argument --tolerance: -1.0 is outside (0, 1000.0]"),
     (["export", "tsn", "--out", "{t}/o", "--seed", "-1"], "argument --seed: -1 is outside [0, "),
-    (["export", "tsn", "--out", "{t}/o", "--trt-max-batch", "0"], "argument --trt-max-batch: 0 is outside"),
+    (["export", "tsn", "--out", "{t}/o", "--engine-max-batch", "0"], "argument --engine-max-batch: 0 is outside"),
     (["generate", "{b}", "--prompt", "x", "--temperature", "inf"], "argument --temperature: inf is outside [0, 100]"),
     (["generate", "{b}", "--prompt", "x", "--top-k", "-1"], "argument --top-k: -1 is outside"),
     (["train", "medusa", "--checkpoint", "c", "--data", "d", "--out", "o", "--lr", "0"], "argument --lr: 0.0 is outside"),

@@ -104,14 +104,14 @@ def test_int8_recognizer_keeps_its_accuracy(trained, tmp_path):
 
 
 def test_tensorrt_flavour_is_symmetric_qdq(trained, tmp_path):
-    """--backend trt --precision int8: TensorRT's explicit quantization wants int8 Q/DQ with zero
+    """--flavour trt --precision int8: TensorRT's explicit quantization wants int8 Q/DQ with zero
     points 0, per-channel weight scales on the output-channel axis."""
     import onnx
     from onnx import numpy_helper
 
     out = tmp_path / "trt"
     result = edgert("export", "tsn", "--out", out, "--checkpoint", trained / "tsn.pt", *TINY, "--precision", "int8",
-                    "--backend", "trt", "--calibration", trained / "calibration")
+                    "--flavour", "trt", "--calibration", trained / "calibration")
     assert result.returncode == 0, result.stderr
     model = onnx.load(str(out / "model.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -169,7 +169,7 @@ def test_bad_calibration_requests(trained, tmp_path):
                              trained / "calibration", "--quant", "bins=3"), "unknown option 'bins'", "calibration_method")
     assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration",
                              trained / "calibration", "--quant", "calibration_method=kl"), "expected one of")
-    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--backend", "trt"), "--backend trt --precision fp32")
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--flavour", "trt"), "--flavour trt --precision fp32")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no clips here")
@@ -309,8 +309,8 @@ def test_bad_decoder_quantization_requests(checkpoints, tmp_path):
                                  f"method={method}", "--calibration", ckpt / "tokenizer.json"), f"method={method}", "4-bit")
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--quant",
                              "block_size=24"), "--quant block_size=24", "power of two")
-    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--backend",
-                             "trt"), "--backend trt --precision int4", "runs fp16")
+    assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4", "--flavour",
+                             "trt"), "--flavour trt --precision int4", "runs fp16")
     short = tmp_path / "short.txt"
     short.write_text("too short")
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4",

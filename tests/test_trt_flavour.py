@@ -1,4 +1,4 @@
-"""The TensorRT flavour of a decoder bundle (`edgert export llama --backend trt`): the exported
+"""The TensorRT flavour of a decoder bundle (`edgert export llama --flavour trt`): the exported
 ONNX holds edgert's plugin nodes (domain edgert, plugin_version / plugin_namespace, shapes of
 the in-place cache) and passes onnx.checker with the registered schemas; its PyTorch math is the
 default flavour's on rows with different past lengths; bad requests get one-line errors. Engines
@@ -108,11 +108,11 @@ def test_rows_with_different_past_lengths_match_the_default_flavour(bundle):
 def test_bad_requests_get_one_line_errors(bundle, tmp_path):
     make_llama(tmp_path / "small")  # head_dim 8
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "small", "--out", tmp_path / "b",
-                             "--backend", "trt", "--precision", "fp16"), "head_dim 8", "built for head_dim 64 and 128")
+                             "--flavour", "trt", "--precision", "fp16"), "head_dim 8", "built for head_dim 64 and 128")
     assert_user_error(edgert("export", "llama", "--checkpoint", bundle / "ckpt", "--out", tmp_path / "b",
-                             "--backend", "trt"), "--precision fp32", "add --precision fp16")
+                             "--flavour", "trt"), "--precision fp32", "add --precision fp16")
     assert not (tmp_path / "b").exists()
-    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "v", "--backend", "trt"),
+    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "v", "--flavour", "trt"),
                       "only LLM decoders have a TensorRT-plugin flavour")
     assert_user_error(edgert("generate", bundle / "bundle", "--prompt", "hello"),
                       "TensorRT flavour", "--backend onnx")

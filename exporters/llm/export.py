@@ -103,7 +103,7 @@ def _heads(opts: dict[str, Any], flavour: str) -> list:
             head = get_host().get("head", registered.name).obj
             if flavour not in head.flavours:
                 raise EdgertError(f"--opt {head.name}: the {'TensorRT' if flavour == 'trt' else flavour} flavour does not "
-                                  f"carry a {head.name} head yet; export it with --backend onnx")
+                                  f"carry a {head.name} head yet; export it with --flavour onnx")
             wanted.append(head)
     return wanted
 
@@ -139,7 +139,7 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
     plugin, r = registered.obj, request
     precision, flavour, quantization = r.precision, r.flavour, r.quantization
     if flavour not in FLAVOURS:
-        raise EdgertError(f"--backend {flavour}: expected one of {list(FLAVOURS)}")
+        raise EdgertError(f"--flavour {flavour}: expected one of {list(FLAVOURS)}")
     if precision in ("int8", "int4") and quantization is None:  # called directly, not through the driver
         from ..precision import resolve_quantization
 
@@ -153,15 +153,15 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
     opts = plugin.resolve_options(r.options or {})
     if flavour == "trt" and precision != "fp16":
-        raise EdgertError(f"--backend trt --precision {precision}: edgert's TensorRT attention plugin takes fp16 "
+        raise EdgertError(f"--flavour trt --precision {precision}: edgert's TensorRT attention plugin takes fp16 "
                           "tensors (the deployment precision on Jetson-class GPUs); add --precision fp16")
     heads = _heads(opts, flavour)
     # A quantized decoder is made from the fp32 graph, which is parity-checked as fp32 first.
     tolerance = DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"]) if r.tolerance is None else float(r.tolerance)
     cfg = DecoderConfig.from_dir(directory)
     if flavour == "trt" and cfg.head_dim not in (64, 128):
-        raise EdgertError(f"--backend trt: {directory} has head_dim {cfg.head_dim}; edgert's TensorRT attention "
-                          "kernels are built for head_dim 64 and 128 (export with --backend onnx)")
+        raise EdgertError(f"--flavour trt: {directory} has head_dim {cfg.head_dim}; edgert's TensorRT attention "
+                          "kernels are built for head_dim 64 and 128 (export with --flavour onnx)")
     tokenizer = directory / "tokenizer.json"
     if not tokenizer.is_file():
         raise EdgertError(f"{tokenizer}: missing; the bundle needs the checkpoint's tokenizer.json to read and write text")

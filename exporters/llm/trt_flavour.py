@@ -1,4 +1,4 @@
-"""The TensorRT flavour of a decoder bundle (``edgert export llama ... --backend trt``): the same
+"""The TensorRT flavour of a decoder bundle (``edgert export llama ... --flavour trt``): the same
 weights and math, with edgert's TensorRT plugins (trt_plugins/) in place of ONNX Attention and
 the verification subgraphs.
 

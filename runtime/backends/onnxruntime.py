@@ -1,13 +1,14 @@
 """ONNX Runtime, the embedded default backend.
 
-``device`` selects execution providers: ``cpu``; ``cuda`` (CUDA EP, then CPU); ``trt``
-(ORT's TensorRT EP, then CUDA, then CPU). A provider missing from the installed onnxruntime
+``device`` selects execution providers: ``cpu``; ``cuda`` (CUDA EP, then CPU); ``tensorrt-ep``
+(ORT's TensorRT EP, then CUDA, then CPU; ``trt``, its previous name, still works and warns). A provider missing from the installed onnxruntime
 build is a warning and a fallback, not an error, so the same app runs on a laptop and a board.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from .base import Backend
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
 
@@ -39,6 +40,10 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(path, device=device, threads=threads)
         import onnxruntime as ort
 
+        if device == "trt":  # the previous release's name
+            warnings.warn("device 'trt' is deprecated, use 'tensorrt-ep' (ONNX Runtime's TensorRT execution provider)",
+                          DeprecationWarning, stacklevel=2)
+            device = self.device = "tensorrt-ep"
         if device not in PROVIDERS:
             raise EdgertError(f"unknown device {device!r} for onnxruntime; expected one of {list(PROVIDERS)}")
         available = set(ort.get_available_providers())

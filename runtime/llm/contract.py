@@ -16,7 +16,7 @@ The graph (the ``onnx`` flavour; names as Optimum and onnxruntime-genai use them
              <extra outputs>
              present.{i}.key / .value  kv  [batch, kv_heads, total_sequence_length, head_dim]
 
-The ``trt`` flavour (``edgert export --backend trt``) keeps the names but takes the mask as
+The ``trt`` flavour (``edgert export --flavour trt``) keeps the names but takes the mask as
 ``past_lengths`` int32 [batch] plus a bit-packed ``tree_mask`` int32 [sequence_length,
 mask_words] (:func:`edgert.runtime.llm.tree.pack_mask`), and its caches have a fixed ``capacity``
 in and out (the plugin writes them in place).

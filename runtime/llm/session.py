@@ -48,9 +48,9 @@ class DecoderSession:
         self.device, self.threads, self.backend_name = device, threads, backend
         self.info = bundle.manifest["decoder"]
         if self.info.get("backend", "onnx") != "onnx":
-            raise EdgertError(f"{bundle.root}: this is the TensorRT flavour of the decoder (exported with --backend "
+            raise EdgertError(f"{bundle.root}: this is the TensorRT flavour of the decoder (exported with --flavour "
                               "trt): its graph holds edgert's TensorRT plugin ops and an in-place cache, which "
-                              "this session does not drive; export with --backend onnx")
+                              "this session does not drive; export with --flavour onnx (in the previous release: --backend onnx)")
         name = graph or self.info["graph"]
         if name not in bundle.graphs:
             raise BundleError(f"{bundle.root}: no graph {name!r} in this bundle (graphs: {', '.join(bundle.graphs)})")

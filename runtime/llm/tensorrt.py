@@ -1,11 +1,12 @@
-"""TensorRT engines for the TensorRT flavour of a decoder bundle (``--backend trt``).
+"""TensorRT engines for the TensorRT flavour of a decoder bundle (``--flavour trt``).
 
 Loads edgert's plugin library into TensorRT's plugin registry (the ONNX parser then finds
 ``EdgertAttention`` / ``EdgertTreeVerify`` / ``EdgertKVCompact`` by op type, plugin_version and
 plugin_namespace), turns on aliased plugin I/O so the KV caches are updated in place, and
 builds the decoder engine strongly typed (the graph is fp16; :mod:`edgert.runtime.trt_build`)
 with one optimisation profile: batch 1..max_batch, new tokens 1..max_tokens (opt 1: decode),
-cache capacity fixed. tensorrt is imported lazily; it is the ``trt`` extra and absent on most
+cache capacity fixed. Building and deserializing go through Polygraphy's loaders
+(:mod:`edgert.runtime.trt_build`, ``EngineFromBytes``). tensorrt is imported lazily; it is the ``trt`` extra and absent on most
 machines.
 """
 
@@ -13,14 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import EdgertError
+from ..errors import EdgertError, first_line
 from ..trt_build import build_serialized, require_tensorrt
 
 _loaded: dict[str, object] = {}
 
 
 def load_plugins(library: str | Path):
-    """Register the plugin library's creators with TensorRT (once per process)."""
+    """Register the plugin library's creators with TensorRT (once per process).
+
+    Through the plugin registry's ``load_library``, not Polygraphy's ``LoadPlugins``: that one
+    only ``dlopen``s a library, which registers plugins that register themselves statically;
+    edgert's library exports ``getCreators`` (IPluginV3, and nothing else is visible), which only
+    the registry calls."""
     trt = require_tensorrt("building a TensorRT decoder engine")
     library = Path(library)
     if not library.is_file():
@@ -62,7 +68,7 @@ def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int
     bundle = Bundle.load(bundle)  # confined and checked like any bundle; the parser gets the checked bytes
     info = bundle.manifest.get("decoder") or {}
     if info.get("backend") != "trt":
-        raise EdgertError(f"{bundle.root}: not the TensorRT flavour of a decoder (export with --backend trt)")
+        raise EdgertError(f"{bundle.root}: not the TensorRT flavour of a decoder (export with --flavour trt)")
     capacity = int(capacity or info["context"])
     trt = load_plugins(library)
     graph = bundle.manifest["graphs"][info["graph"]]
@@ -71,7 +77,9 @@ def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int
     serialized = build_serialized(onnx, decoder_profile(graph, max_batch, max_tokens, capacity),
                                   preview_features=(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03,),  # in-place KV cache
                                   name=graph["file"])
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(serialized)
-    if engine is None:
-        raise EdgertError(f"{bundle.root}: TensorRT could not deserialize the engine it built")
-    return engine
+    from polygraphy.backend.trt import EngineFromBytes
+
+    try:
+        return EngineFromBytes(serialized)()
+    except Exception as err:  # Polygraphy raises its own error with TensorRT's log
+        raise EdgertError(f"{bundle.root}: TensorRT could not deserialize the engine it built: {first_line(err)}") from None
