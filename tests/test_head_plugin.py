@@ -67,3 +67,37 @@ def test_a_bundle_without_the_head_and_a_bad_head_file_are_one_line(repeat_bundl
     assert_user_error(edgert("export", "llama", "--checkpoint", repeat_bundle / "ckpt", "--out", tmp_path / "b",
                              "--flavour", "trt", "--precision", "fp16", "--opt", f"repeat={tmp_path / 'bad.json'}"),
                       "does not carry a repeat head")
+
+
+def test_decoders_run_on_any_backend_through_the_interface(repeat_bundle, monkeypatch):
+    """A backend without IO binding (the Backend interface's default run_into copies) runs the
+    decoder and the head's graph and gives the same tokens as ONNX Runtime's bound path."""
+    import edgert.runtime.host as host_module
+    from edgert.runtime.backends.base import Backend
+    from edgert.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgert.runtime.hookspecs import hookimpl
+
+    calls = []
+
+    class Copying(OnnxRuntimeBackend):
+        name = "copying"
+        run_into = Backend.run_into  # what a backend that cannot bind memory gets
+
+        def run(self, feeds):
+            calls.append(self.path.name)
+            return super().run(feeds)
+
+    class Plugin:
+        @hookimpl
+        def edgert_register_backends(self):
+            return [Copying]
+
+    monkeypatch.setattr(host_module, "_HOST", host_module.build_host(extra_plugins={"copying-backend": Plugin()}))
+    params = SamplingParams(max_new_tokens=24)
+    reference = Generator(repeat_bundle / "bundle")
+    copying = Generator(repeat_bundle / "bundle", backend="copying")
+    for prompt in ["The quick brown fox", "0 0 0 0 0 0"]:
+        for strategy in ("ar", "repeat"):
+            assert copying.generate(prompt, params, strategy=strategy).tokens == \
+                reference.generate(prompt, params, strategy=strategy).tokens, (prompt, strategy)
+    assert {"decoder.onnx", "repeat.onnx"} <= set(calls)
