@@ -1,9 +1,15 @@
 """LLM decoding on the CPU: edgert (ONNX Runtime) against transformers eager, same threads, same run.
 
-Model: a random-weights Qwen2 with Qwen2.5-0.5B's configuration (24 layers, hidden 896,
-14 query / 2 kv heads, head 64, MLP 4864, vocab 151936, tied embeddings, qkv bias: 494M
-parameters, fp32), exported with ``edgert export llama`` (context 2048). Random weights decode
-as fast as trained ones: the work per token is the same.
+Models (``--model``), random weights with the real configuration, fp32, exported with ``edgert
+export llama`` (context 2048); random weights decode as fast as trained ones (the work per token
+is the same):
+
+* ``qwen2.5-0.5b`` (default): Qwen2, 24 layers, hidden 896, 14 query / 2 kv heads, head 64,
+  MLP 4864, vocab 151936, tied embeddings, qkv bias: 494M parameters;
+* ``qwen3-0.6b``: Qwen3, 28 layers, hidden 1024, 16 / 8 heads, head 128, MLP 3072, q/k norms,
+  tied: 596M parameters;
+* ``gemma3-1b``: Gemma 3 text, 26 layers, hidden 1152, 4 / 1 heads, head 256, MLP 6912, vocab
+  262144, local (window 512) and global layers 5:1, tied: 1000M parameters.
 
 1. Prefill: a 128-token prompt, time to the first token's logits (edgert computes the head
    for the last position only, as transformers' generate does since 4.45).
@@ -12,7 +18,7 @@ as fast as trained ones: the work per token is the same.
 3. Peak RSS (fresh processes): ``edgert generate`` for 64 tokens, and the runtime alone
    (import + Generator load).
 
-    python benchmarks/bench_llm.py [--threads 2] [--out FILE]
+    python benchmarks/bench_llm.py [--model qwen2.5-0.5b|qwen3-0.6b|gemma3-1b] [--threads 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,11 +37,24 @@ ROOT = Path("build/bench/qwen2.5-0.5b-random")
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
                   rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645)
+# model -> (transformers config and model class names, the configuration, a description)
+MODELS = {
+    "qwen2.5-0.5b": ("Qwen2", QWEN25_05B, "Qwen2.5-0.5B config, random weights, fp32 (494M parameters)"),
+    "qwen3-0.6b": ("Qwen3", dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                                 rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
+                                 eos_token_id=151645), "Qwen3-0.6B config, random weights, fp32 (596M parameters)"),
+    "gemma3-1b": ("Gemma3Text", dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                                     num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                                     max_position_embeddings=32768, sliding_window=512, query_pre_attn_scalar=256,
+                                     rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1,
+                                     pad_token_id=0), "Gemma-3-1B config, random weights, fp32 (1000M parameters)"),
+}
 PROMPT, NEW = 128, 64
 
 
-def checkpoint() -> Path:
-    ckpt = ROOT / "ckpt"
+def checkpoint(model: str = "qwen2.5-0.5b") -> Path:
+    ckpt = root(model) / "ckpt"
     if not (ckpt / "model.safetensors").is_file():
         import torch
         import transformers
@@ -43,16 +62,21 @@ def checkpoint() -> Path:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from llm_checkpoints import make_tokenizer
 
+        name, config, _ = MODELS[model]
         ckpt.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**QWEN25_05B))
-        model.save_pretrained(ckpt)
+        module = getattr(transformers, f"{name}ForCausalLM" if name != "Gemma3Text" else "Gemma3ForCausalLM")
+        module(getattr(transformers, f"{name}Config")(**config)).save_pretrained(ckpt)
         make_tokenizer(ckpt)  # a small byte-level BPE: the benchmark feeds token ids
     return ckpt
 
 
+def root(model: str) -> Path:
+    return ROOT if model == "qwen2.5-0.5b" else ROOT.with_name(f"{model}-random")
+
+
 def bundle(ckpt: Path) -> Path:
-    out = ROOT / "bundle"
+    out = ckpt.parent / "bundle"
     if not (out / "manifest.json").is_file():
         from edgert.exporters.driver import export
 
@@ -113,12 +137,13 @@ def peak_rss(code: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="qwen2.5-0.5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
-    ckpt = checkpoint()
+    ckpt = checkpoint(args.model)
     path = bundle(ckpt)
-    prompt = np.random.default_rng(0).integers(0, QWEN25_05B["vocab_size"], PROMPT).tolist()
+    prompt = np.random.default_rng(0).integers(0, MODELS[args.model][1]["vocab_size"], PROMPT).tolist()
 
     ours = bench_edgert(path, prompt, args.threads)
     hf = bench_transformers(ckpt, prompt, args.threads)
@@ -130,7 +155,7 @@ def main() -> None:
     load_rss = peak_rss(f"from edgert.runtime.llm.generator import Generator; Generator({str(path)!r}, threads={args.threads})")
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e9
     rows = {
-        "model": "Qwen2.5-0.5B config, random weights, fp32 (494M parameters)", "threads": args.threads,
+        "model": MODELS[args.model][2], "threads": args.threads,
         "prompt_tokens": PROMPT, "new_tokens": NEW, "bundle_gb": round(size, 2),
         "edgert_prefill_tokens_per_s": PROMPT / ours["prefill_s"], "hf_prefill_tokens_per_s": PROMPT / hf["prefill_s"],
         "edgert_ttft_ms": ours["ttft_s"] * 1e3,

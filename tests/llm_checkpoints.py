@@ -87,3 +87,47 @@ def _sharpen(model) -> None:
         model.model.embed_tokens.weight.mul_(40)
         if not model.config.tie_word_embeddings:
             model.lm_head.weight.mul_(40)
+
+
+def make_family(directory: Path, family: str, seed: int = 2):
+    """A tiny checkpoint of one of the newer decoder families (and Mistral), each with what makes
+    it differ switched on: Qwen3's q/k norms and free head_dim; SmolLM3's NoPE layers; Granite's
+    four multipliers; Phi-3's fused projections, LongRoPE (long factors past 32 positions) and
+    partial rotary; Gemma 3's local (window 8) / global layers with their own RoPE (global ones
+    linearly scaled); Mistral's sliding window (8). Norm weights are random so that they count."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(directory)
+    common = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=192, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config, model_class = {
+        "qwen3": lambda: (transformers.Qwen3Config(**common, head_dim=64, tie_word_embeddings=True),
+                          transformers.Qwen3ForCausalLM),
+        "smollm3": lambda: (transformers.SmolLM3Config(**common, no_rope_layer_interval=2, tie_word_embeddings=False),
+                            transformers.SmolLM3ForCausalLM),
+        "granite": lambda: (transformers.GraniteConfig(**common, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                                       attention_multiplier=0.03, logits_scaling=8.0),
+                            transformers.GraniteForCausalLM),
+        "phi3": lambda: (transformers.Phi3Config(**common, original_max_position_embeddings=32, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 32, "short_factor": [1.0 + 0.1 * i for i in range(6)],
+            "long_factor": [2.0 + 0.5 * i for i in range(6)]}), transformers.Phi3ForCausalLM),
+        "gemma3": lambda: (transformers.Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=8, query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}}),
+            transformers.Gemma3ForCausalLM),
+        "mistral": lambda: (transformers.MistralConfig(**common, sliding_window=8), transformers.MistralForCausalLM),
+    }[family]()
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and "norm" in name:
+                param.normal_(0.0 if family == "gemma3" else 1.0, 0.3)
+    _sharpen(model)
+    model.save_pretrained(directory)
+    return model

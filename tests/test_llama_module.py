@@ -65,7 +65,8 @@ def test_bad_checkpoints(tmp_path):
     make_qwen2(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(EdgertError, match=r"model_type 'gpt2' is not supported \(supported: llama, qwen2, mistral\)"):
+    with pytest.raises(EdgertError, match=r"model_type 'gpt2' is not supported \(supported: llama, qwen2, mistral, qwen3, smollm3, granite, "
+                                         r"phi3, gemma3_text, gemma3\)"):
         load_decoder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     weights = load_file(str(tmp_path / "model.safetensors"))

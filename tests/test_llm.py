@@ -263,7 +263,8 @@ def test_export_bad_checkpoints(tmp_path):
     assert_user_error(edgert("export", "llama", "--out", out), "--checkpoint DIR is required")
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    assert_user_error(export(), "model_type 'gpt2' is not supported (supported: llama, qwen2, mistral)")
+    assert_user_error(export(), "model_type 'gpt2' is not supported (supported: llama, qwen2, mistral, qwen3, smollm3, "
+                                "granite, phi3, gemma3_text, gemma3)")
     (ckpt / "config.json").write_text(json.dumps(config))
     weights = load_file(str(ckpt / "model.safetensors"))
     save_file({k: v for k, v in weights.items() if k != "model.layers.1.mlp.up_proj.weight"}, str(ckpt / "model.safetensors"))

@@ -167,7 +167,9 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         raise EdgertError(f"{tokenizer}: missing; the bundle needs the checkpoint's tokenizer.json to read and write text")
     check_vocab(tokenizer, cfg.vocab_size)
     generation = read_generation_info(directory, cfg)
-    context = cfg.max_position_embeddings if cfg.sliding_window is None else min(cfg.max_position_embeddings, cfg.sliding_window)
+    context = cfg.max_position_embeddings
+    if flavour == "trt" and cfg.sliding:  # the attention plugin has no sliding-window mask: the context stays inside it
+        context = min(context, cfg.sliding_window)
     if opts["context"]:
         if opts["context"] > context:
             raise EdgertError(f"--opt context={opts['context']}: the model supports at most {context} positions")

@@ -50,7 +50,7 @@ class MTPModule(nn.Module):
         self.shared_head = SharedHead(cfg)
 
     def block(self, x, cos, sin, mask, past_key, past_value):
-        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin,
+        attn, k, v = self.self_attn(self.input_layernorm(x), (cos, sin),
                                     lambda q, k, v: attention(q, k, v, mask, past_key, past_value))
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k, v

@@ -14,18 +14,25 @@ from edgert.runtime.hookspecs import hookimpl
 
 
 class LlamaFamily:
-    """Decoder-only transformers of the Llama family, from a local checkpoint directory.
+    """Decoder-only transformers of the Llama lineage, from a local checkpoint directory:
+    model_type llama, qwen2, mistral, qwen3, smollm3, granite, phi3 (Phi-3, Phi-4-mini),
+    gemma3_text and gemma3 (its text part).
 
-    The PyTorch module (edgert.exporters.llm.llama) is written here, not taken from
-    transformers: pre-norm RMSNorm blocks, RoPE (default and llama3 scaling), grouped-query
-    attention, SwiGLU MLP, tied or untied LM head, Qwen2's q/k/v biases; Mistral's sliding
-    window bounds the exported context instead of being masked.
+    The PyTorch modules (edgert.exporters.llm.llama, and one small subclass per newer family in
+    edgert.exporters.llm.families) are written here, not taken from transformers, and tested
+    equal to it: pre-norm blocks, RoPE (default, linear, llama3, longrope; partial rotary),
+    grouped-query attention with sliding-window layers masked, gated MLPs (SwiGLU, GeGLU), tied
+    or untied LM heads, and each family's own differences (see its module docstring).
     """
 
     name = "llama"
-    description = "Llama-family LLM decoders (llama, qwen2, mistral) with KV cache, from HF checkpoints"
+    description = ("decoder-only LLMs from HF checkpoints, with KV cache: model_type llama, qwen2, mistral, qwen3, "
+                   "smollm3, granite, phi3, gemma3_text, gemma3")
     paper = ("Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024; "
-             "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023")
+             "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023; Yang et al., Qwen3 Technical "
+             "Report, 2025; Hugging Face, SmolLM3, 2025; IBM, Granite 3.0, 2024; Abdin et al., Phi-3 Technical Report, "
+             "2024; Gemma Team, Gemma 3 Technical Report, 2025")
+
     base_options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
                                       non_negative_int),
                     "proposals": Option("fp32", "weights of the heads' graphs: fp32, or int8 (dynamic int8 MatMuls, 4x "
