@@ -110,7 +110,8 @@ def edgert_register_strategies():
       opens any contract graph of the bundle as a :class:`DecoderSession`;
       ``d.open_bundle(path)`` another decoder bundle of the same tokenizer (a draft model);
     * ``d.forward(...)``, ``d.cache`` (``truncate``/``keep``) for anything else; ``d.hidden``
-      (final hidden states) of the tokens the last pass accepted, for draft heads; ``d.room``
+      (final hidden states) of the tokens the last pass accepted, for draft heads, and ``d.extra``
+      the decoder's extra outputs for them (the hidden states a head tapped); ``d.room``
       (positions left in the context); ``d.context``, ``d.vocab_size``; ``d.options``;
       ``d.resource(key, make)`` for objects that outlive one generation;
     * ``d.tokens`` is the prompt plus everything accepted so far; ``d.stats`` the statistics.
@@ -133,6 +134,10 @@ def edgert_register_heads():
     with ``d.head(<name>)``, and ``edgert train <name>`` trains one when the head offers
     ``trainee`` (with ``train_options``). Three sides, each lazy about its imports:
 
+    * taps (optional), ``taps(config)``: the layers whose input hidden states the head reads
+      from the target; the decoder graph then also returns them (``hidden_states.{i}``, see
+      :mod:`edgert.runtime.llm.contract`) and a strategy finds those of the accepted tokens in
+      ``d.extra``. Bundles without such a head pay nothing.
     * export, ``plan(ctx, source)``: from an :class:`edgert.exporters.llm.plan.ExportContext`
       (config, geometry, fp32 reference and exported decoder modules, flavour, precision,
       parity helpers) and the file the user gave, return the head's

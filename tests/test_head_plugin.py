@@ -101,3 +101,61 @@ def test_decoders_run_on_any_backend_through_the_interface(repeat_bundle, monkey
             assert copying.generate(prompt, params, strategy=strategy).tokens == \
                 reference.generate(prompt, params, strategy=strategy).tokens, (prompt, strategy)
     assert {"decoder.onnx", "repeat.onnx"} <= set(calls)
+
+
+def test_a_head_can_tap_the_hidden_states_entering_layers(repeat_bundle, tmp_path, monkeypatch):
+    """A head that asks for taps (what EAGLE-3 needs) gets them as decoder outputs equal to
+    transformers' hidden_states[i], and a strategy reads the accepted tokens' in d.extra; a
+    bundle without such a head has none."""
+    import numpy as np
+    import torch
+    import transformers
+
+    import edgert.runtime.host as host_module
+    from edgert.runtime.bundle import GraphSpec, TensorSpec
+    from edgert.runtime.hookspecs import hookimpl
+    from edgert.runtime.llm.generator import Decoding, GenerationStats
+    from edgert.runtime.llm.sampling import Sampler
+
+    class Probe:
+        name, description, paper, file_help, flavours = "probe", "reads taps", "none", "anything", ("onnx",)
+
+        def taps(self, config):
+            return (0, config.num_layers - 1)
+
+        def plan(self, ctx, source):
+            from edgert.exporters.llm.plan import GraphJob
+
+            spec = GraphSpec("probe", "probe.onnx", (TensorSpec("x", "float32", ("batch", 4)),),
+                             (TensorSpec("y", "float32", ("batch", 4)),))
+            case = {"x": np.ones((2, 4), np.float32)}
+            return [GraphJob(spec, torch.nn.Identity(), case, ctx.parity(torch.nn.Identity(), {"x": case}))], \
+                {"graph": "probe"}
+
+        def open(self, target, entry):
+            return target.open_backend(entry["graph"])
+
+    class Plugin:
+        @hookimpl
+        def edgert_register_heads(self):
+            return [Probe()]
+
+    monkeypatch.setattr(host_module, "_HOST", host_module.build_host(extra_plugins={"probe-head": Plugin()}))
+    export("llama", tmp_path / "tapped", {"probe": "x"}, checkpoint=str(repeat_bundle / "ckpt"))
+    manifest = json.loads((tmp_path / "tapped" / "manifest.json").read_text())
+    assert manifest["decoder"]["taps"] == [0, 1]
+    outputs = [t["name"] for t in manifest["graphs"]["decoder"]["outputs"]]
+    assert outputs[:4] == ["logits", "hidden_states", "hidden_states.0", "hidden_states.1"]
+    plain = json.loads((repeat_bundle / "bundle" / "manifest.json").read_text())
+    assert "taps" not in plain["decoder"] and len(plain["graphs"]["decoder"]["outputs"]) == 2 + 2 * 2
+
+    gen = Generator(tmp_path / "tapped")
+    ids = gen.tokenizer.encode("The quick brown fox jumps")
+    d = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids) + 1, GenerationStats())
+    d.prefill()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(repeat_bundle / "ckpt").eval()
+    with torch.no_grad():
+        states = reference(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for layer in (0, 1):
+        want = states[layer][0].numpy()
+        np.testing.assert_allclose(d.extra[f"hidden_states.{layer}"], want, atol=1e-4 * np.abs(want).max())

@@ -28,7 +28,7 @@ import numpy as np
 from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
-from edgert.runtime.llm.contract import GRAPH, Geometry, decoder_graph, decoder_section
+from edgert.runtime.llm.contract import GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
 from edgert.runtime.llm.tokenizer import check_vocab
 from edgert.runtime.progress import step
 from edgert.runtime.staging import staged_bundle
@@ -108,17 +108,30 @@ def _heads(opts: dict[str, Any], flavour: str) -> list:
     return wanted
 
 
+def _taps(heads: list, cfg) -> tuple[int, ...]:
+    """The layers whose input hidden states the requested heads read (``taps(config)``)."""
+    taps = set()
+    for head in heads:
+        asked = tuple(getattr(head, "taps", lambda config: ())(cfg))
+        bad = [i for i in asked if not isinstance(i, int) or not 0 <= i < cfg.num_layers]
+        if bad:
+            raise EdgertError(f"head {head.name!r} asks for the hidden states entering layers {bad}; the model has "
+                              f"layers 0..{cfg.num_layers - 1}")
+        taps.update(asked)
+    return tuple(sorted(taps))
+
+
 def _decoder_job(ctx: ExportContext, directory: Path) -> GraphJob:
     """The decoder graph's job, in the requested flavour."""
-    kv = np.dtype(ctx.kv_dtype)
+    kv, taps = np.dtype(ctx.kv_dtype), ctx.module.taps
     trace, cases = trace_feeds(ctx.geometry, kv, ctx.rng), parity_cases(ctx.geometry, kv, ctx.rng)
     if ctx.flavour == "onnx":
-        return GraphJob(decoder_graph(ctx.geometry, ctx.kv_dtype), ctx.module, trace, ctx.parity(ctx.reference, cases),
-                        translations=ctx.translations)
+        return GraphJob(decoder_graph(ctx.geometry, ctx.kv_dtype, extra_outputs=tap_outputs(ctx.geometry, taps)),
+                        ctx.module, trace, ctx.parity(ctx.reference, cases), translations=ctx.translations)
     from . import trt_flavour
 
     module = trt_flavour.CacheDecoder(ctx.module).eval()
-    return GraphJob(trt_flavour.decoder_graph(ctx.geometry, ctx.kv_dtype), module,
+    return GraphJob(trt_flavour.decoder_graph(ctx.geometry, ctx.kv_dtype, taps), module,
                     trt_flavour.cache_feeds(trace, ctx.geometry, 12, ctx.rng),
                     lambda path, spec: trt_flavour.check_math(module, ctx.reference, ctx.geometry, cases, ctx.tolerance,
                                                               ctx.rng),
@@ -189,6 +202,9 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         from .attention import translations
     else:
         from .trt_flavour import translations
+    taps = _taps(heads, cfg)
+    if taps:  # the hidden states entering these layers become outputs of the decoder graph
+        reference.taps = module.taps = taps
     ctx = ExportContext(plugin.name, directory, cfg, Geometry.of(cfg), reference, module, flavour, precision, kv_dtype,
                         tolerance, np.random.default_rng(r.seed), translations(), opts["proposals"],
                         quantization is not None)
@@ -223,6 +239,8 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
                    "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_size": cfg.hidden_size,
                    "vocab_size": cfg.vocab_size, "rope_scaling": cfg.rope_scaling, "tie_word_embeddings": cfg.tie_word_embeddings,
                    "parameters": sum(p.numel() for p in reference.parameters())}
+        if taps:
+            extra["taps"] = list(taps)
         decoder = decoder_section(ctx.geometry, context=context, kv_dtype=kv_dtype, flavour=flavour,
                                   generation=generation, verify=verify_files, heads=entries, **extra)
         manifest = bundle_manifest(registered, options=opts, details=details, seed=r.seed,

@@ -377,6 +377,9 @@ class LlamaDecoder(nn.Module):
 
     Layer, Norm = DecoderLayer, RMSNorm
     rope_types = ("default", "linear", "llama3")
+    # layers whose input hidden states the graph also returns (after hidden_states), in this
+    # order: what a speculative head asked for (contract.tap_name); none by default, at no cost
+    taps: tuple[int, ...] = ()
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -422,14 +425,17 @@ class LlamaDecoder(nn.Module):
         """The body every flavour shares; ``attend(i)`` is layer i's attention over its cache."""
         x = self.embed(input_ids)
         tables = self.tables(position_ids, x.dtype)
-        present = []
+        present, tapped = [], {}
         for i, layer in enumerate(self.model.layers):
+            if i in self.taps:
+                tapped[i] = x.float()
             kind = self.rope_kind(i)
             x, k, v = layer(x, None if kind is None else tables[kind], attend(i))
             present += [k, v]
         hidden = self.model.norm(x)
         picked = hidden.gather(1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))
-        return (self.scale_logits(self.lm_head(picked).float()), hidden.float(), *present)
+        return (self.scale_logits(self.lm_head(picked).float()), hidden.float(), *[tapped[i] for i in self.taps],
+                *present)
 
     def empty_cache(self, batch: int) -> list[torch.Tensor]:
         """A zero-length cache, the ``past`` of a prefill."""

@@ -167,12 +167,12 @@ class CacheDecoder(nn.Module):
 
 # --- the bundle's graphs ---------------------------------------------------------------------
 
-def decoder_graph(geometry, kv_dtype: str):
+def decoder_graph(geometry, kv_dtype: str, taps: tuple[int, ...] = ()):
     """The default flavour's I/O with the mask replaced by past lengths and the packed tree mask,
     and the caches at their fixed capacity in and out (:func:`edgert.runtime.llm.contract.cache_decoder_graph`)."""
-    from edgert.runtime.llm.contract import cache_decoder_graph, decoder_graph as default_graph
+    from edgert.runtime.llm.contract import cache_decoder_graph, decoder_graph as default_graph, tap_outputs
 
-    return cache_decoder_graph(default_graph(geometry, kv_dtype))
+    return cache_decoder_graph(default_graph(geometry, kv_dtype, extra_outputs=tap_outputs(geometry, taps)))
 
 
 def cache_feeds(feeds: dict, cfg, capacity: int, rng) -> dict:
@@ -206,7 +206,10 @@ def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> di
     caches = [f"past_key_values.{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
     order = ["input_ids", "position_ids", "past_lengths", "tree_mask", "logit_positions", *caches]
     default_order = ["input_ids", "position_ids", "attention_mask", "logit_positions", *caches]
-    names = ["logits", "hidden_states", *[c.replace("past_key_values.", "present.") for c in caches]]
+    from edgert.runtime.llm.contract import tap_name
+
+    names = ["logits", "hidden_states", *[tap_name(i) for i in getattr(reference, "taps", ())],
+             *[c.replace("past_key_values.", "present.") for c in caches]]
     outputs: dict = {}
     for case, feeds in cases.items():
         total = feeds["attention_mask"].shape[2]

@@ -22,7 +22,9 @@ mask_words] (:func:`edgert.runtime.llm.tree.pack_mask`), and its caches have a f
 in and out (the plugin writes them in place).
 
 A head's graph (an MTP module, an EAGLE draft layer) may follow the same contract with its own
-layer count and extra inputs and outputs: :func:`layout` reads which from its spec.
+layer count and extra inputs and outputs: :func:`layout` reads which from its spec. The decoder
+itself carries extra outputs when a head of the bundle asks for the hidden states entering some
+layers (``taps``, EAGLE-3 reads three): ``hidden_states.{i}`` after ``hidden_states``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ class Geometry:
     def of(cls, config: Any) -> "Geometry":
         """From any object with these attributes (an exporter's model config)."""
         return cls(*(int(getattr(config, f)) for f in cls.__dataclass_fields__))
+
+
+def tap_name(layer: int) -> str:
+    """The decoder output holding the hidden states entering ``layer`` (transformers'
+    ``hidden_states[layer]``: 0 is the embedding), exported when a head asks for it (``taps``)."""
+    return f"hidden_states.{layer}"
+
+
+def tap_outputs(geometry: Geometry, taps) -> tuple[TensorSpec, ...]:
+    """The extra outputs of a decoder graph that carries ``taps``."""
+    return tuple(TensorSpec(tap_name(i), "float32", ("batch", "sequence_length", geometry.hidden_size)) for i in taps)
 
 
 def cache_names(num_layers: int, side: str = PAST) -> list[str]:

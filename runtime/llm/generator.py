@@ -111,6 +111,7 @@ class Decoding:
         self._resources = {} if resources is None else resources
         self.verifier = verifier or verify
         self.hidden: np.ndarray | None = None  # hidden states of the tokens the last pass accepted (draft heads)
+        self.extra: dict[str, np.ndarray] = {}  # the decoder's extra outputs (taps) of those tokens, by name
 
     @property
     def context(self) -> int:
@@ -180,7 +181,7 @@ class Decoding:
         """Run the prompt; the logits (vocab,) for the first new token."""
         t0 = time.perf_counter()
         out = self.forward(self.tokens)
-        self.hidden = out.hidden
+        self.hidden, self.extra = out.hidden, out.extra
         self.stats.prefill_s = time.perf_counter() - t0
         return out.logits[-1]
 
@@ -189,7 +190,7 @@ class Decoding:
         self.stats.forward_calls += 1
         self.stats.accepted.append(1)
         out = self.forward([token])
-        self.hidden = out.hidden
+        self.hidden, self.extra = out.hidden, out.extra
         return out.logits[-1]
 
     def sample(self, logits: np.ndarray) -> int:
@@ -221,6 +222,7 @@ class Decoding:
                                 draft_probs=draft_probs, seed=seed)
         self.cache.keep(np.concatenate([np.arange(start), start + np.asarray(verdict.path)]))
         self.hidden = out.hidden[verdict.path]
+        self.extra = {name: value[verdict.path] for name, value in out.extra.items()}
         self.stats.accepted.append(verdict.length)
         return verdict
 

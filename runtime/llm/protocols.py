@@ -84,6 +84,9 @@ class Head(Protocol):
         <name>=``, the head's :class:`~edgert.exporters.llm.plan.GraphJob` list and its manifest
         entry (at least ``{"graph": <its graph's name>}``)."""
 
+    # Optional: def taps(self, config) -> tuple[int, ...]: the layers whose input hidden states the
+    # head reads; the decoder graph returns them as hidden_states.{i}, a strategy reads d.extra.
+
     def open(self, target: "DecoderSession", entry: dict[str, Any]) -> Any:
         """Run side (numpy and the backend only): the object a strategy drives, its graphs opened
         on the target's backend, device and threads."""
