@@ -1,0 +1,110 @@
+"""Decoding strategy ``eagle``: the EAGLE-3 draft head grows a dynamic tree (EAGLE-2), the target
+verifies it in one pass. Needs a bundle exported with the ``eagle`` head (``--opt
+eagle=HEAD``; ``edgert train eagle`` makes one).
+
+Each step:
+
+1. catch-up: the draft runs once over the positions accepted since its last step, position t
+   reading the target's fused hidden states of t (the three tapped layers through ``fc``) and
+   the token after t; its cache keeps these entries (its stable part);
+2. the draft's distribution after the last of them gives depth 1 of the tree; ``depth`` more
+   draft passes expand the ``top_k`` best nodes of each level (:mod:`.tree`), a node at depth d
+   reading the draft's own output at its parent, at position (stable − 1 + d), seeing the
+   stable part and its ancestors;
+3. the root and the ``total_tokens`` best nodes go through the target in one pass with the
+   tree's ancestor mask; the verification op accepts a path (greedy: lossless; sampling: the
+   drafts are deterministic, so each sibling is accepted with p(x), else p(x) is zeroed and p
+   renormalised before the next sibling — the target's distribution is kept); the draft's
+   speculative entries are dropped.
+
+``tree=static`` verifies a fixed shape instead: every level expands only the best node of the
+previous one, and all the k·(depth + 1) nodes made are verified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.runtime.detector import Option, positive_int
+from edgert.runtime.errors import InputError
+from edgert.runtime.llm.tree import Tree
+
+from .tree import DraftTree, grow, select
+
+
+def _shape(text: str) -> str:
+    if text not in ("dynamic", "static"):
+        raise ValueError(text)
+    return text
+
+
+_shape.__name__ = "dynamic or static"
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class Eagle:
+    name = "eagle"
+    description = "EAGLE-3 draft head growing EAGLE-2's dynamic tree, verified in one pass (lossless)"
+    options = {"depth": Option(4, "draft passes after the first: the tree has up to depth + 1 levels", positive_int),
+               "top_k": Option(4, "children per expanded node, and nodes expanded per level", positive_int),
+               "total_tokens": Option(16, "draft nodes verified per step (the root comes on top)", positive_int),
+               "tree": Option("dynamic", "dynamic (EAGLE-2) or static (a fixed shape)", _shape)}
+
+    def decode(self, d):
+        head = d.head("eagle")
+        depth, k, total, static = d.options["depth"], d.options["top_k"], d.options["total_tokens"], \
+            d.options["tree"] == "static"
+        if static:
+            total = k * (depth + 1)
+        elif total < depth:
+            raise InputError(f"eagle total_tokens={total} is smaller than depth={depth}: the deepest level could never "
+                             "be verified")
+        if total + 1 >= d.context:
+            raise InputError(f"eagle total_tokens={total} does not fit the bundle's context of {d.context} positions")
+        cache = head.new_cache(d.cache.capacity + depth * k + 1)
+        root = d.sample(d.prefill())
+        states = head.fuse(d.extra)  # the fused target states of the positions without a draft entry yet
+        while d.room >= max(total, depth * k) + 1:  # the tree and the draft's speculative entries fit
+            following = d.tokens[cache.length + 1:] + [root]  # position t reads the token after t
+            out = head.draft.extend(cache, following, hidden_states=states)
+            stable = cache.length
+            tree = grow(root, log_softmax(head.target_logits(out.logits[-1])),
+                        self._expander(head, cache, stable, out.hidden[-1]), depth, k, static)
+            nodes, parents = select(tree, total)
+            tokens = [tree.tokens[n] for n in nodes]
+            verdict = d.verify(Tree(np.asarray(parents, np.int64)), tokens)
+            cache.truncate(stable)
+            yield [tokens[i] for i in verdict.path]
+            states = head.fuse(d.extra)  # of the accepted path: root and the accepted drafts
+            root = verdict.bonus
+        while True:  # the tree no longer fits the context: plain steps to the end
+            root = yield from d.plain_step(root)
+
+    @staticmethod
+    def _expander(head, cache, stable: int, root_state: np.ndarray):
+        """``expand(tree, frontier)`` for :func:`.tree.grow`: one draft pass over the frontier,
+        appended to the draft cache, each node seeing the stable part, its ancestors' entries and
+        itself; returns its children's log-probabilities."""
+        states = {0: root_state}  # node -> the draft's output at that node: what its children read
+
+        def expand(tree: DraftTree, frontier: list[int]) -> np.ndarray:
+            base, new = cache.length, len(frontier)
+            mask = np.zeros((new, base + new), bool)
+            mask[:, :stable] = True
+            for i, node in enumerate(frontier):
+                mask[i, [tree.slots[a] for a in tree.ancestors(node)]] = True
+                mask[i, base + i] = True
+                tree.slots[node] = base + i
+            out = head.draft.forward(
+                cache, np.asarray([[tree.tokens[n] for n in frontier]], np.int64),
+                np.asarray([[stable - 1 + tree.depths[n] for n in frontier]], np.int64), mask[None],
+                np.arange(new, dtype=np.int64)[None],
+                hidden_states=np.stack([states[tree.parents[n]] for n in frontier])[None])
+            for i, node in enumerate(frontier):
+                states[node] = out.hidden[0, i]
+            return log_softmax(head.target_logits(out.logits[0]))
+        return expand

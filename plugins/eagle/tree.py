@@ -1,0 +1,101 @@
+"""EAGLE-2's dynamic draft tree (Li et al., "EAGLE-2: Faster Inference of Language Models with
+Dynamic Draft Trees", EMNLP 2024), as SafeAILab/EAGLE's ``topK_genrate`` builds it, in numpy:
+
+1. depth 1: the top-k tokens of the draft's distribution after the root, scored by their
+   log-probability;
+2. each further level: the frontier (the k best nodes of the previous level) is expanded in one
+   draft pass; each frontier node's top-k children are scored by the cumulative log-probability
+   (parent's score + their own), and the k best of those k² become the next frontier;
+3. the tree verified is the root plus the ``total_tokens`` best nodes of all levels by score.
+   A child never scores above its parent (log-probabilities are ≤ 0), so taking nodes in order of
+   score (ties: the earlier-made first, a parent always is) keeps every chosen node's parent.
+
+The draft's confidence (its cumulative probability) stands in for the acceptance rate: the tree
+grows where the draft is sure and stays small where it is not, which on a CPU, where every
+verified node costs time, matters more than on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class DraftTree:
+    """The nodes of one step's expansion, root first (node 0: the target's own next token).
+    ``slots[i]`` is the draft-cache slot node i was run at (−1: not expanded)."""
+
+    tokens: list[int]
+    parents: list[int]
+    scores: list[float]
+    depths: list[int]
+    slots: list[int] = field(default_factory=list)
+
+    def add(self, token: int, parent: int, score: float) -> int:
+        self.tokens.append(int(token))
+        self.parents.append(int(parent))
+        self.scores.append(float(score))
+        self.depths.append(self.depths[parent] + 1)
+        self.slots.append(-1)
+        return len(self.tokens) - 1
+
+    def ancestors(self, node: int) -> list[int]:
+        """node's ancestors below the root, nearest last."""
+        out = []
+        node = self.parents[node]
+        while node > 0:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
+
+def top_k(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (ids, log-probabilities) of each row, best first (ties: the lower id)."""
+    k = min(k, logprobs.shape[-1])
+    ids = np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+    values = np.take_along_axis(logprobs, ids, axis=-1)
+    order = np.lexsort((ids, -values), axis=-1)
+    return np.take_along_axis(ids, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+
+
+def grow(root: int, first: np.ndarray, expand: Callable[[DraftTree, list[int]], np.ndarray], depth: int, k: int,
+         static: bool = False) -> DraftTree:
+    """Expand a tree below ``root``. ``first``: the draft's log-probabilities (vocab,) of the
+    token after the root; ``expand(tree, frontier)`` runs the draft on those nodes (each seeing
+    its ancestors) and returns their children's log-probabilities (len(frontier), vocab).
+    ``depth``: draft passes after the first distribution (up to depth + 1 levels below the root).
+    ``static``: every level expands only the best node of the previous one (a fixed shape: k
+    candidates a level along the draft's best chain) instead of the k best."""
+    tree = DraftTree([int(root)], [-1], [0.0], [0], [-1])
+    ids, values = top_k(first[None], k)
+    frontier = [tree.add(t, 0, v) for t, v in zip(ids[0], values[0])]
+    for _ in range(depth):
+        if static:
+            frontier = frontier[:1]
+        children = expand(tree, frontier)
+        ids, values = top_k(children, k)
+        scores = np.asarray([tree.scores[n] for n in frontier])[:, None] + values  # (frontier, k) cumulative
+        made = [[tree.add(ids[i, j], node, scores[i, j]) for j in range(ids.shape[1])] for i, node in enumerate(frontier)]
+        flat = np.asarray(made).reshape(-1)
+        order = np.lexsort((flat, -scores.reshape(-1)))[:k]  # the k best of the k², ties to the earlier made
+        frontier = [int(n) for n in flat[order]]
+    return tree
+
+
+def select(tree: DraftTree, total_tokens: int) -> tuple[list[int], list[int]]:
+    """The root and the ``total_tokens`` best nodes (by score, ties to the earlier made), in
+    the order they were made (so parents come first): their node ids and their parents as
+    indices into that list (the root's −1)."""
+    order = sorted(range(1, len(tree.tokens)), key=lambda n: (-tree.scores[n], n))
+    chosen = {0}
+    for node in order:
+        if len(chosen) > total_tokens:
+            break
+        if tree.parents[node] in chosen:  # always true but for exact ties across subtrees
+            chosen.add(node)
+    nodes = sorted(chosen)
+    index = {node: i for i, node in enumerate(nodes)}
+    return nodes, [-1] + [index[tree.parents[n]] for n in nodes[1:]]

@@ -1,0 +1,192 @@
+"""EAGLE-3 (plugins/eagle): the head plugin's dynamic tree on fixed draft probabilities, the
+official checkpoint layout, training-time-test training, lossless greedy decoding (50 prompts x
+128 tokens against ar), the multi-candidate sampling rule, and the bad requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import assert_user_error, edgert  # noqa: E402
+from llm_checkpoints import CORPUS, make_llama  # noqa: E402
+
+from edgert.exporters.driver import export  # noqa: E402
+from edgert.exporters.llm.train import train  # noqa: E402
+from edgert.runtime.llm.generator import Generator  # noqa: E402
+from edgert.runtime.llm.sampling import SamplingParams  # noqa: E402
+from edgert.runtime.llm.verify import verify  # noqa: E402
+
+NEW_TOKENS = 128
+# The released EAGLE-3 heads' state_dict keys (SafeAILab/EAGLE, eagle/model/cnets.py's Model).
+OFFICIAL = ["fc.weight", "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_proj.weight",
+            "midlayer.self_attn.v_proj.weight", "midlayer.self_attn.o_proj.weight", "midlayer.mlp.gate_proj.weight",
+            "midlayer.mlp.up_proj.weight", "midlayer.mlp.down_proj.weight", "midlayer.hidden_norm.weight",
+            "midlayer.input_layernorm.weight", "midlayer.post_attention_layernorm.weight", "norm.weight",
+            "lm_head.weight", "d2t", "t2d"]
+
+
+@pytest.fixture(scope="module")
+def eagle(tmp_path_factory):
+    """An 8-layer target (taps 2, 4, 5), its EAGLE-3 head trained for a minute, the bundle."""
+    root = tmp_path_factory.mktemp("eagle")
+    make_llama(root / "target", layers=8)
+    (root / "text.txt").write_text("\n".join(CORPUS[:5]) * 3)
+    report = train("eagle", str(root / "target"), [str(root / "text.txt")], str(root / "eagle.safetensors"),
+                   options={"ttt_steps": 3}, steps=120, samples=48, prompt_len=8, new_tokens=40)
+    assert len(report["top1"]) == 3  # a loss and an accuracy per unrolled step
+    export("llama", root / "bundle", {"eagle": str(root / "eagle.safetensors")}, checkpoint=str(root / "target"))
+    return root
+
+
+def prompts(gen: Generator, count: int = 50) -> list[list[int]]:
+    rng = np.random.default_rng(1)
+    text = " ".join(CORPUS[:5])
+    out = []
+    for i in range(count):
+        if i % 2:
+            start = int(rng.integers(0, len(text) - 60))
+            out.append(gen.tokenizer.encode(text[start:start + int(rng.integers(10, 60))]))
+        else:
+            out.append([0] + rng.integers(2, 300, int(rng.integers(2, 12))).tolist())
+    return out
+
+
+def test_dynamic_tree_equals_the_hand_derived_one():
+    """k = 2, two expansions over a 6-token vocabulary, fixed draft log-probabilities."""
+    from edgert.plugins.eagle.tree import grow, select
+
+    lp = np.log
+    first = lp(np.array([0.05, 0.6, 0.3, 0.03, 0.01, 0.01]))  # depth 1: tokens 1 (0.6), 2 (0.3)
+    tables = {
+        1: lp([0.1, 0.1, 0.1, 0.5, 0.1, 0.1]),   # after token 1: 3 (0.5), then 0 / 1 / 2 / 4 / 5 (0.1: lowest id 0)
+        2: lp([0.02, 0.02, 0.02, 0.02, 0.9, 0.02]),  # after token 2: 4 (0.9), 0 (0.02)
+        3: lp([0.7, 0.1, 0.1, 0.04, 0.03, 0.03]),    # after 1 -> 3: 0 (0.7), 1 (0.1)
+        4: lp([0.01, 0.01, 0.01, 0.01, 0.01, 0.95]),  # after 2 -> 4: 5 (0.95), 0 (0.01)
+    }
+    seen = []
+
+    def expand(tree, frontier):
+        seen.append(list(frontier))
+        return np.stack([tables[tree.tokens[n]] for n in frontier])
+
+    tree = grow(7, first, expand, depth=2, k=2)
+    # nodes: 0 root(7); 1 tok1 .3 .. ; made in order: depth 1 [1, 2], depth 2 children of 1 [3:(3), 4:(0)],
+    # of 2 [5:(4), 6:(0)]; the frontier keeps the 2 best of those four: 5 (.3*.9=.27) and 3 (.6*.5=.30)
+    assert seen[0] == [1, 2]
+    assert tree.tokens[:7] == [7, 1, 2, 3, 0, 4, 0] and tree.parents[:7] == [-1, 0, 0, 1, 1, 2, 2]
+    assert seen[1] == [3, 5]  # reranked by cumulative probability: .30 before .27
+    # depth 3: children of 3 -> [7:(0) .21, 8:(1) .03], of 5 -> [9:(5) .2565, 10:(0) .0027]
+    assert tree.tokens[7:] == [0, 1, 5, 0] and tree.parents[7:] == [3, 3, 5, 5]
+    assert tree.depths == [0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    nodes, parents = select(tree, 5)  # the 5 best: 1 (.6), 2 (.3), 3 (.3), 5 (.27), 9 (.2565)
+    assert nodes == [0, 1, 2, 3, 5, 9] and parents == [-1, 0, 0, 1, 2, 4]
+    static = grow(7, first, expand, depth=2, k=2, static=True)  # only the best node of each level grows
+    assert static.parents == [-1, 0, 0, 1, 1, 3, 3]
+
+
+def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
+    """A synthetic state_dict with exactly the released heads' keys, a draft vocabulary of 200 of
+    the target's 320 tokens (d2t offsets), loads, exports (the map in the manifest) and decodes
+    losslessly; the session puts the draft's logits at the mapped target ids."""
+    from safetensors.torch import save_file
+
+    from edgert.exporters.llm.llama import DecoderConfig
+    from edgert.plugins.eagle.model import EagleDraft
+
+    cfg = DecoderConfig.from_dir(eagle / "target")
+    keep = np.sort(np.random.default_rng(0).choice(cfg.vocab_size, 200, replace=False))
+    torch.manual_seed(0)
+    state = {k: v for k, v in EagleDraft(cfg, 200).state_dict().items()}
+    state["d2t"] = torch.from_numpy(keep - np.arange(200))
+    state["t2d"] = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    state["t2d"][keep] = True
+    assert sorted(state) == sorted(OFFICIAL)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "official.safetensors"))
+    export("llama", tmp_path / "bundle", {"eagle": str(tmp_path / "official.safetensors")},
+           checkpoint=str(eagle / "target"))
+    entry = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["decoder"]["heads"]["eagle"]
+    assert entry["taps"] == [2, 4, 5] and entry["draft_vocab"] == 200
+    assert (np.arange(200) + np.asarray(entry["d2t"]) == keep).all()
+    gen = Generator(tmp_path / "bundle")
+    from edgert.plugins.eagle.session import EagleSession
+
+    session = EagleSession(gen.session, entry)
+    draft = np.arange(200, dtype=np.float32)
+    full = session.target_logits(draft)
+    assert (full[keep] == draft).all() and np.isinf(np.delete(full, keep)).all()
+    params = SamplingParams(max_new_tokens=40)
+    for prompt in ["The quick brown fox", "def add(a, b):"]:
+        assert gen.generate(prompt, params, strategy="eagle").tokens == gen.generate(prompt, params).tokens
+
+
+def test_greedy_is_lossless_and_accepts_long_paths(eagle):
+    gen = Generator(eagle / "bundle")
+    gen.eos = set()
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    gained = []
+    for ids in prompts(gen):
+        reference = gen.generate(ids, params).tokens
+        result = gen.generate(ids, params, strategy="eagle")
+        assert result.tokens == reference, ids
+        gained.append(result.stats.tokens_per_step)
+    assert np.mean(gained) > 2.0, gained  # the trained head is accepted deep into its trees
+    static = gen.generate(prompts(gen, 2)[1], params, strategy="eagle", strategy_options={"tree": "static"})
+    assert static.tokens == gen.generate(prompts(gen, 2)[1], params).tokens
+
+
+def test_the_multi_candidate_rule_keeps_the_target_distribution():
+    """EAGLE's sampling rule with deterministic drafts: root with three sibling drafts (and a
+    grandchild); accept a sibling with p(x), else zero it, renormalise, try the next; bonus from
+    what is left. The first emitted token follows p: chi-square over 40,000 seeds."""
+    p_logits = np.log(np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25],
+                                [0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]))
+    tokens, parents = [0, 2, 0, 3, 1], [-1, 0, 0, 0, 1]
+    counts = np.zeros(4)
+    trials = 40_000
+    for seed in range(trials):
+        v = verify(tokens, parents, p_logits, "sampling", seed=seed)
+        counts[tokens[v.path[1]] if v.length > 1 else v.bonus] += 1
+    expected = np.exp(p_logits[0]) * trials
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.27, (counts, expected)  # 3 degrees of freedom, p = 0.001
+
+
+def test_sampling_runs_and_is_reproducible(eagle):
+    gen = Generator(eagle / "bundle")
+    params = SamplingParams(max_new_tokens=32, temperature=0.8, seed=5)
+    first = gen.generate("The quick brown fox", params, strategy="eagle")
+    assert first.tokens == gen.generate("The quick brown fox", params, strategy="eagle").tokens
+    assert first.stats.tokens_per_step > 1.0
+
+
+def test_bad_requests_are_one_line(eagle, tmp_path):
+    from safetensors.torch import save_file
+
+    from edgert.exporters.llm.llama import DecoderConfig
+    from edgert.plugins.eagle.model import EagleDraft
+
+    bundle, target = eagle / "bundle", eagle / "target"
+    assert_user_error(edgert("generate", bundle, "--prompt", "hi", "--strategy", "eagle", "--strategy-opt", "depth=6",
+                             "--strategy-opt", "total_tokens=4"), "total_tokens=4 is smaller than depth=6")
+    assert_user_error(edgert("generate", bundle, "--prompt", "hi", "--strategy", "eagle", "--strategy-opt",
+                             "total_tokens=400"), "total_tokens=400 does not fit the bundle's context of 256")
+    assert_user_error(edgert("generate", bundle, "--prompt", "hi", "--strategy", "eagle", "--strategy-opt", "top_k=0"),
+                      "top_k")
+    export("llama", tmp_path / "plain", checkpoint=str(target))
+    assert_user_error(edgert("generate", tmp_path / "plain", "--prompt", "hi", "--strategy", "eagle"),
+                      "needs a bundle exported with an EAGLE-3 draft head", "--opt eagle=FILE")
+    wider = DecoderConfig.from_dir(target)
+    wider.hidden_size, wider.head_dim = 96, 12
+    save_file({k: v.contiguous() for k, v in EagleDraft(wider).state_dict().items()}, str(tmp_path / "wide.safetensors"))
+    assert_user_error(edgert("export", "llama", "--checkpoint", target, "--out", tmp_path / "b", "--opt",
+                             f"eagle={tmp_path / 'wide.safetensors'}"), "an EAGLE head for hidden size 96",
+                      "this model's hidden size is 64")
+    make_llama(tmp_path / "shallow", layers=4)
+    assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "shallow", "--out", tmp_path / "b", "--opt",
+                             f"eagle={eagle / 'eagle.safetensors'}"), "this model has 4 layers", "needs at least 7")
+    assert not (tmp_path / "b").exists()
