@@ -13,8 +13,9 @@ and skipped when present:
    pass reads the weights from memory, as an LLM's does);
 3. draft: the same family, 1 layer, hidden 128, trained the same way for ``--draft-minutes``
    (medium: the small target, when it was trained before, is the draft);
-4. Medusa heads (4) and an MTP module: ``edgert train medusa`` / ``edgert train mtp`` on the
-   target (self-distillation);
+4. Medusa heads (4), an MTP module and (medium: EAGLE-3 taps layers 2, L/2, L-3, so it needs
+   at least 7 layers) an EAGLE-3 head: ``edgert train medusa`` / ``mtp`` / ``eagle`` on the
+   target (self-distillation; EAGLE with its training-time test over 4 steps);
 5. bundles: ``edgert export llama`` (the target with its heads and MTP graph, those two with
    int8 weights, ``--opt proposals=int8``; the draft). ``--precision int8|int4``: the target
    (heads and MTP graph included) and the draft with weight-only quantized weights instead.
@@ -46,7 +47,7 @@ SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768, batch=16),
 # on). A medium step costs ~5 small ones; the medium heads got 500 steps on 1024 continuations
 # (250 on 512 made 3.04 tokens per pass with chain_4, 500 on 1024 made 3.24).
 PARTS = {"small": {"medusa": (800, 512), "mtp": (800, 512)},
-         "medium": {"medusa": (500, 1024), "mtp": (250, 512)}}
+         "medium": {"medusa": (500, 1024), "mtp": (250, 512), "eagle": (400, 1024)}}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SEQ = 256
 
@@ -150,6 +151,10 @@ def prompts(count: int, length: int = 64) -> list[list[int]]:
     return [[0] + stream[s:s + length].tolist() for s in rng.integers(0, stream.size - length, count)]
 
 
+def _padded(values: list[float], length: int) -> list[float]:
+    return (list(values) + [0.0] * length)[:length]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
@@ -179,14 +184,16 @@ def main() -> None:
         draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
     parts = PARTS[args.size]
     heads, mtp = speculative_part("medusa", target, *parts["medusa"]), speculative_part("mtp", target, *parts["mtp"])
+    eagle = {"eagle": str(speculative_part("eagle", target, *parts["eagle"]))} if "eagle" in parts else {}
     # int8 proposal graphs: the heads and the MTP module only propose, and on a CPU reading their
     # fp32 weights every step cost a fifth of a decoder pass (measured: Medusa 1.6x -> 1.9x).
     if args.precision == "fp32":
-        target_bundle = bundle("target-int8", target, {"medusa": str(heads), "mtp": str(mtp), "proposals": "int8"})
+        target_bundle = bundle("target-int8" + "-eagle" * bool(eagle), target,
+                               {"medusa": str(heads), "mtp": str(mtp), **eagle, "proposals": "int8"})
         draft_bundle = bundle("draft", draft, {})
     else:  # the quantized bundle's proposal graphs are quantized with it
-        target_bundle = bundle(f"target-{args.precision}-weights", target, {"medusa": str(heads), "mtp": str(mtp)},
-                               args.precision)
+        target_bundle = bundle(f"target-{args.precision}-weights" + "-eagle" * bool(eagle), target,
+                               {"medusa": str(heads), "mtp": str(mtp), **eagle}, args.precision)
         draft_bundle = bundle(f"draft-{args.precision}", draft, {}, args.precision)
     if args.prepare_only:
         return
@@ -201,11 +208,15 @@ def main() -> None:
                   ("medusa", {"tree": "chain_4"}), ("medusa", {"tree": "mc_sim_7"}), ("medusa", {"tree": "mc_sim_15"}),
                   ("medusa", {"tree": "mc_sim_7b_63"}), ("mtp", {"depth": "2"}), ("mtp", {"depth": "3"}),
                   ("mtp", {"depth": "4"})]
+    if eagle:
+        strategies += [("eagle", {"total_tokens": "8", "depth": "3"}), ("eagle", {}),
+                       ("eagle", {"total_tokens": "24", "depth": "5"}), ("eagle", {"tree": "static", "top_k": "2"})]
     for name, options in strategies:  # warm-up: sessions, draft bundle, first-call allocations
         gen.generate(cases[0][:16], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options)
     # Interleaved: each prompt runs every strategy in turn, so that the machine's drift (up to 15 %
     # within a run here) weighs on all of them alike instead of on whichever ran at the time.
-    totals = [{"seconds": 0.0, "tokens": 0, "passes": 0, "per_verify": [], "same_as_ar": 0} for _ in strategies]
+    totals = [{"seconds": 0.0, "tokens": 0, "passes": 0, "per_verify": [], "by_depth": [], "same_as_ar": 0}
+              for _ in strategies]
     for ids in cases:
         reference = None
         for total, (name, options) in zip(totals, strategies):
@@ -215,15 +226,17 @@ def main() -> None:
             total["tokens"] += len(result.tokens)
             total["passes"] += result.stats.forward_calls + 1  # the prefill is a pass too
             total["per_verify"].append(result.stats.tokens_per_step)
+            total["by_depth"].append(result.stats.acceptance_by_depth())
             reference = reference or result.tokens
             total["same_as_ar"] += result.tokens == reference
     base = totals[0]["tokens"] / totals[0]["seconds"]
     rows = []
     for total, (name, options) in zip(totals, strategies):
-        label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth"))
+        label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth", "total_tokens"))
         speed = total["tokens"] / total["seconds"]
         rows.append({"strategy": label, "tokens_per_pass": total["tokens"] / total["passes"],
                      "mean_accepted_per_verify": float(np.mean(total["per_verify"])), "tokens_per_s": speed,
+                     "acceptance_by_depth": [float(a) for a in np.mean([_padded(a, 8) for a in total["by_depth"]], axis=0)],
                      "speedup": speed / base, "same_as_ar": total["same_as_ar"]})
         print(f"{label:<24} tokens/pass {rows[-1]['tokens_per_pass']:.2f}  tokens/s {speed:7.1f}  "
               f"speedup {speed / base:.2f}x  equal to ar: {total['same_as_ar']}/{len(cases)}")
