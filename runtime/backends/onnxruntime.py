@@ -72,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
                                                 providers=providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(f"{self.path}: onnxruntime cannot load this graph: {first_line(err)}") from None
+        self._ort = ort
         self.providers = self.session.get_providers()
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -84,7 +85,7 @@ class OnnxRuntimeBackend(Backend):
 
     def run_into(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """IO binding: inputs are read and outputs written where they lie in memory."""
-        ort = __import__("onnxruntime")
+        ort = self._ort
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)

@@ -64,6 +64,7 @@ class DecoderSession:
         self.context = int(self.info["context"])
         self.kv_dtype = KV_DTYPES[self.info["kv_dtype"]]
         self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
+        self._extra_inputs = set(self.layout.extra_inputs)
 
     def open_backend(self, graph: str):
         """Another graph of the bundle (a head's) on this session's backend, device and threads:
@@ -85,20 +86,22 @@ class DecoderSession:
         batch, new = input_ids.shape
         if cache.length + new > self.context:
             raise EdgertError(f"context full: {cache.length} cached + {new} new positions > the bundle's context {self.context}")
-        missing = set(self.layout.extra_inputs) - set(extra_inputs)
-        if missing or set(extra_inputs) - set(self.layout.extra_inputs):
-            raise EdgertError(f"graph {self.graph.name!r} takes the extra inputs {list(self.layout.extra_inputs)}; "
+        if extra_inputs.keys() != self._extra_inputs:
+            raise EdgertError(f"graph {self.graph.name!r} takes the extra inputs {sorted(self._extra_inputs)}; "
                               f"given {sorted(extra_inputs)}")
         cache.reserve(cache.length + new)
-        feeds = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
-                 "logit_positions": logit_positions,
-                 **{k: np.asarray(v, np.float32) for k, v in extra_inputs.items()}}
-        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
-        feeds.update(cache.past())
+        feeds = {"input_ids": np.ascontiguousarray(input_ids), "position_ids": np.ascontiguousarray(position_ids),
+                 "attention_mask": np.ascontiguousarray(attention_mask),
+                 "logit_positions": np.ascontiguousarray(logit_positions), **cache.past()}
+        for name, value in extra_inputs.items():
+            feeds[name] = np.ascontiguousarray(value, np.float32)
         logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
-        extra = {name: np.empty((batch, new, dim), np.float32) for name, dim in self._extra_shapes.items()}
-        self.backend.run_into(feeds, {"logits": logits, self.layout.hidden: hidden, **extra, **cache.present(new)})
+        outputs = {"logits": logits, self.layout.hidden: hidden, **cache.present(new)}
+        extra = {}
+        for name, dim in self._extra_shapes.items():
+            outputs[name] = extra[name] = np.empty((batch, new, dim), np.float32)
+        self.backend.run_into(feeds, outputs)
         cache.advance(new)
         return Outputs(logits, hidden, extra)
 
