@@ -131,9 +131,10 @@ def _decoder_job(ctx: ExportContext, directory: Path) -> GraphJob:
     from . import trt_flavour
 
     module = trt_flavour.CacheDecoder(ctx.module).eval()
+    default = decoder_graph(ctx.geometry, ctx.kv_dtype, extra_outputs=tap_outputs(ctx.geometry, taps))
     return GraphJob(trt_flavour.decoder_graph(ctx.geometry, ctx.kv_dtype, taps), module,
-                    trt_flavour.cache_feeds(trace, ctx.geometry, 12, ctx.rng),
-                    lambda path, spec: trt_flavour.check_math(module, ctx.reference, ctx.geometry, cases, ctx.tolerance,
+                    trt_flavour.cache_feeds(trace, 12, ctx.rng),
+                    lambda path, spec: trt_flavour.check_math(module, ctx.reference, default, spec, cases, ctx.tolerance,
                                                               ctx.rng),
                     translations=ctx.translations, finish=trt_flavour.finish_decoder)
 

@@ -152,17 +152,7 @@ class CacheDecoder(nn.Module):
         self.decoder = decoder
 
     def forward(self, input_ids, position_ids, past_lengths, tree_mask, logit_positions, *caches):
-        def attend(i):  # the plugin reads (B, H, S, D) heads; the layers write (B, S, H*D)
-            k_cache, v_cache = caches[2 * i], caches[2 * i + 1]
-            dim = k_cache.shape[3]
-
-            def run(q, k, v):
-                y, k_out, v_out = cache_attention(heads(q, dim), heads(k, dim), heads(v, dim), k_cache, v_cache,
-                                                  past_lengths, tree_mask)
-                return merge_heads(y), k_out, v_out
-            return run
-
-        return self.decoder.run(input_ids, position_ids, logit_positions, attend)
+        return self.decoder.run(input_ids, position_ids, logit_positions, cache_attend(caches, past_lengths, tree_mask))
 
 
 # --- the bundle's graphs ---------------------------------------------------------------------
@@ -175,45 +165,41 @@ def decoder_graph(geometry, kv_dtype: str, taps: tuple[int, ...] = ()):
     return cache_decoder_graph(default_graph(geometry, kv_dtype, extra_outputs=tap_outputs(geometry, taps)))
 
 
-def cache_feeds(feeds: dict, cfg, capacity: int, rng) -> dict:
+def cache_feeds(feeds: dict, capacity: int, rng) -> dict:
     """The default flavour's feeds (past ‖ new with a bool mask) as this flavour's: caches of
-    ``capacity`` holding the past, per-row past lengths, the new tokens' packed mask."""
+    ``capacity`` holding the past, per-row past lengths, the new tokens' packed mask; every
+    other input (a head graph's extra ones) as it is."""
     import numpy as np
 
     from edgert.runtime.llm.tree import pack_mask
 
     batch, new = feeds["input_ids"].shape
     past = feeds["attention_mask"].shape[2] - new
-    out = {k: feeds[k] for k in ("input_ids", "position_ids", "logit_positions")}
+    out = {k: v for k, v in feeds.items() if k != "attention_mask" and not k.startswith("past_key_values.")}
     out["past_lengths"] = np.full(batch, past, np.int32)
     out["tree_mask"] = pack_mask(feeds["attention_mask"][0, :, past:])
-    for i in range(cfg.num_layers):
-        for part in ("key", "value"):
-            given = feeds[f"past_key_values.{i}.{part}"]
-            cache = rng.standard_normal((batch, cfg.num_kv_heads, capacity, cfg.head_dim)).astype(given.dtype)
+    for name, given in feeds.items():
+        if name.startswith("past_key_values."):
+            cache = rng.standard_normal((batch, given.shape[1], capacity, given.shape[3])).astype(given.dtype)
             cache[:, :, :past] = given
-            out[f"past_key_values.{i}.{part}"] = cache
+            out[name] = cache
     return out
 
 
-def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> dict:
-    """This flavour's PyTorch module (the plugins' semantics) against the default flavour's
-    reference on the same cases: logits, hidden states and the cache's written span."""
+def check_math(module, reference, default_spec, spec, cases: dict, tolerance: float, rng) -> dict:
+    """This flavour's PyTorch module (the plugins' semantics, I/O ``spec``) against the default
+    flavour's reference (I/O ``default_spec``) on the same cases: every output, the caches over
+    the span written so far."""
     import numpy as np
 
     from edgert.exporters.parity import output_error
 
-    caches = [f"past_key_values.{i}.{p}" for i in range(cfg.num_layers) for p in ("key", "value")]
-    order = ["input_ids", "position_ids", "past_lengths", "tree_mask", "logit_positions", *caches]
-    default_order = ["input_ids", "position_ids", "attention_mask", "logit_positions", *caches]
-    from edgert.runtime.llm.contract import tap_name
-
-    names = ["logits", "hidden_states", *[tap_name(i) for i in getattr(reference, "taps", ())],
-             *[c.replace("past_key_values.", "present.") for c in caches]]
+    order, default_order = [t.name for t in spec.inputs], [t.name for t in default_spec.inputs]
+    names = [t.name for t in spec.outputs]
     outputs: dict = {}
     for case, feeds in cases.items():
         total = feeds["attention_mask"].shape[2]
-        ours = cache_feeds(feeds, cfg, total + 3, rng)
+        ours = cache_feeds(feeds, total + 3, rng)
         as_torch = lambda a: torch.from_numpy(a).float() if a.dtype == np.float16 else torch.from_numpy(a)  # noqa: E731
         with torch.inference_mode():
             want = reference(*[as_torch(feeds[n]) for n in default_order])
@@ -230,9 +216,25 @@ def check_math(module, reference, cfg, cases: dict, tolerance: float, rng) -> di
             "tolerance": tolerance, "outputs": outputs, "passed": all(r["passed"] for r in outputs.values())}
 
 
-def finish_decoder(path) -> None:
-    """The TensorRT-flavour decoder as the parser wants it: plugin nodes named, RMSNormalization
-    expanded into primitive ops (see the module docstring). Weights stay where they are."""
+def cache_attend(caches, past_lengths, tree_mask):
+    """``attend(i)`` over fixed-capacity caches through the plugin's op: layer i's attention, on
+    the layers' 3-D layout (the plugin reads (B, H, S, D) heads)."""
+    def attend(i):
+        k_cache, v_cache = caches[2 * i], caches[2 * i + 1]
+        dim = k_cache.shape[3]
+
+        def run(q, k, v):
+            y, k_out, v_out = cache_attention(heads(q, dim), heads(k, dim), heads(v, dim), k_cache, v_cache,
+                                              past_lengths, tree_mask)
+            return merge_heads(y), k_out, v_out
+        return run
+    return attend
+
+
+def finish_decoder(path, prefix: str = "layers") -> None:
+    """The TensorRT-flavour decoder (or a head's graph on the same contract) as the parser wants
+    it: plugin nodes named ``{prefix}.{i}.attention``, RMSNormalization expanded into primitive
+    ops (see the module docstring). Weights stay where they are."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -243,7 +245,7 @@ def finish_decoder(path) -> None:
     nodes, layer = [], 0
     for node in graph.node:
         if node.op_type == "EdgertAttention":
-            node.name = f"layers.{layer}.attention"
+            node.name = f"{prefix}.{layer}.attention"
             layer += 1
         if node.op_type != "RMSNormalization":
             nodes.append(node)
