@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cmake_build
+from conftest import ROOT, cmake_build, edgert
 from trt_spec import REJECTS, SYMBOLS, write_spec
 
 SHARED = ROOT.parent / "shared" / "tensorrt"
@@ -125,6 +125,42 @@ def test_host_test_replays_the_parser_on_every_exported_node(builds, bundle, ver
     assert kernels.edgert_tree_verify_workspace_size(batch, SYMBOLS["nodes"][2], ctypes.byref(size)) == 0
     assert int(workspace["verify.typical"]) == size.value > 0
     assert workspace["compact.0.key"] == "0"
+
+
+@pytest.fixture(scope="module")
+def eagle_bundle(tmp_path_factory):
+    """The TensorRT flavour of an 8-layer target (head_dim 64) with an EAGLE-3 head: its draft
+    layer's attention is the same plugin, over the draft's own in-place cache."""
+    from llm_checkpoints import make_llama
+
+    from edgert.exporters.llm.llama import DecoderConfig
+    from edgert.plugins.eagle.model import EagleDraft, save_eagle
+
+    root = tmp_path_factory.mktemp("eagle-trt")
+    make_llama(root / "ckpt", layers=8, hidden=256, heads=4, kv_heads=1)
+    save_eagle(EagleDraft(DecoderConfig.from_dir(root / "ckpt")), root / "eagle.safetensors")
+    result = edgert("export", "llama", "--checkpoint", root / "ckpt", "--out", root / "bundle", "--flavour", "trt",
+                    "--precision", "fp16", "--opt", f"eagle={root / 'eagle.safetensors'}")
+    assert result.returncode == 0, result.stderr
+    return root / "bundle"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_host_test_covers_the_eagle_draft_nodes(builds, eagle_bundle, version, tmp_path):
+    import json
+
+    manifest = json.loads((eagle_bundle / "manifest.json").read_text())
+    assert manifest["decoder"]["taps"] == [2, 4, 5] and manifest["parity"]["graphs"]["eagle"]["passed"]
+    assert "TensorRT" in manifest["parity"]["graphs"]["eagle"]["backend"]
+    spec = tmp_path / "spec.txt"
+    nodes = write_spec(eagle_bundle, spec)
+    assert "eagle.0.attention" in nodes and sum(n.startswith("layers.") for n in nodes) == 8
+    major = int(version.split(".")[0])
+    preload = [] if version == "11.1" else ["--preload", standin(major)]
+    done = host_test(version, spec, *preload, *([] if GPU else ["--enqueue"]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^ok node eagle\.0\.attention ", done.stdout, re.M), done.stdout
+    assert len([line for line in done.stdout.splitlines() if line.startswith("ok node ")]) == len(nodes)
 
 
 def test_the_host_test_fails_when_the_graph_and_the_plugin_disagree(builds, bundle, tmp_path):

@@ -37,7 +37,7 @@ class EagleHead:
     paper = ("Li et al., EAGLE-3: Scaling up Inference Acceleration of Large Language Models via Training-Time Test, "
              "NeurIPS 2025; EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees, EMNLP 2024")
     file_help = "EAGLE-3 head (.safetensors: the released EAGLE3 heads' layout, or edgert train eagle), for --strategy eagle"
-    flavours = ("onnx",)
+    flavours = ("onnx", "trt")
     train_options = {"ttt_steps": Option(4, "training-time test: draft steps unrolled per position", positive_int)}
 
     def taps(self, config):
@@ -46,7 +46,7 @@ class EagleHead:
     def plan(self, ctx, source):
         from edgert.exporters.llm.plan import GraphJob, parity_cases, trace_feeds
 
-        from .model import DraftGraph, FuseGraph, load_eagle
+        from .model import CacheDraftGraph, DraftGraph, FuseGraph, load_eagle
 
         draft = load_eagle(source, ctx.config)
         g, kv = ctx.geometry, np.dtype(ctx.kv_dtype)
@@ -62,10 +62,21 @@ class EagleHead:
                              hidden="eagle_hidden_states", extra_inputs=(state,))
         extra = {"hidden_states": hidden}
         cases = parity_cases(g, kv, ctx.rng, layers=1, extra=extra)
-        layer = GraphJob(spec, DraftGraph(ctx.module, ctx.as_exported(draft)).eval(),
-                         trace_feeds(g, kv, ctx.rng, layers=1, extra=extra),
-                         ctx.parity(DraftGraph(ctx.reference, draft).eval(), cases, proposal=True),
-                         translations=ctx.translations, proposal=True)
+        trace, module = trace_feeds(g, kv, ctx.rng, layers=1, extra=extra), DraftGraph(ctx.module, ctx.as_exported(draft))
+        if ctx.flavour == "onnx":
+            layer = GraphJob(spec, module.eval(), trace, ctx.parity(DraftGraph(ctx.reference, draft).eval(), cases,
+                                                                    proposal=True),
+                             translations=ctx.translations, proposal=True)
+        else:  # edgert's attention plugin over the in-place cache, checked against the default flavour's math
+            from edgert.exporters.llm import trt_flavour
+            from edgert.runtime.llm.contract import cache_decoder_graph
+
+            cached = CacheDraftGraph(module).eval()
+            reference = DraftGraph(ctx.reference, draft).eval()
+            layer = GraphJob(cache_decoder_graph(spec), cached, trt_flavour.cache_feeds(trace, 12, ctx.rng),
+                             lambda path, s: trt_flavour.check_math(cached, reference, spec, s, cases, ctx.tolerance,
+                                                                    ctx.rng),
+                             translations=ctx.translations, finish=lambda path: trt_flavour.finish_decoder(path, GRAPH))
         entry = {"graph": GRAPH, "fc_graph": FC_GRAPH, "taps": list(self.taps(ctx.config)),
                  "draft_vocab": draft.draft_vocab}
         if draft.draft_vocab != g.vocab_size or bool(draft.d2t.any()):

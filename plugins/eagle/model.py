@@ -134,13 +134,33 @@ class DraftGraph(nn.Module):
         self.target, self.draft = target, draft
 
     def forward(self, input_ids, position_ids, attention_mask, logit_positions, hidden_states, past_key, past_value):
+        return self.run(input_ids, position_ids, logit_positions, hidden_states,
+                        lambda q, k, v: attention(q, k, v, attention_mask, past_key, past_value))
+
+    def run(self, input_ids, position_ids, logit_positions, hidden_states, attend):
+        """The body both flavours share; ``attend(q, k, v)``: the layer's attention over its cache."""
         embedding = self.target.embed(input_ids)
         hidden = hidden_states.to(embedding.dtype)
         rope = rope_tables(position_ids, self.target.inv_freq, hidden.dtype)
-        hidden, k, v = self.draft.midlayer(embedding, hidden, rope,
-                                           lambda q, k, v: attention(q, k, v, attention_mask, past_key, past_value))
+        hidden, k, v = self.draft.midlayer(embedding, hidden, rope, attend)
         picked = hidden.gather(1, logit_positions[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.draft.logits(picked).float(), hidden.float(), k, v
+
+
+class CacheDraftGraph(nn.Module):
+    """The TensorRT flavour of :class:`DraftGraph`: ``forward(input_ids, position_ids,
+    past_lengths, tree_mask, logit_positions, hidden_states, k_cache, v_cache)``, its attention
+    edgert's plugin over a fixed-capacity, in-place cache (the decoder's own flavour)."""
+
+    def __init__(self, draft_graph: DraftGraph):
+        super().__init__()
+        self.draft_graph = draft_graph  # not "graph": torch.export's module has its own
+
+    def forward(self, input_ids, position_ids, past_lengths, tree_mask, logit_positions, hidden_states, k_cache, v_cache):
+        from edgert.exporters.llm.trt_flavour import cache_attend
+
+        return self.draft_graph.run(input_ids, position_ids, logit_positions, hidden_states,
+                              cache_attend([k_cache, v_cache], past_lengths, tree_mask)(0))
 
 
 def load_eagle(path: str | Path, cfg) -> EagleDraft:
