@@ -89,6 +89,24 @@ def test_dynamic_tree_equals_the_hand_derived_one():
     assert static.parents == [-1, 0, 0, 1, 1, 3, 3]
 
 
+def test_auto_size_follows_the_draft_confidence_and_the_latency():
+    """total_tokens=auto: verify the number of best nodes with the most expected tokens per
+    second, expected = 1 + the sum of the nodes' path probabilities."""
+    from edgert.plugins.eagle.tree import DraftTree, best_size
+
+    sure = DraftTree([7, 1, 2, 3, 4], [-1, 0, 1, 2, 3], [0.0] + list(np.log([0.9, 0.8, 0.7, 0.6])), [0, 1, 2, 3, 4])
+    doubtful = DraftTree([7, 1, 2, 3, 4], [-1, 0, 0, 0, 0], [0.0] + list(np.log([0.2, 0.1, 0.05, 0.01])), [0, 1, 1, 1, 1])
+    flat = lambda size: 0.010  # noqa: E731 - verifying costs the same whatever the size: take everything
+    steep = lambda size: 0.010 * size  # noqa: E731 - each node costs a pass: take none
+    assert best_size(sure, flat) == 4 and best_size(doubtful, flat) == 4
+    assert best_size(sure, steep) == 0
+    rising = lambda size: 0.010 + 0.002 * (size - 1)  # noqa: E731
+    # sure: (1 + .9 + .8 + .7 + .6) / .018 = 222 per s beats 1 / .01 = 100; doubtful: 1.2 / .012 = 100 ties 100,
+    # 1.3 / .014 = 93: the root alone or one node, never four
+    assert best_size(sure, rising) == 4 and best_size(doubtful, rising) <= 1
+    assert best_size(sure, flat, largest=2) == 2
+
+
 def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
     """A synthetic state_dict with exactly the released heads' keys, a draft vocabulary of 200 of
     the target's 320 tokens (d2t offsets), loads, exports (the map in the manifest) and decodes
@@ -135,6 +153,10 @@ def test_greedy_is_lossless_and_accepts_long_paths(eagle):
         assert result.tokens == reference, ids
         gained.append(result.stats.tokens_per_step)
     assert np.mean(gained) > 2.0, gained  # the trained head is accepted deep into its trees
+    for options in ({"total_tokens": "12"}, {"total_tokens": "auto", "max_tokens": "48", "depth": "6"}):
+        for ids in prompts(gen, 6):
+            assert gen.generate(ids, params, strategy="eagle", strategy_options=options).tokens == \
+                gen.generate(ids, params).tokens, options
     static = gen.generate(prompts(gen, 2)[1], params, strategy="eagle", strategy_options={"tree": "static"})
     assert static.tokens == gen.generate(prompts(gen, 2)[1], params).tokens
 

@@ -17,19 +17,37 @@ Each step:
    renormalised before the next sibling — the target's distribution is kept); the draft's
    speculative entries are dropped.
 
-``tree=static`` verifies a fixed shape instead: every level expands only the best node of the
-previous one, and all the k·(depth + 1) nodes made are verified.
+``total_tokens=auto`` (the default) sizes each step's tree on the device: the target's verify
+time is measured once per size (:func:`measure`, as ``edgert tune-tree`` does for Medusa), the
+draft's cumulative probabilities stand in for the nodes' acceptance, and the step verifies the
+number of best nodes with the most expected tokens per second (at most ``max_tokens``): a
+confident draft gets a big tree, a doubtful one a small tree. ``tree=static`` verifies a fixed
+shape instead: every level expands only the best node of the previous one, and all the
+k·(depth + 1) nodes made are verified.
 """
 
 from __future__ import annotations
+
+import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
 from edgert.runtime.llm.tree import Tree
+from edgert.runtime.llm.tune import verify_latency
 
-from .tree import DraftTree, grow, select
+from .tree import DraftTree, best_size, grow, select
+
+
+def _size(text: str):
+    if text == "auto":
+        return text
+    return positive_int(text)
+
+
+_size.__name__ = "auto or a positive integer"
 
 
 def _shape(text: str) -> str:
@@ -51,30 +69,39 @@ class Eagle:
     description = "EAGLE-3 draft head growing EAGLE-2's dynamic tree, verified in one pass (lossless)"
     options = {"depth": Option(4, "draft passes after the first: the tree has up to depth + 1 levels", positive_int),
                "top_k": Option(4, "children per expanded node, and nodes expanded per level", positive_int),
-               "total_tokens": Option(16, "draft nodes verified per step (the root comes on top)", positive_int),
+               "total_tokens": Option("auto", "draft nodes verified per step (the root comes on top); auto: each step, "
+                                              "the number with the most expected tokens per second, from the draft's "
+                                              "confidence and this device's verify latency (measured once)", _size),
+               "max_tokens": Option(32, "auto: the most nodes a step may verify", positive_int),
                "tree": Option("dynamic", "dynamic (EAGLE-2) or static (a fixed shape)", _shape)}
 
     def decode(self, d):
         head = d.head("eagle")
         depth, k, total, static = d.options["depth"], d.options["top_k"], d.options["total_tokens"], \
             d.options["tree"] == "static"
+        auto = total == "auto"
         if static:
-            total = k * (depth + 1)
+            total, auto = k * (depth + 1), False
+        elif auto:
+            total = d.options["max_tokens"]
         elif total < depth:
             raise InputError(f"eagle total_tokens={total} is smaller than depth={depth}: the deepest level could never "
                              "be verified")
         if total + 1 >= d.context:
             raise InputError(f"eagle total_tokens={total} does not fit the bundle's context of {d.context} positions")
         cache = head.new_cache(d.cache.capacity + depth * k + 1)
+        latency = d.resource(("verify-latency", str(d.session.bundle.root), total), lambda: measure(d, total)) if auto else None
         root = d.sample(d.prefill())
         states = head.fuse(d.extra)  # the fused target states of the positions without a draft entry yet
         while d.room >= max(total, depth * k) + 1:  # the tree and the draft's speculative entries fit
+            t0 = time.perf_counter()
             following = d.tokens[cache.length + 1:] + [root]  # position t reads the token after t
             out = head.draft.extend(cache, following, hidden_states=states)
             stable = cache.length
             tree = grow(root, log_softmax(head.target_logits(out.logits[-1])),
                         self._expander(head, cache, stable, out.hidden[-1]), depth, k, static)
-            nodes, parents = select(tree, total)
+            size = best_size(tree, latency, time.perf_counter() - t0, total) if auto else total
+            nodes, parents = select(tree, size)
             tokens = [tree.tokens[n] for n in nodes]
             verdict = d.verify(Tree(np.asarray(parents, np.int64)), tokens)
             cache.truncate(stable)
@@ -108,3 +135,17 @@ class Eagle:
                 states[node] = out.hidden[0, i]
             return log_softmax(head.target_logits(out.logits[0]))
         return expand
+
+
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def measure(d, largest: int):
+    """seconds(size): the target's verify time for ``size`` tree tokens on this device (median
+    of a few passes after 128 cached positions, interpolated between the sizes measured)."""
+    sizes = [s for s in SIZES if s <= largest + 1] + ([largest + 1] if largest + 1 not in SIZES else [])
+    prefix = max(1, min(128, d.context - max(sizes) - 1))
+    table = verify_latency(SimpleNamespace(session=d.session, context=d.context), sorted(set(sizes)), prefix, repeats=3)
+    measured = np.array(sorted(table))
+    seconds = np.array([table[s] for s in measured])
+    return lambda size: float(np.interp(size, measured, seconds))

@@ -99,3 +99,15 @@ def select(tree: DraftTree, total_tokens: int) -> tuple[list[int], list[int]]:
     nodes = sorted(chosen)
     index = {node: i for i, node in enumerate(nodes)}
     return nodes, [-1] + [index[tree.parents[n]] for n in nodes[1:]]
+
+
+def best_size(tree: DraftTree, seconds, fixed: float = 0.0, largest: int | None = None) -> int:
+    """How many nodes to verify (below the root) for the most expected tokens per second:
+    the draft's confidence stands in for acceptance, so the k best nodes are expected to add
+    the sum of their path probabilities (exp of their scores) to the one token a pass always
+    gives; ``seconds(size)``: the target's verify time for ``size`` tree tokens (root
+    included), ``fixed``: what the step costs besides (the draft's passes)."""
+    scores = np.sort(np.asarray(tree.scores[1:]))[::-1][:largest]
+    expected = 1.0 + np.concatenate([[0.0], np.cumsum(np.exp(scores))])
+    rates = [expected[n] / (seconds(n + 1) + fixed) for n in range(len(expected))]
+    return int(np.argmax(rates))
