@@ -48,6 +48,10 @@ SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768, batch=16),
 # (250 on 512 made 3.04 tokens per pass with chain_4, 500 on 1024 made 3.24).
 PARTS = {"small": {"medusa": (800, 512), "mtp": (800, 512)},
          "medium": {"medusa": (500, 1024), "mtp": (250, 512), "eagle": (400, 1024)}}
+# --quick: fewer steps on fewer continuations (the continuations are most of the time: 1024 of 128
+# tokens take the medium target ~18 min here); the heads are then weaker, alike.
+QUICK = {"small": {"medusa": (300, 256), "mtp": (300, 256)},
+         "medium": {"medusa": (300, 256), "mtp": (200, 256), "eagle": (300, 256)}}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SEQ = 256
 
@@ -124,8 +128,8 @@ def train_model(name: str, layers: int, hidden: int, heads: int, mlp: int, minut
     return out
 
 
-def speculative_part(kind: str, target: Path, steps: int, samples: int) -> Path:
-    out = ROOT / f"{kind}.safetensors"
+def speculative_part(kind: str, target: Path, steps: int, samples: int, suffix: str = "") -> Path:
+    out = ROOT / f"{kind}{suffix}.safetensors"
     if not out.is_file():
         from edgert.exporters.llm.train import train
 
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="target model size (see above)")
     parser.add_argument("--precision", choices=["fp32", "int8", "int4"], default="fp32",
                         help="the target's and the draft's weights (int8 / int4: every graph weight-only quantized)")
+    parser.add_argument("--quick", action="store_true", help="train the heads on fewer continuations (see QUICK)")
     parser.add_argument("--out")
     args = parser.parse_args()
     global ROOT
@@ -182,17 +187,19 @@ def main() -> None:
         draft = small / "target"
     else:
         draft = train_model("draft", 1, 128, 4, 256, args.draft_minutes)
-    parts = PARTS[args.size]
-    heads, mtp = speculative_part("medusa", target, *parts["medusa"]), speculative_part("mtp", target, *parts["mtp"])
-    eagle = {"eagle": str(speculative_part("eagle", target, *parts["eagle"]))} if "eagle" in parts else {}
+    parts, suffix = (QUICK, "-quick") if args.quick else (PARTS, "")
+    parts = parts[args.size]
+    heads = speculative_part("medusa", target, *parts["medusa"], suffix)
+    mtp = speculative_part("mtp", target, *parts["mtp"], suffix)
+    eagle = {"eagle": str(speculative_part("eagle", target, *parts["eagle"], suffix))} if "eagle" in parts else {}
     # int8 proposal graphs: the heads and the MTP module only propose, and on a CPU reading their
     # fp32 weights every step cost a fifth of a decoder pass (measured: Medusa 1.6x -> 1.9x).
     if args.precision == "fp32":
-        target_bundle = bundle("target-int8" + "-eagle" * bool(eagle), target,
+        target_bundle = bundle("target-int8" + "-eagle" * bool(eagle) + suffix, target,
                                {"medusa": str(heads), "mtp": str(mtp), **eagle, "proposals": "int8"})
         draft_bundle = bundle("draft", draft, {})
     else:  # the quantized bundle's proposal graphs are quantized with it
-        target_bundle = bundle(f"target-{args.precision}-weights" + "-eagle" * bool(eagle), target,
+        target_bundle = bundle(f"target-{args.precision}-weights" + "-eagle" * bool(eagle) + suffix, target,
                                {"medusa": str(heads), "mtp": str(mtp), **eagle}, args.precision)
         draft_bundle = bundle(f"draft-{args.precision}", draft, {}, args.precision)
     if args.prepare_only:
