@@ -131,3 +131,33 @@ def make_family(directory: Path, family: str, seed: int = 2):
     _sharpen(model)
     model.save_pretrained(directory)
     return model
+
+
+def mixed_prompts(encode, count: int = 50) -> list[list[int]]:
+    """Text snippets and token sequences with repeats (so lookup finds matches), 4-40 tokens;
+    ``encode``: the bundle's tokenizer's encode."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    text = " ".join(CORPUS[:5])
+    out = []
+    for i in range(count):
+        if i % 2:
+            start = int(rng.integers(0, len(text) - 60))
+            out.append(encode(text[start:start + int(rng.integers(10, 60))]))
+        else:
+            chunk = rng.integers(2, 300, int(rng.integers(2, 8))).tolist()
+            out.append([0] + chunk * int(rng.integers(1, 4)) + rng.integers(2, 300, 3).tolist())
+    return out
+
+
+def transformers_greedy(reference, ids: list[int], new_tokens: int = 64, eos: int = 1) -> list[int]:
+    """transformers' ``generate(do_sample=False)`` continuation of ``ids``, without the eos it
+    stopped at (edgert's results do not keep it)."""
+    import torch
+
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=new_tokens, pad_token_id=eos)
+    expected = out[0, len(ids):].tolist()
+    return expected[:-1] if expected and expected[-1] == eos else expected

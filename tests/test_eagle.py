@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import assert_user_error, edgert  # noqa: E402
-from llm_checkpoints import CORPUS, make_llama  # noqa: E402
+from llm_checkpoints import CORPUS, make_llama, mixed_prompts  # noqa: E402
 
 from edgert.exporters.driver import export  # noqa: E402
 from edgert.exporters.llm.train import train  # noqa: E402
@@ -44,16 +44,7 @@ def eagle(tmp_path_factory):
 
 
 def prompts(gen: Generator, count: int = 50) -> list[list[int]]:
-    rng = np.random.default_rng(1)
-    text = " ".join(CORPUS[:5])
-    out = []
-    for i in range(count):
-        if i % 2:
-            start = int(rng.integers(0, len(text) - 60))
-            out.append(gen.tokenizer.encode(text[start:start + int(rng.integers(10, 60))]))
-        else:
-            out.append([0] + rng.integers(2, 300, int(rng.integers(2, 12))).tolist())
-    return out
+    return mixed_prompts(gen.tokenizer.encode, count)
 
 
 def test_dynamic_tree_equals_the_hand_derived_one():

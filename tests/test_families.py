@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is the r
 torch = pytest.importorskip("torch")
 
 from conftest import assert_user_error, edgert  # noqa: E402
-from llm_checkpoints import make_family  # noqa: E402
+from llm_checkpoints import make_family, transformers_greedy  # noqa: E402
 
 from edgert.exporters.driver import export  # noqa: E402
 from edgert.runtime.llm.generator import Decoding, GenerationStats, Generator  # noqa: E402
@@ -66,13 +66,7 @@ def test_greedy_64_tokens_equal_transformers_generate(family):
     name, reference, _, bundle = family
     gen = Generator(bundle)
     for prompt in PROMPTS + [LONG]:
-        ids = gen.tokenizer.encode(prompt)
-        with torch.no_grad():
-            out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     do_sample=False, max_new_tokens=64, pad_token_id=1)
-        expected = out[0, len(ids):].tolist()
-        if expected and expected[-1] == 1:  # transformers keeps the eos it stopped at
-            expected = expected[:-1]
+        expected = transformers_greedy(reference, gen.tokenizer.encode(prompt))
         result = gen.generate(prompt, SamplingParams(max_new_tokens=64))
         assert result.tokens == expected, (name, prompt)
 

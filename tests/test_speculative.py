@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("transformers", reason="the tiny checkpoints are made with transformers")
 
 from conftest import assert_user_error, edgert  # noqa: E402
-from llm_checkpoints import CORPUS, make_llama  # noqa: E402
+from llm_checkpoints import CORPUS, make_llama, mixed_prompts  # noqa: E402
 
 from edgert.exporters.driver import export  # noqa: E402
 from edgert.exporters.llm.train import train_medusa, train_mtp  # noqa: E402
@@ -54,18 +54,7 @@ def bundles(tmp_path_factory):
 
 
 def prompts(gen: Generator, count: int = 50) -> list[list[int]]:
-    """Text snippets and token sequences with repeats (so lookup finds matches), 4-40 tokens."""
-    rng = np.random.default_rng(0)
-    text = " ".join(CORPUS[:5])
-    out = []
-    for i in range(count):
-        if i % 2:
-            start = int(rng.integers(0, len(text) - 60))
-            out.append(gen.tokenizer.encode(text[start:start + int(rng.integers(10, 60))]))
-        else:
-            chunk = rng.integers(2, 300, int(rng.integers(2, 8))).tolist()
-            out.append([0] + chunk * int(rng.integers(1, 4)) + rng.integers(2, 300, 3).tolist())
-    return out
+    return mixed_prompts(gen.tokenizer.encode, count)
 
 
 def near_tie(gen: Generator, prefix: list[int]) -> bool:
