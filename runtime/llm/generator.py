@@ -3,8 +3,10 @@
     from edgert.runtime.llm.generator import Generator, SamplingParams
     gen = Generator("qwen-bundle")                       # verifies the bundle, opens the graph
     result = gen.generate("Once upon a time", SamplingParams(max_new_tokens=64))
-    for piece in gen.stream("Hello", SamplingParams(temperature=0.7, seed=1)):
+    stream = gen.stream("Hello", SamplingParams(temperature=0.7, seed=1))
+    for piece in stream:
         print(piece, end="", flush=True)
+    print(stream.result.stats.decode_tokens_per_s)      # the GenerationResult, once exhausted
 
 The Generator owns what every decoding strategy shares: prompt encoding (and chat
 templates), the KV cache, stop conditions (eos ids, stop strings, max new tokens, the
