@@ -216,8 +216,8 @@ def main() -> None:
                   ("medusa", {"tree": "mc_sim_7b_63"}), ("mtp", {"depth": "2"}), ("mtp", {"depth": "3"}),
                   ("mtp", {"depth": "4"})]
     if eagle:
-        strategies += [("eagle", {"total_tokens": "8", "depth": "3"}), ("eagle", {}),
-                       ("eagle", {"total_tokens": "24", "depth": "5"}), ("eagle", {"tree": "static", "top_k": "2"})]
+        strategies += [("eagle", {}), ("eagle", {"top_k": "4"}), ("eagle", {"top_k": "2", "total_tokens": "8"}),
+                       ("eagle", {"tree": "static", "top_k": "2", "depth": "3"})]
     for name, options in strategies:  # warm-up: sessions, draft bundle, first-call allocations
         gen.generate(cases[0][:16], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options)
     # Interleaved: each prompt runs every strategy in turn, so that the machine's drift (up to 15 %
@@ -239,7 +239,7 @@ def main() -> None:
     base = totals[0]["tokens"] / totals[0]["seconds"]
     rows = []
     for total, (name, options) in zip(totals, strategies):
-        label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth", "total_tokens"))
+        label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth", "total_tokens", "top_k"))
         speed = total["tokens"] / total["seconds"]
         rows.append({"strategy": label, "tokens_per_pass": total["tokens"] / total["passes"],
                      "mean_accepted_per_verify": float(np.mean(total["per_verify"])), "tokens_per_s": speed,

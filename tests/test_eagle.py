@@ -98,6 +98,24 @@ def test_auto_size_follows_the_draft_confidence_and_the_latency():
     assert best_size(sure, flat, largest=2) == 2
 
 
+def test_calibration_learns_how_often_the_draft_is_right():
+    """A draft that is right 9 times in 10 with probabilities of 0.3: after some verifications
+    its nodes are scored near 0.9, not 0.3, so the tree grows deep along its first choices."""
+    from edgert.plugins.eagle.tree import Calibration, DraftTree
+
+    tree = DraftTree([7], [-1], [0.0], [0], [-1], [0])
+    for depth in range(1, 4):
+        tree.add(depth, depth - 1, float(np.log(0.3)) * depth, 0)
+    calibration = Calibration(depth=3, k=1)
+    before = np.exp(calibration.path_scores(tree))
+    for step in range(50):
+        path = [0, 1, 2, 3] if step % 10 else [0]  # accepted to the end 9 times in 10
+        calibration.learn(tree, [0, 1, 2, 3], path)
+    after = np.exp(calibration.path_scores(tree))
+    assert np.allclose(before[1:], [0.3, 0.09, 0.027], rtol=1e-6)
+    assert after[1] > 0.85 and after[3] > 0.6
+
+
 def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
     """A synthetic state_dict with exactly the released heads' keys, a draft vocabulary of 200 of
     the target's 320 tokens (d2t offsets), loads, exports (the map in the manifest) and decodes
@@ -144,7 +162,7 @@ def test_greedy_is_lossless_and_accepts_long_paths(eagle):
         assert result.tokens == reference, ids
         gained.append(result.stats.tokens_per_step)
     assert np.mean(gained) > 2.0, gained  # the trained head is accepted deep into its trees
-    for options in ({"total_tokens": "12"}, {"total_tokens": "auto", "max_tokens": "48", "depth": "6"}):
+    for options in ({"total_tokens": "12", "top_k": "4"}, {"top_k": "3", "max_tokens": "48", "depth": "6"}):
         for ids in prompts(gen, 6):
             assert gen.generate(ids, params, strategy="eagle", strategy_options=options).tokens == \
                 gen.generate(ids, params).tokens, options

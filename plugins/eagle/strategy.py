@@ -19,9 +19,10 @@ Each step:
 
 ``total_tokens=auto`` (the default) sizes each step's tree on the device: the target's verify
 time is measured once per size (:func:`measure`, as ``edgert tune-tree`` does for Medusa), the
-draft's cumulative probabilities stand in for the nodes' acceptance, and the step verifies the
-number of best nodes with the most expected tokens per second (at most ``max_tokens``): a
-confident draft gets a big tree, a doubtful one a small tree. ``tree=static`` verifies a fixed
+draft's confidence stands in for the nodes' acceptance — calibrated by the acceptance observed
+so far per depth and sibling rank (:class:`.tree.Calibration`), which also orders the nodes —
+and the step verifies the number of best nodes with the most expected tokens per second (at
+most ``max_tokens``): a confident draft gets a big tree, a doubtful one a small tree. ``tree=static`` verifies a fixed
 shape instead: every level expands only the best node of the previous one, and all the
 k·(depth + 1) nodes made are verified.
 """
@@ -38,7 +39,7 @@ from edgert.runtime.errors import InputError
 from edgert.runtime.llm.tree import Tree
 from edgert.runtime.llm.tune import verify_latency
 
-from .tree import DraftTree, best_size, grow, select
+from .tree import Calibration, DraftTree, best_size, grow, select
 
 
 def _size(text: str):
@@ -60,15 +61,19 @@ _shape.__name__ = "dynamic or static"
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    z = logits - logits.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class Eagle:
     name = "eagle"
     description = "EAGLE-3 draft head growing EAGLE-2's dynamic tree, verified in one pass (lossless)"
+    # Defaults tuned on this project's CPU benchmark (docs/benchmarks.md): there a verify pass
+    # turns compute-bound past a few tokens, so one node a level (a chain whose length the
+    # calibrated confidence and the measured latency set) beat every wider tree; where a pass of
+    # 20-60 tokens costs little more than one (GPUs), raise top_k (EAGLE-2 used 10).
     options = {"depth": Option(4, "draft passes after the first: the tree has up to depth + 1 levels", positive_int),
-               "top_k": Option(4, "children per expanded node, and nodes expanded per level", positive_int),
+               "top_k": Option(1, "children per expanded node, and nodes expanded per level", positive_int),
                "total_tokens": Option("auto", "draft nodes verified per step (the root comes on top); auto: each step, "
                                               "the number with the most expected tokens per second, from the draft's "
                                               "confidence and this device's verify latency (measured once)", _size),
@@ -91,6 +96,8 @@ class Eagle:
             raise InputError(f"eagle total_tokens={total} does not fit the bundle's context of {d.context} positions")
         cache = head.new_cache(d.cache.capacity + depth * k + 1)
         latency = d.resource(("verify-latency", str(d.session.bundle.root), total), lambda: measure(d, total)) if auto else None
+        # what the verifications taught about the draft, kept across generations of this bundle
+        calibration = d.resource(("eagle-calibration", str(d.session.bundle.root), depth, k), lambda: Calibration(depth, k))
         root = d.sample(d.prefill())
         states = head.fuse(d.extra)  # the fused target states of the positions without a draft entry yet
         while d.room >= max(total, depth * k) + 1:  # the tree and the draft's speculative entries fit
@@ -100,10 +107,12 @@ class Eagle:
             stable = cache.length
             tree = grow(root, log_softmax(head.target_logits(out.logits[-1])),
                         self._expander(head, cache, stable, out.hidden[-1]), depth, k, static)
-            size = best_size(tree, latency, time.perf_counter() - t0, total) if auto else total
-            nodes, parents = select(tree, size)
+            scores = None if static else calibration.path_scores(tree)
+            size = best_size(tree, latency, time.perf_counter() - t0, total, scores) if auto else total
+            nodes, parents = select(tree, size, scores)
             tokens = [tree.tokens[n] for n in nodes]
             verdict = d.verify(Tree(np.asarray(parents, np.int64)), tokens)
+            calibration.learn(tree, nodes, verdict.path)
             cache.truncate(stable)
             yield [tokens[i] for i in verdict.path]
             states = head.fuse(d.extra)  # of the accepted path: root and the accepted drafts

@@ -33,13 +33,15 @@ class DraftTree:
     scores: list[float]
     depths: list[int]
     slots: list[int] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)  # among its siblings, by the draft's probability (0: best)
 
-    def add(self, token: int, parent: int, score: float) -> int:
+    def add(self, token: int, parent: int, score: float, rank: int = 0) -> int:
         self.tokens.append(int(token))
         self.parents.append(int(parent))
         self.scores.append(float(score))
         self.depths.append(self.depths[parent] + 1)
         self.slots.append(-1)
+        self.ranks.append(int(rank))
         return len(self.tokens) - 1
 
     def ancestors(self, node: int) -> list[int]:
@@ -69,27 +71,29 @@ def grow(root: int, first: np.ndarray, expand: Callable[[DraftTree, list[int]], 
     ``depth``: draft passes after the first distribution (up to depth + 1 levels below the root).
     ``static``: every level expands only the best node of the previous one (a fixed shape: k
     candidates a level along the draft's best chain) instead of the k best."""
-    tree = DraftTree([int(root)], [-1], [0.0], [0], [-1])
+    tree = DraftTree([int(root)], [-1], [0.0], [0], [-1], [0])
     ids, values = top_k(first[None], k)
-    frontier = [tree.add(t, 0, v) for t, v in zip(ids[0], values[0])]
+    frontier = [tree.add(t, 0, v, r) for r, (t, v) in enumerate(zip(ids[0], values[0]))]
     for _ in range(depth):
         if static:
             frontier = frontier[:1]
         children = expand(tree, frontier)
         ids, values = top_k(children, k)
         scores = np.asarray([tree.scores[n] for n in frontier])[:, None] + values  # (frontier, k) cumulative
-        made = [[tree.add(ids[i, j], node, scores[i, j]) for j in range(ids.shape[1])] for i, node in enumerate(frontier)]
+        made = [[tree.add(ids[i, j], node, scores[i, j], j) for j in range(ids.shape[1])] for i, node in enumerate(frontier)]
         flat = np.asarray(made).reshape(-1)
         order = np.lexsort((flat, -scores.reshape(-1)))[:k]  # the k best of the k², ties to the earlier made
         frontier = [int(n) for n in flat[order]]
     return tree
 
 
-def select(tree: DraftTree, total_tokens: int) -> tuple[list[int], list[int]]:
-    """The root and the ``total_tokens`` best nodes (by score, ties to the earlier made), in
-    the order they were made (so parents come first): their node ids and their parents as
-    indices into that list (the root's −1)."""
-    order = sorted(range(1, len(tree.tokens)), key=lambda n: (-tree.scores[n], n))
+def select(tree: DraftTree, total_tokens: int, scores=None) -> tuple[list[int], list[int]]:
+    """The root and the ``total_tokens`` best nodes (by ``scores``, default the draft's
+    cumulative log-probabilities; ties to the earlier made), in the order they were made (so
+    parents come first): their node ids and their parents as indices into that list (the
+    root's −1). Scores must not rise along a path, so that a node's parent is always chosen."""
+    scores = tree.scores if scores is None else scores
+    order = sorted(range(1, len(tree.tokens)), key=lambda n: (-scores[n], n))
     chosen = {0}
     for node in order:
         if len(chosen) > total_tokens:
@@ -101,13 +105,45 @@ def select(tree: DraftTree, total_tokens: int) -> tuple[list[int], list[int]]:
     return nodes, [-1] + [index[tree.parents[n]] for n in nodes[1:]]
 
 
-def best_size(tree: DraftTree, seconds, fixed: float = 0.0, largest: int | None = None) -> int:
-    """How many nodes to verify (below the root) for the most expected tokens per second:
-    the draft's confidence stands in for acceptance, so the k best nodes are expected to add
-    the sum of their path probabilities (exp of their scores) to the one token a pass always
-    gives; ``seconds(size)``: the target's verify time for ``size`` tree tokens (root
-    included), ``fixed``: what the step costs besides (the draft's passes)."""
-    scores = np.sort(np.asarray(tree.scores[1:]))[::-1][:largest]
-    expected = 1.0 + np.concatenate([[0.0], np.cumsum(np.exp(scores))])
+class Calibration:
+    """How often the target accepts a draft node, by depth and sibling rank, learnt from the
+    verifications so far (a node counts when its parent was accepted): the draft's confidence
+    stands in for acceptance (EAGLE-2), and this corrects it where the draft is right more (or
+    less) often than its probabilities say — a draft trained on a flat target is accurate with
+    low probabilities. Each rate starts at the draft's own probability, as a prior of weight 2."""
+
+    def __init__(self, depth: int, k: int):
+        self.proposed = np.zeros((depth + 2, k))
+        self.accepted = np.zeros((depth + 2, k))
+
+    def path_scores(self, tree: DraftTree) -> list[float]:
+        """log of each node's estimated chance to be on the accepted path."""
+        out = [0.0]
+        for node in range(1, len(tree.tokens)):
+            parent, d, r = tree.parents[node], tree.depths[node], tree.ranks[node]
+            p = float(np.exp(tree.scores[node] - tree.scores[parent]))  # the draft's own conditional
+            rate = (self.accepted[d, r] + 2 * p) / (self.proposed[d, r] + 2)
+            out.append(out[parent] + float(np.log(max(rate, 1e-9))))
+        return out
+
+    def learn(self, tree: DraftTree, nodes: list[int], path: list[int]) -> None:
+        """``nodes``: the node ids verified (root first); ``path``: the accepted indices into them."""
+        accepted = {nodes[i] for i in path}
+        for node in nodes[1:]:
+            if tree.parents[node] in accepted:
+                d, r = tree.depths[node], tree.ranks[node]
+                self.proposed[d, r] += 1
+                self.accepted[d, r] += node in accepted
+
+
+def best_size(tree: DraftTree, seconds, fixed: float = 0.0, largest: int | None = None, scores=None) -> int:
+    """How many nodes to verify (below the root) for the most expected tokens per second: the
+    k best nodes are expected to add the sum of their chances to be accepted (exp of their
+    ``scores``; default the draft's cumulative log-probabilities) to the one token a pass always
+    gives; ``seconds(size)``: the target's verify time for ``size`` tree tokens (root included),
+    ``fixed``: what the step costs besides (the draft's passes)."""
+    scores = tree.scores if scores is None else scores
+    best = np.sort(np.asarray(scores[1:]))[::-1][:largest]
+    expected = 1.0 + np.concatenate([[0.0], np.cumsum(np.exp(best))])
     rates = [expected[n] / (seconds(n + 1) + fixed) for n in range(len(expected))]
     return int(np.argmax(rates))
