@@ -47,13 +47,11 @@ def test_export_carries_its_graph_and_entry(repeat_bundle):
 def test_its_strategy_equals_ar_and_accepts_repeats(repeat_bundle):
     gen = Generator(repeat_bundle / "bundle")
     params = SamplingParams(max_new_tokens=40)
-    passes = []
     for prompt in ["The quick brown fox", "0 0 0 0 0 0 0 0", "def add(a, b):\n    return", "Edge devices run"]:
         ar = gen.generate(prompt, params)
         ours = gen.generate(prompt, params, strategy="repeat")
         assert ours.tokens == ar.tokens, prompt
-        passes.append(ours.stats.forward_calls)
-    assert ours.stats.accepted and all(1 <= a <= 4 for a in ours.stats.accepted)
+        assert ours.stats.accepted and all(1 <= a <= 4 for a in ours.stats.accepted)  # verified chains of 1 + 3
 
 
 def test_a_bundle_without_the_head_and_a_bad_head_file_are_one_line(repeat_bundle, tmp_path):
