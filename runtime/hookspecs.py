@@ -106,7 +106,7 @@ def edgert_register_strategies():
       cache to the accepted path and returns it with the bonus token — the one way to verify,
       so that every strategy is lossless where the op is;
     * ``d.head(name)`` opens a speculative head of the bundle (see ``edgert_register_heads``)
-      once per generator, or says in one line that the bundle has none; ``d.open_graph(name)``
+      once per generator, or says in one line that the bundle has none; ``d.session.open_graph(name)``
       opens any contract graph of the bundle as a :class:`DecoderSession`;
       ``d.open_bundle(path)`` another decoder bundle of the same tokenizer (a draft model);
     * ``d.forward(...)``, ``d.cache`` (``truncate``/``keep``) for anything else; ``d.hidden``

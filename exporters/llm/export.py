@@ -121,7 +121,7 @@ def _taps(heads: list, cfg) -> tuple[int, ...]:
     return tuple(sorted(taps))
 
 
-def _decoder_job(ctx: ExportContext, directory: Path) -> GraphJob:
+def _decoder_job(ctx: ExportContext) -> GraphJob:
     """The decoder graph's job, in the requested flavour."""
     kv, taps = np.dtype(ctx.kv_dtype), ctx.module.taps
     trace, cases = trace_feeds(ctx.geometry, kv, ctx.rng), parity_cases(ctx.geometry, kv, ctx.rng)
@@ -209,7 +209,7 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
     ctx = ExportContext(plugin.name, directory, cfg, Geometry.of(cfg), reference, module, flavour, precision, kv_dtype,
                         tolerance, np.random.default_rng(r.seed), translations(), opts["proposals"],
                         quantization is not None)
-    jobs = [_decoder_job(ctx, directory)]
+    jobs = [_decoder_job(ctx)]
     entries = {}
     for head in heads:  # each head draws its own random inputs: its figures do not depend on the others
         with step(f"loading the {head.name} head from {opts[head.name]}"):

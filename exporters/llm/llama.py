@@ -172,9 +172,6 @@ def _layer_types(cfg: dict, model_type: str, window: int | None, path: Path) -> 
 
 # ---- rotary tables -----------------------------------------------------------------------------
 
-ROPE_TYPES = ("default", "linear", "llama3", "longrope")
-
-
 def rope_kind_of(scaling: dict | None) -> str:
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     return {"su": "longrope"}.get(kind, kind)  # Phi-3's first checkpoints call LongRoPE "su"

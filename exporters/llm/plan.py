@@ -40,7 +40,6 @@ class GraphJob:
     check: Check                     # (file, spec) -> parity report with 'passed'
     translations: dict = field(default_factory=dict)
     finish: Callable[[Path], None] | None = None  # rewrites the exported file (e.g. the TensorRT flavour's)
-    proposal: bool = False           # only proposes tokens: --opt proposals=int8 may quantize it
 
 
 def contract_feeds(geometry: Geometry, batch: int, new: int, past: int, mask: np.ndarray, kv_dtype, rng,

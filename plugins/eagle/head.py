@@ -56,7 +56,7 @@ class EagleHead:
                               (TensorSpec("hidden_states", "float32", ("batch", "sequence_length", hidden)),))
         taps = {"taps": ctx.rng.standard_normal((2, 3, 3 * hidden)).astype(np.float32)}
         fuse = GraphJob(fuse_spec, FuseGraph(ctx.as_exported(draft)), dict(taps),
-                        ctx.parity(FuseGraph(draft).eval(), {"taps": taps}, proposal=True), proposal=True)
+                        ctx.parity(FuseGraph(draft).eval(), {"taps": taps}, proposal=True))
         state = TensorSpec("hidden_states", "float32", ("batch", "sequence_length", hidden))
         spec = decoder_graph(replace(g, vocab_size=draft.draft_vocab), ctx.kv_dtype, name=GRAPH, layers=1,
                              hidden="eagle_hidden_states", extra_inputs=(state,))
@@ -66,7 +66,7 @@ class EagleHead:
         if ctx.flavour == "onnx":
             layer = GraphJob(spec, module.eval(), trace, ctx.parity(DraftGraph(ctx.reference, draft).eval(), cases,
                                                                     proposal=True),
-                             translations=ctx.translations, proposal=True)
+                             translations=ctx.translations)
         else:  # edgert's attention plugin over the in-place cache, checked against the default flavour's math
             from edgert.exporters.llm import trt_flavour
             from edgert.runtime.llm.contract import cache_decoder_graph

@@ -7,7 +7,6 @@ import numpy as np
 
 from edgert.runtime.errors import BundleError
 from edgert.runtime.llm.contract import tap_name
-from edgert.runtime.llm.session import DecoderSession
 
 
 class EagleSession:
@@ -22,8 +21,7 @@ class EagleSession:
         if missing:
             raise BundleError(f"{bundle.root}: the decoder graph has no {', '.join(missing)} output(s), which the EAGLE "
                               "head reads; re-export the bundle with --opt eagle=HEAD")
-        self.draft = DecoderSession(bundle, target.device, target.threads, graph=entry["graph"],
-                                    backend=target.backend_name)
+        self.draft = target.open_graph(entry["graph"])
         self.fc = target.open_backend(entry["fc_graph"])
         self.vocab_size = target.vocab_size
         d2t = entry.get("d2t")

@@ -30,7 +30,6 @@ k·(depth + 1) nodes made are verified.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -154,7 +153,7 @@ def measure(d, largest: int):
     of a few passes after 128 cached positions, interpolated between the sizes measured)."""
     sizes = [s for s in SIZES if s <= largest + 1] + ([largest + 1] if largest + 1 not in SIZES else [])
     prefix = max(1, min(128, d.context - max(sizes) - 1))
-    table = verify_latency(SimpleNamespace(session=d.session, context=d.context), sorted(set(sizes)), prefix, repeats=3)
+    table = verify_latency(d.session, sorted(set(sizes)), prefix, repeats=3)
     measured = np.array(sorted(table))
     seconds = np.array([table[s] for s in measured])
     return lambda size: float(np.interp(size, measured, seconds))

@@ -39,8 +39,7 @@ class MedusaHead:
         heads = load_medusa(source, g.hidden_size, g.vocab_size)
         hidden = {"hidden_states": ctx.rng.standard_normal((2, 3, g.hidden_size)).astype(np.float32)}
         job = GraphJob(medusa_graph(g.hidden_size, g.vocab_size, len(heads)), MedusaGraph(ctx.as_exported(heads)),
-                       dict(hidden), ctx.parity(MedusaGraph(heads).eval(), {"heads": hidden}, proposal=True),
-                       proposal=True)
+                       dict(hidden), ctx.parity(MedusaGraph(heads).eval(), {"heads": hidden}, proposal=True))
         return [job], {"graph": GRAPH, "num_heads": len(heads), "num_layers": heads.num_layers}
 
     def trainee(self, model, options):

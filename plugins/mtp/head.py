@@ -45,7 +45,7 @@ class MTPHead:
         trace = trace_feeds(ctx.geometry, kv, ctx.rng, layers=1, extra=extra)
         job = GraphJob(mtp_graph(ctx.geometry, ctx.kv_dtype), MTPGraph(ctx.module, ctx.as_exported(mtp)).eval(), trace,
                        ctx.parity(MTPGraph(ctx.reference, mtp).eval(), cases, proposal=True),
-                       translations=ctx.translations, proposal=True)
+                       translations=ctx.translations)
         return [job], {"graph": GRAPH}
 
     def trainee(self, model, options):
@@ -56,7 +56,4 @@ class MTPHead:
         return Trainee(MTPModule(model.cfg), mtp_losses, save_mtp, "the MTP module", lookahead=1, count=1)
 
     def open(self, target, entry):
-        from edgert.runtime.llm.session import DecoderSession
-
-        return DecoderSession(target.bundle, target.device, target.threads, graph=entry["graph"],
-                              backend=target.backend_name)
+        return target.open_graph(entry["graph"])

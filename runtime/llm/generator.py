@@ -136,12 +136,6 @@ class Decoding:
                              f"{session.manifest['plugin']['name']} --opt {name}=FILE); this one has none")
         return self.resource(("head", name, str(session.bundle.root)), lambda: head.open(session, entry))
 
-    def open_graph(self, name: str) -> DecoderSession:
-        """Another graph of the decoder contract in the bundle (a head's), on the target's backend."""
-        s = self.session
-        return self.resource(("graph", name, str(s.bundle.root)),
-                             lambda: DecoderSession(s.bundle, s.device, s.threads, graph=name, backend=s.backend_name))
-
     def open_bundle(self, path: str) -> DecoderSession:
         """Another decoder bundle's session (a draft model), checked to speak the target's
         vocabulary, on the target's backend; kept between generations."""

@@ -51,14 +51,11 @@ class DecoderSession:
             raise EdgertError(f"{bundle.root}: this is the TensorRT flavour of the decoder (exported with --flavour "
                               "trt): its graph holds edgert's TensorRT plugin ops and an in-place cache, which "
                               "this session does not drive; export with --flavour onnx (in the previous release: --backend onnx)")
-        name = graph or self.info["graph"]
-        if name not in bundle.graphs:
-            raise BundleError(f"{bundle.root}: no graph {name!r} in this bundle (graphs: {', '.join(bundle.graphs)})")
-        self.graph = bundle.graph(name)
+        self._backend_cls = get_host().get("backend", backend).obj
+        self._backend_cls.check_available()
+        self.graph = self._spec(graph or self.info["graph"])
         self.layout = layout(self.graph)
-        backend_cls = get_host().get("backend", backend).obj
-        backend_cls.check_available()
-        self.backend = open_backend(bundle, self.graph, backend_cls, device, threads, interleaved=True)
+        self.backend = open_backend(bundle, self.graph, self._backend_cls, device, threads, interleaved=True)
         self.num_layers = self.layout.num_layers
         self.vocab_size, self.hidden_size = self.layout.vocab_size, self.layout.hidden_size
         self.context = int(self.info["context"])
@@ -66,13 +63,21 @@ class DecoderSession:
         self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
         self._extra_inputs = set(self.layout.extra_inputs)
 
+    def _spec(self, graph: str):
+        if graph not in self.bundle.graphs:
+            raise BundleError(f"{self.bundle.root}: no graph {graph!r} in this bundle (graphs: {', '.join(self.bundle.graphs)})")
+        return self.bundle.graph(graph)
+
     def open_backend(self, graph: str):
         """Another graph of the bundle (a head's) on this session's backend, device and threads:
         a :class:`~edgert.runtime.backends.base.Backend` (``run`` / ``run_into``)."""
-        if graph not in self.bundle.graphs:
-            raise BundleError(f"{self.bundle.root}: no graph {graph!r} in this bundle (graphs: {', '.join(self.bundle.graphs)})")
-        backend_cls = get_host().get("backend", self.backend_name).obj
-        return open_backend(self.bundle, self.bundle.graph(graph), backend_cls, self.device, self.threads, interleaved=True)
+        return open_backend(self.bundle, self._spec(graph), self._backend_cls, self.device, self.threads,
+                            interleaved=True)
+
+    def open_graph(self, graph: str) -> "DecoderSession":
+        """Another graph of the bundle that follows the decoder contract (a head's: an MTP module,
+        an EAGLE draft layer) as a session of its own, on this session's backend, device and threads."""
+        return DecoderSession(self.bundle, self.device, self.threads, graph=graph, backend=self.backend_name)
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
         info = self.info

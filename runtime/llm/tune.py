@@ -90,15 +90,16 @@ def grow_tree(acc: np.ndarray, max_nodes: int) -> list[tuple[tuple[int, ...], fl
     return added
 
 
-def verify_latency(gen: Generator, sizes: list[int], prefix: int, repeats: int = 5) -> dict[int, float]:
-    """Median seconds of one decoder pass over ``size`` tree tokens after ``prefix`` cached ones."""
+def verify_latency(session, sizes: list[int], prefix: int, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one pass of the decoder ``session`` over ``size`` tree tokens after
+    ``prefix`` cached ones."""
     rng = np.random.default_rng(0)
     out = {}
-    prompt = rng.integers(0, gen.session.vocab_size, prefix).tolist()
+    prompt = rng.integers(0, session.vocab_size, prefix).tolist()
     for size in sizes:
-        d = Decoding(gen.session, prompt, Sampler(SamplingParams()), prefix + size + 1, GenerationStats())
+        d = Decoding(session, prompt, Sampler(SamplingParams()), prefix + size + 1, GenerationStats())
         d.prefill()
-        tokens = rng.integers(0, gen.session.vocab_size, size)
+        tokens = rng.integers(0, session.vocab_size, size)
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
@@ -114,7 +115,7 @@ def tune_tree(gen: Generator, prompts: list[list[int]], new_tokens: int = 64, to
     acc = head_accuracy(gen, prompts, new_tokens, top_k)
     nodes = grow_tree(acc, max_nodes)
     sizes = sorted({1, *[n + 1 for n in range(1, len(nodes) + 1) if n + 1 in (2, 4, 8, 12, 16, 24, 32, 48, 64) or n == len(nodes)]})
-    latency = verify_latency(gen, sizes, min(prefix, gen.context - max(sizes) - 1))
+    latency = verify_latency(gen.session, sizes, min(prefix, gen.context - max(sizes) - 1))
     measured = np.array(sorted(latency))
     table, best = [], None
     cumulative = np.cumsum([e for _, e in nodes])
