@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml tests/exa
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[export,dev]' -e tests/example_plugin -e tests/example_head_plugin
+	$(PY) -m pip install -q -e '.[export,dev,serve]' -e tests/example_plugin -e tests/example_head_plugin
 	touch $@
 
 venv: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""The ``edgert`` command line: plugins, export, info, run, generate, eval, bench.
+"""The ``edgert`` command line: plugins, export, info, run, generate, serve, eval, bench.
 
 User errors (:class:`EdgertError`) print one line on stderr and exit 1, without a traceback;
 argparse's usage errors exit 2.
@@ -117,6 +117,30 @@ def cmd_generate(args) -> int:
         depth = ", ".join(f"{d + 1}: {a:.0%}" for d, a in enumerate(st.acceptance_by_depth())) or "-"
         print(f"{st.forward_calls} decoder passes after the prefill, {st.tokens_per_step:.2f} tokens per pass; "
               f"acceptance by draft depth {depth}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from edgert.runtime.signing import trusted_key_files
+    from edgert.serve import API_KEY_ENV, ServeOptions, run
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"edgert: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
+              f"(--api-key or {API_KEY_ENV})", file=sys.stderr)
+    counts = {"": 1}
+    for text in args.replicas or ["1"]:
+        name, sep, count = text.rpartition("=")
+        if not count.isdigit() or int(count) < 1 or (sep and not name):
+            raise EdgertError(f"--replicas {text!r}: expected N or NAME=N, N a positive integer")
+        counts[name] = int(count)
+    options = ServeOptions(replicas=counts.pop(""), replicas_of=counts, cpus_per_replica=args.cpus_per_replica, api_key=api_key,
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                           max_upload_bytes=int(args.max_upload_mb * (1 << 20)), session_ttl_s=args.session_ttl,
+                           strategy=args.strategy, strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"),
+                           backend=args.backend, device=args.device,
+                           trusted_keys=tuple(str(p) for p in trusted_key_files()))
+    run(args.bundle, options, address=None if args.address == "local" else args.address, host=args.host, port=args.port)
     return 0
 
 
@@ -543,6 +567,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("serve", help="serve bundles over HTTP on Ray Serve: OpenAI-compatible decoders, detection, "
+                       "streaming sessions (needs edgert[serve])")
+    p.add_argument("bundle", nargs="+", help="a bundle folder, or NAME=FOLDER to serve it under NAME")
+    p.add_argument("--replicas", action="append", metavar="N|NAME=N",
+                   help="replicas of each model (default 1), or of the model NAME (repeatable)")
+    p.add_argument("--cpus-per-replica", type=_float(0, 1024, low_open=True), default=1.0,
+                   help="CPUs each replica reserves from Ray, and its ONNX Runtime threads (default 1)")
+    p.add_argument("--address", default="local", help="local (default: start Ray in this process), auto (the cluster "
+                   "this machine is in), or ray://HOST:PORT")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int(1, 65535), default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request (default: $EDGERT_API_KEY)")
+    p.add_argument("--max-batch", type=_int(1, 1024), default=8, help="detection: requests batched into one run "
+                   "(1: off; default 8)")
+    p.add_argument("--batch-wait-ms", type=_float(0, 10_000), default=5.0,
+                   help="detection: longest wait for a batch to fill (default 5)")
+    p.add_argument("--max-upload-mb", type=_float(0, 1 << 20, low_open=True), default=64.0,
+                   help="largest request body in MiB (default 64)")
+    p.add_argument("--session-ttl", type=_float(0, 1e7, low_open=True), default=300.0,
+                   help="streams idle this many seconds are closed (default 300)")
+    p.add_argument("--strategy", default="ar", help="decoding strategy of requests that name none (default ar)")
+    p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE", help="its options (repeatable)")
+    p.add_argument("--backend", default="onnxruntime", help="backend plugin the graphs run on (default onnxruntime)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("train", help="train a speculative head for a checkpoint (needs edgert[export])")
     p.add_argument("what", metavar="HEAD", help="the head to train: medusa (Medusa heads), mtp (a DeepSeek-style MTP "
                    "module), or another registered head that can be trained (see 'edgert plugins')")
@@ -623,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--warmup", type=_int(0, 1 << 20), default=3)
             p.add_argument("--batch", type=_int(1, 1024), default=1)
     for name, p in sub.choices.items():  # every command that loads a bundle checks its signature
-        if name in ("generate", "tune-tree", "info", "eval", "run", "bench"):
+        if name in ("generate", "tune-tree", "info", "eval", "run", "bench", "serve"):
             p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                            help="public key the bundle must be signed by (repeatable; adds to EDGERT_TRUSTED_KEYS "
                                 "and ~/.config/edgert/trusted_keys)")

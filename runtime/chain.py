@@ -28,12 +28,14 @@ def feature_chunks(extractor, source: str, chunk_frames: int) -> Iterator[np.nda
     for frame in iter_frames(source):
         frames.append(frame)
         if len(frames) == chunk_frames:
-            yield _extract(extractor, source, frames)
+            yield extract_features(extractor, frames, source)
             frames = []
     if frames:
-        yield _extract(extractor, source, frames)
+        yield extract_features(extractor, frames, source)
 
 
-def _extract(extractor, source: str, frames: list[np.ndarray]) -> np.ndarray:
+def extract_features(extractor, frames, source: str = "frames") -> np.ndarray:
+    """One chunk of decoded frames (H, W, 3 uint8 each) -> its feature vector; ``source`` names
+    where they came from in messages."""
     feeds = extractor.plugin.prepare_clip(extractor.bundle, ArrayClip(Path(source), np.stack(frames)))
     return extractor.run(feeds)["features"][0]

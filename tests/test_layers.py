@@ -1,6 +1,7 @@
 """The layering, enforced: edgert/ (the CLI) -> runtime/ <- plugins/, exporters/ -> runtime/.
 runtime/ never imports the exporters, the plugins or the CLI (an edge app installs it without
-torch and without them), and it never imports torch (checked at run time by test_cli)."""
+torch and without them), and it never imports torch (checked at run time by test_cli). The
+server (edgert/serve/) runs bundles like an app does: the runtime only."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ FORBIDDEN = {
     "runtime": ("edgert.exporters", "edgert.plugins", "edgert.cli", "torch", "onnx", "onnxscript", "transformers"),
     "plugins": ("edgert.cli",),
     "exporters": ("edgert.cli", "edgert.plugins"),
+    "edgert/serve": ("edgert.exporters", "edgert.plugins", "edgert.cli", "torch", "onnx", "onnxscript", "transformers"),
 }
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
     """Every module ``path`` imports (absolute names; relative ones resolved inside edgert)."""
-    package = ["edgert", path.relative_to(ROOT).parts[0], *path.relative_to(ROOT).parts[1:-1]]
+    parts = path.relative_to(ROOT).parts
+    package = list(parts[:-1]) if parts[0] == "edgert" else ["edgert", parts[0], *parts[1:-1]]
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -51,3 +54,10 @@ def test_the_check_sees_a_violation(tmp_path):
     finally:
         probe.unlink()
     assert names == ["edgert.exporters", "torch"]
+    probe = ROOT / "edgert" / "serve" / "_layer_probe.py"
+    probe.write_text("from ..exporters import driver\nfrom .api import Api\n")
+    try:
+        names = [name for _, name in imports(probe)]
+    finally:
+        probe.unlink()
+    assert names == ["edgert.exporters", "edgert.serve.api"]

@@ -335,10 +335,21 @@ class Generator:
                 raise InputError(f"prompt token ids must be in 0..{self.session.vocab_size - 1}")
             return ids
         if chat:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            # The template writes the special tokens itself (BOS included).
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
+            return self.encode_messages(([{"role": "system", "content": system}] if system else [])
+                                        + [{"role": "user", "content": prompt}])
         return self.tokenizer.encode(prompt)
+
+    def encode_messages(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation (``[{"role": ..., "content": ...}, ...]``, the shape of transformers' and
+        OpenAI's chat APIs) through the bundle's chat template, the assistant's turn opened."""
+        if not isinstance(messages, list) or not messages:
+            raise InputError("messages: expected a non-empty list of {role, content}")
+        for i, message in enumerate(messages):
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                raise InputError(f"messages[{i}]: expected {{'role': str, 'content': str}}")
+        # The template writes the special tokens itself (BOS included).
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages), add_special_tokens=False)
 
     def _check_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:

@@ -1,0 +1,111 @@
+"""The Ray Serve application: one deployment per served bundle, and the API in front.
+
+    from edgert.serve import ServeOptions, app
+    from ray import serve
+    serve.run(app(["qwen=bundles/qwen", "bundles/tsm-online"], ServeOptions(replicas=2)))
+
+:func:`run` is what ``edgert serve`` does: it joins (``address``) or starts a Ray instance,
+starts Serve's HTTP proxy on ``host:port`` and runs the application until interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from edgert.runtime.errors import EdgertError
+
+from .catalogue import ServedModel, catalogue
+from .options import ServeOptions
+
+APP_NAME = "edgert"
+
+
+def _ray():
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise EdgertError("serving needs Ray Serve: pip install 'edgert[serve]'") from None
+    return ray, serve
+
+
+def app(bundles, options: ServeOptions | None = None, *, models: dict[str, ServedModel] | None = None):
+    """The application (a bound Ray Serve deployment graph) serving ``bundles`` (``PATH`` or
+    ``NAME=PATH`` each); compose it into your own Serve applications or ``serve.run`` it."""
+    _, serve = _ray()
+    from ray.serve.config import RequestRouterConfig
+
+    from .api import Api
+    from .decoder import DecoderReplica
+    from .detector import DetectorReplica
+    from .streams import StreamReplica
+
+    options = options or ServeOptions()
+    models = models or catalogue(bundles)
+    # a streaming session of a feature-based model may chain a served feature extractor
+    extractors = {name: model.path for name, model in models.items() if model.extractor}
+    check_replicas(models, options)
+    handles = {}
+    for name, model in models.items():
+        replica = {"num_replicas": options.replicas_for(name), "ray_actor_options": {"num_cpus": options.cpus_per_replica}}
+        if model.kind == "decoder":
+            # a replica decodes one sequence at a time; one more waits on it, the rest in the router
+            deployment = serve.deployment(DecoderReplica, name=f"decoder-{name}", max_ongoing_requests=2, **replica)
+            handles[name] = deployment.bind(name, model.path, options)
+        elif model.kind == "detector":
+            deployment = serve.deployment(DetectorReplica, name=f"detector-{name}",
+                                          max_ongoing_requests=max(16, 2 * options.max_batch), **replica)
+            handles[name] = deployment.bind(name, model.path, options)
+        else:
+            deployment = serve.deployment(
+                StreamReplica, name=f"stream-{name}", max_ongoing_requests=64, health_check_period_s=2.0,
+                request_router_config=RequestRouterConfig(request_router_class="edgert.serve.streams.SessionRouter"),
+                **replica)
+            handles[name] = deployment.bind(name, model.path, options, extractors)
+    ingress = serve.deployment(Api, name="api", num_replicas=1, max_ongoing_requests=1024,
+                               ray_actor_options={"num_cpus": 0})
+    return ingress.bind(models, options, handles)
+
+
+def check_replicas(models: dict[str, ServedModel], options: ServeOptions) -> None:
+    unknown = sorted(set(options.replicas_of) - set(models))
+    if unknown:
+        raise EdgertError(f"serve: replicas given for {unknown[0]!r}, which is not served (served: {sorted(models)})")
+
+
+def cpus_needed(models: dict[str, ServedModel], options: ServeOptions) -> float:
+    return sum(options.replicas_for(name) for name in models) * options.cpus_per_replica
+
+
+def run(bundles, options: ServeOptions, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+        ready=None) -> None:
+    """Serve until interrupted: ``address`` None starts a Ray instance in this process (sized so
+    that every replica fits; ``auto`` or ``ray://HOST:PORT`` joins a running cluster, whose
+    nodes must hold the bundles at the same paths)."""
+    ray, serve = _ray()
+    models = catalogue(bundles)
+    check_replicas(models, options)
+    if address is None:
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed(models, options) + 0.999)),
+                 include_dashboard=False, log_to_driver=False)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise EdgertError(f"serve: cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app(bundles, options, models=models), name=APP_NAME, route_prefix="/")
+        print(f"edgert: serving {', '.join(f'{m.name} ({m.kind})' for m in models.values())} on http://{host}:{port}/v1 "
+              f"({', '.join(f'{n}: {options.replicas_for(n)}' for n in models)} replica(s)"
+              f"{', API key required' if options.api_key else ''}); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        if ready is not None:
+            ready()
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,81 @@
+"""``edgert serve`` as a user starts it: a local Ray in the process, loopback only by default,
+Ctrl-C stops it; bad arguments are one-line errors before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
+
+from conftest import assert_user_error, edgert  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its network (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel picks the outgoing address
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_serve_arguments_are_checked_before_anything_starts(tiny_bundle, tmp_path):
+    assert_user_error(edgert("serve", tmp_path / "missing"), "missing")
+    assert_user_error(edgert("serve", tiny_bundle, "--replicas", "tsn-tiny=0"), "--replicas", "NAME=N")
+    assert_user_error(edgert("serve", f"a={tiny_bundle}", f"a={tiny_bundle}"), "two bundles are named 'a'")
+    assert_user_error(edgert("serve", f"bad/name={tiny_bundle}"), "not a bundle directory")  # a path, not NAME=PATH
+    assert_user_error(edgert("serve", f"b@d={tiny_bundle}"), "model name 'b@d'")
+    assert_user_error(edgert("serve", tiny_bundle, "--replicas", "other=2"), "'other', which is not served")
+
+
+def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
+    port = _free_port()
+    env = {**os.environ, "EDGERT_API_KEY": "k3y"}
+    process = subprocess.Popen([sys.executable, "-m", "edgert", "serve", f"tsn={tiny_bundle}", "--port", str(port),
+                                "--cpus-per-replica", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    try:
+        deadline, lines = time.monotonic() + 120, []
+        while time.monotonic() < deadline:  # wait for the line that says it serves
+            ready, _, _ = select.select([process.stderr], [], [], 1.0)
+            if ready:
+                line = process.stderr.readline()
+                lines.append(line)
+                if line.startswith("edgert: serving") or not line:
+                    break
+        assert lines and lines[-1].startswith("edgert: serving tsn (detector) on http://127.0.0.1:"), lines
+        assert "API key required" in lines[-1]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert [m["id"] for m in json.loads(response.read())["data"]] == ["tsn"]
+        outward = _outward_address()
+        if outward is not None:  # bound to 127.0.0.1: the machine's network address does not answer
+            with pytest.raises(OSError), socket.create_connection((outward, port), timeout=5):
+                pass
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 130, err
+    assert "Traceback" not in err, err
