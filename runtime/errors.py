@@ -19,6 +19,10 @@ class InputError(EdgertError):
     """An input does not match what the graph declares (name, dtype, rank, static dim)."""
 
 
+class DecodeError(InputError):
+    """A source is not a video OpenCV can decode (not a video at all, or a codec it lacks)."""
+
+
 class PluginError(EdgertError):
     """A plugin could not be loaded, or two plugins claim the same name."""
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import DecodeError, InputError
 from .inputs import load_npy
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -92,7 +92,7 @@ def _open_video(path: Path):
         finally:
             os.close(fd)
     if not capture.isOpened():
-        raise InputError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
+        raise DecodeError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
     _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
     return capture
 
@@ -137,7 +137,7 @@ class VideoClip(Clip):
             count += 1
         capture.release()
         if count == 0:
-            raise InputError(f"{path}: video has no decodable frames")
+            raise DecodeError(f"{path}: video has no decodable frames")
         super().__init__(path, count)
 
     def frames(self, indices):
@@ -209,7 +209,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         capture.release()
         if count == 0:
-            raise InputError(f"{path}: video has no decodable frames")
+            raise DecodeError(f"{path}: video has no decodable frames")
         return
     clip = open_clip(path)
     for i in range(clip.num_frames):

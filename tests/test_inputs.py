@@ -19,6 +19,27 @@ def test_runs_with_any_batch(model):
         assert out["scores"].shape == (batch, 5)
 
 
+def test_run_batch_equals_runs_one_at_a_time(model):
+    rng = np.random.default_rng(0)
+    requests = [{"video": rng.standard_normal((n, 3, 3, 32, 32)).astype(np.float32)} for n in (1, 2, 1)]
+    batched = model.run_batch(requests)
+    assert [out["scores"].shape for out in batched] == [(1, 5), (2, 5), (1, 5)]
+    for feeds, out in zip(requests, batched):
+        np.testing.assert_allclose(out["scores"], model.run(feeds)["scores"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="input 'video': expected dtype float32"):  # each request checked on its own
+        model.run_batch([requests[0], {"video": requests[1]["video"].astype(np.float64)}])
+
+
+def test_run_batch_needs_a_batch_axis(tiny_bundle):
+    model = load(tiny_bundle, threads=1)  # its own: a graph is added to its bundle
+    fixed = GraphSpec("main", "model.onnx", (TensorSpec("video", "float32", (1, 3, 3, 32, 32)),),
+                      (TensorSpec("scores", "float32", (1, 5)),))
+    model.bundle.graphs = {**model.bundle.graphs, "fixed": fixed}
+    feeds = {"video": np.zeros((1, 3, 3, 32, 32), np.float32)}
+    with pytest.raises(InputError, match=r"graph 'main': input 'video' has no batch axis \(\[1, 3, 3, 32, 32\]\)"):
+        model.run_batch([feeds, feeds], graph="fixed")
+
+
 @pytest.mark.parametrize("feeds,message", [
     ({"frames": np.zeros((1, 3, 3, 32, 32), np.float32)}, "unknown input 'frames'"),
     ({}, "missing input 'video'"),

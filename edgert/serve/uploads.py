@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgert.runtime.errors import InputError
+from edgert.runtime.errors import DecodeError, InputError
 from edgert.runtime.inputs import load_npy
 from edgert.runtime.video import IMAGE_EXTENSIONS
 
@@ -120,10 +120,8 @@ def clip_source(data: bytes, limit: int):
         path = write_clip(data, folder, limit)
         try:
             yield path
-        except InputError as err:
-            if path.suffix == ".video" and "cannot decode video" in str(err):
-                raise UnsupportedMedia(f"upload ({len(data)} bytes): not {WHAT}") from None
-            raise
+        except DecodeError:
+            raise UnsupportedMedia(f"upload ({len(data)} bytes): not {WHAT}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
