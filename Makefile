@@ -20,8 +20,10 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 	$(PY) examples/demo_llm.py
 
+# One worker per core (pytest-xdist); a file's tests stay on one worker, so its module fixtures
+# (an exported bundle, the serving tests' Ray cluster) are made once.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tsn.py

@@ -40,13 +40,19 @@ CUBIN_CACHE = ROOT / "build" / "cubin-cache"  # one Triton AOT run for every CMa
 
 
 def cmake_build(tree: Path, *defines: str) -> str:
-    """Configure and build the native parts into ``tree``; returns the log (asserts success)."""
+    """Configure and build the native parts into ``tree``; returns the log (asserts success).
+    One build at a time across test workers (pytest-xdist): the trees share the cubin cache."""
+    import fcntl
+
     log = ""
-    for cmd in (["cmake", "-S", str(ROOT), "-B", str(tree), f"-DEDGERT_CUBIN_CACHE={CUBIN_CACHE}", *defines],
-                ["cmake", "--build", str(tree), "-j", "2"]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        log += done.stdout + done.stderr
-        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-3000:]}"
+    CUBIN_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CUBIN_CACHE.parent / "cubin-cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for cmd in (["cmake", "-S", str(ROOT), "-B", str(tree), f"-DEDGERT_CUBIN_CACHE={CUBIN_CACHE}", *defines],
+                    ["cmake", "--build", str(tree), "-j", "2"]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            log += done.stdout + done.stderr
+            assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-3000:]}"
     return log
 
 

@@ -17,6 +17,8 @@ Routes::
 """
 
 
+# No `from __future__ import annotations` in this module: FastAPI reads the routes' parameter
+# annotations (Request) as classes when Serve wraps the class.
 import hmac
 import json
 import logging
@@ -74,7 +76,7 @@ async def _unexpected(request: Request, err: Exception):
 
 @serve.ingress(api)
 class Api:
-    def __init__(self, models: "dict[str, ServedModel]", options: ServeOptions, handles: dict):
+    def __init__(self, models: dict[str, ServedModel], options: ServeOptions, handles: dict):
         self.models, self.options, self.handles = models, options, handles
         self.key = f"Bearer {options.api_key}".encode() if options.api_key else None
 
