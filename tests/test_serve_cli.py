@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 
 import pytest
@@ -52,19 +51,22 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
     process = subprocess.Popen([sys.executable, "-m", "edgert", "serve", f"tsn={tiny_bundle}", "--port", str(port),
                                 "--cpus-per-replica", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
+    lines, serving = [], threading.Event()
+
+    def pump():  # stderr line by line, as it comes (Ray's log lines, then ours)
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("edgert: serving"):
+                serving.set()
+        serving.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        deadline, lines = time.monotonic() + 120, []
-        while time.monotonic() < deadline:  # wait for the line that says it serves
-            ready, _, _ = select.select([process.stderr], [], [], 1.0)
-            if ready:
-                line = process.stderr.readline()
-                lines.append(line)
-                if line.startswith("edgert: serving") or not line:
-                    break
-        assert lines and lines[-1].startswith("edgert: serving tsn (detector) on http://127.0.0.1:"), lines
+        assert serving.wait(300) and lines and lines[-1].startswith("edgert: serving tsn (detector) on http://127.0.0.1:"), lines
         assert "API key required" in lines[-1]
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             assert [m["id"] for m in json.loads(response.read())["data"]] == ["tsn"]
         outward = _outward_address()
         if outward is not None:  # bound to 127.0.0.1: the machine's network address does not answer
@@ -73,9 +75,11 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            _, err = process.communicate(timeout=60)
+            process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+        reader.join(timeout=30)
+    err = "".join(lines)
     assert process.returncode == 130, err
     assert "Traceback" not in err, err
