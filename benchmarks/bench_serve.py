@@ -28,8 +28,9 @@ import argparse
 import io
 import json
 import socket
+import os
+import platform
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -274,9 +275,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "report.json"))
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    import os
-    import platform
-
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
     server = Server()
     try:
@@ -289,5 +287,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "bench"
     main()

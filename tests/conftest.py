@@ -56,6 +56,15 @@ def cmake_build(tree: Path, *defines: str) -> str:
     return log
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a fresh process."""
     return subprocess.run([sys.executable, "-m", "edgert", *map(str, args)], capture_output=True, text=True,

@@ -45,19 +45,17 @@ def test_layer_imports_only_what_it_may(layer):
     assert not bad, "\n".join(bad)
 
 
-def test_the_check_sees_a_violation(tmp_path):
-    """The scan resolves relative imports: a runtime module reaching ``..exporters`` is caught."""
-    probe = ROOT / "runtime" / "llm" / "_layer_probe.py"
-    probe.write_text("from ...exporters import driver\nimport torch\n")
+@pytest.mark.parametrize("folder,source,expected", [
+    ("runtime/llm", "from ...exporters import driver\nimport torch\n", ["edgert.exporters", "torch"]),
+    ("edgert/serve", "from ..exporters import driver\nfrom .api import Api\n", ["edgert.exporters", "edgert.serve.api"]),
+])
+def test_the_check_sees_a_violation(folder, source, expected):
+    """The scan resolves relative imports, in the layers under edgert/ too: a runtime module
+    reaching ``..exporters`` is caught."""
+    probe = ROOT / folder / "_layer_probe.py"
+    probe.write_text(source)
     try:
         names = [name for _, name in imports(probe)]
     finally:
         probe.unlink()
-    assert names == ["edgert.exporters", "torch"]
-    probe = ROOT / "edgert" / "serve" / "_layer_probe.py"
-    probe.write_text("from ..exporters import driver\nfrom .api import Api\n")
-    try:
-        names = [name for _, name in imports(probe)]
-    finally:
-        probe.unlink()
-    assert names == ["edgert.exporters", "edgert.serve.api"]
+    assert names == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ from edgert.runtime.llm.generator import Generator  # noqa: E402
 from edgert.runtime.llm.sampling import SamplingParams  # noqa: E402
 from edgert.serve import ServeOptions, app  # noqa: E402
 
-from conftest import TINY_TSN, edgert  # noqa: E402
+from conftest import TINY_TSN, edgert, free_port  # noqa: E402
 from llm_checkpoints import make_llama  # noqa: E402
 
 KEY = "test-key-0123456789"
@@ -35,12 +34,6 @@ TTL = 8.0
 OADTR = ["--opt", "feature_dim=512", "--opt", "num_classes=5", "--opt", "window=6", "--opt", "dim=32", "--opt", "layers=2",
          "--opt", "heads=4", "--opt", "dec_layers=2", "--opt", "dec_heads=4", "--opt", "queries=3", "--opt", "mlp_dim=32",
          "--opt", "chunk_frames=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _export(*args) -> None:
@@ -68,7 +61,7 @@ def server(bundles):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
     cluster.add_node(num_cpus=3)
     ray.init(address=cluster.address, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         options = ServeOptions(replicas=1, replicas_of={"tsm": 2}, cpus_per_replica=0.5, api_key=KEY, max_batch=8,

@@ -16,13 +16,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the serve extra (ray[serve]) is not installed")
 
-from conftest import assert_user_error, edgert  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import assert_user_error, edgert, free_port  # noqa: E402
 
 
 def _outward_address() -> str | None:
@@ -46,7 +40,7 @@ def test_serve_arguments_are_checked_before_anything_starts(tiny_bundle, tmp_pat
 
 
 def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "EDGERT_API_KEY": "k3y"}
     process = subprocess.Popen([sys.executable, "-m", "edgert", "serve", f"tsn={tiny_bundle}", "--port", str(port),
                                 "--cpus-per-replica", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -225,7 +225,7 @@ class Api:
         handle = self.handles[model.name].options(multiplexed_model_id=OPEN)
         return await self._call(handle.open.remote(window, top_k, extractor))
 
-    async def _stream_handle(self, stream_id: str):
+    def _stream_handle(self, stream_id: str):
         name, holder = parse_stream_id(stream_id)
         if self.models.get(name) is None or self.models[name].kind != "stream":
             raise NotFound(f"no stream {stream_id!r}")
@@ -236,12 +236,12 @@ class Api:
         self._auth(request)
         if what not in ("frames", "features"):
             raise NotFound(f"no route POST /v1/streams/ID/{what} (frames or features)")
-        handle = await self._stream_handle(stream_id)
+        handle = self._stream_handle(stream_id)
         data = await self._upload(request)
         return await self._call(handle.push.remote(stream_id, what, data), lost=stream_id)
 
     @api.delete("/v1/streams/{stream_id}")
     async def close_stream(self, stream_id: str, request: Request):
         self._auth(request)
-        handle = await self._stream_handle(stream_id)
+        handle = self._stream_handle(stream_id)
         return await self._call(handle.close.remote(stream_id), lost=stream_id)

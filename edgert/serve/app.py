@@ -79,8 +79,7 @@ def cpus_needed(models: dict[str, ServedModel], options: ServeOptions) -> float:
     return sum(options.replicas_for(name) for name in models) * options.cpus_per_replica
 
 
-def run(bundles, options: ServeOptions, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-        ready=None) -> None:
+def run(bundles, options: ServeOptions, address: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted: ``address`` None starts a Ray instance in this process (sized so
     that every replica fits; ``auto`` or ``ray://HOST:PORT`` joins a running cluster, whose
     nodes must hold the bundles at the same paths)."""
@@ -102,8 +101,6 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
               f"({', '.join(f'{n}: {options.replicas_for(n)}' for n in models)} replica(s)"
               f"{', API key required' if options.api_key else ''}); Ctrl-C stops",
               file=sys.stderr, flush=True)
-        if ready is not None:
-            ready()
         while True:
             time.sleep(3600)
     finally:

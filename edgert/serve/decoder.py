@@ -78,6 +78,3 @@ class DecoderReplica:
         result = stream.result
         yield {"reason": result.stop_reason, "prompt_tokens": result.stats.prompt_tokens,
                "completion_tokens": len(result.tokens)}
-
-    def describe(self) -> dict:
-        return {"context": self.generator.context, "backend": self.generator.session.backend.describe()}

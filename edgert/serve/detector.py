@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 
 from ray import serve
 
@@ -34,7 +33,6 @@ class DetectorReplica:
                           trusted_keys=options.keys)
         self._batched.set_max_batch_size(options.max_batch)
         self._batched.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
-        self.batches: Counter[int] = Counter()  # batch size -> how many ran
 
     def _prepare(self, data: bytes) -> dict:
         with clip_source(data, self.options.max_upload_bytes) as source:
@@ -57,9 +55,5 @@ class DetectorReplica:
         t0 = time.perf_counter()
         outputs = await asyncio.to_thread(self.model.run_batch, feeds)
         seconds = time.perf_counter() - t0
-        self.batches[len(feeds)] += 1
         log.info("edgert: %s ran a batch of %d in %.1f ms", self.name, len(feeds), seconds * 1e3)
         return [(out, len(feeds), seconds) for out in outputs]
-
-    def stats(self) -> dict:
-        return {"batches": {str(k): v for k, v in sorted(self.batches.items())}}

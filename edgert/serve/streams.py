@@ -156,7 +156,7 @@ class StreamReplica:
                              f"POST to /v1/streams/ID/{wanted}s")
         async with session.lock:
             if stream_id not in self.sessions:  # closed or expired while this request waited
-                return self._session(stream_id)  # raises
+                self._session(stream_id)  # raises the error that says which
             t0 = time.perf_counter()
             steps = await asyncio.to_thread(self._steps, session, what, data)
             session.used = time.monotonic()
