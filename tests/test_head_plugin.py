@@ -80,6 +80,7 @@ def test_decoders_run_on_any_backend_through_the_interface(repeat_bundle, monkey
     class Copying(OnnxRuntimeBackend):
         name = "copying"
         run_into = Backend.run_into  # what a backend that cannot bind memory gets
+        binding = Backend.binding
 
         def run(self, feeds):
             calls.append(self.path.name)

@@ -97,6 +97,80 @@ def test_tree_verify_then_compaction_equals_the_linear_run(model):
     np.testing.assert_allclose(linear.forward([x])[0][0], logits[0], atol=1e-4)
 
 
+def test_in_place_cache_by_default_and_concat_on_request(model, tmp_path):
+    """The default bundle's attention is GroupQueryAttention over caches of a fixed capacity,
+    driven with one buffer per tensor bound as past and present; ``--opt kv_cache=concat`` gives
+    ONNX Attention and the swapped dense caches. Both generate the same tokens, plain and with
+    a strategy that verifies several tokens and truncates."""
+    import onnx
+
+    from edgert.runtime.bundle import Bundle
+    from edgert.runtime.llm.kvcache import InPlaceKVCache, KVCache
+
+    _, ckpt, bundle = model
+    concat = tmp_path / "concat"
+    result = edgert("export", "llama", "--checkpoint", ckpt, "--out", concat, "--opt", "kv_cache=concat")
+    assert result.returncode == 0, result.stderr
+    for path, op, dim, cache in ((bundle, "GroupQueryAttention", "capacity", InPlaceKVCache),
+                                 (concat, "Attention", "past_sequence_length", KVCache)):
+        ops = {n.op_type for n in onnx.load(str(path / "decoder.onnx"), load_external_data=False).graph.node}
+        assert op in ops and not ({"Attention", "GroupQueryAttention"} - {op}) & ops, ops
+        past = next(t for t in Bundle.load(path).graph("decoder").inputs if t.name == "past_key_values.0.key")
+        assert past.dims[2] == dim
+        assert type(Generator(path).session.new_cache(8)) is cache
+    params = SamplingParams(max_new_tokens=40)
+    in_place, dense = Generator(bundle), Generator(concat)
+    for prompt in PROMPTS[:2]:
+        for strategy in ("ar", "lookup"):
+            assert in_place.generate(prompt, params, strategy=strategy).tokens == \
+                dense.generate(prompt, params, strategy=strategy).tokens, (prompt, strategy)
+
+
+def test_rope_and_packed_qkv_inside_the_attention_node(tmp_path):
+    """Heads of 16 dims (GroupQueryAttention rotates multiples of 16): RoPE moves into the
+    attention node, and at int4 the merged q/k/v reach it packed; greedy text stays
+    transformers' (fp32) and every strategy stays lossless (int4)."""
+    import onnx
+
+    reference = make_llama(tmp_path / "ckpt", heads=4)
+    loose = ["--quant", "min_agreement=0", "--quant", "max_perplexity_ratio=100"]
+    for name, extra in (("fp32", []), ("int4", ["--precision", "int4", *loose])):
+        result = edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / name, *extra)
+        assert result.returncode == 0, result.stderr
+    for name in ("fp32", "int4"):
+        nodes = onnx.load(str(tmp_path / name / "decoder.onnx"), load_external_data=False).graph.node
+        attention = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+        assert len(attention) == 2 and not [n for n in nodes if n.op_type == "RotaryEmbedding"]
+        assert all(onnx.helper.get_attribute_value(a) == 1 for n in attention for a in n.attribute if a.name == "do_rotary")
+        assert all(n.input[1] == n.input[2] == "" for n in attention) is (name == "int4")  # packed q‖k‖v
+    fp32, int4 = Generator(tmp_path / "fp32"), Generator(tmp_path / "int4")
+    params = SamplingParams(max_new_tokens=32)
+    for prompt in PROMPTS[:2]:
+        ids = fp32.tokenizer.encode(prompt)
+        assert fp32.generate(prompt, params).tokens == transformers_greedy(reference, ids, 32)
+        plain = int4.generate(prompt, params).tokens
+        assert int4.generate(prompt, params, strategy="lookup").tokens == plain
+
+
+def test_in_place_cache_grows_and_rebinds(model):
+    """A cache made too small grows while decoding (new buffers, bound again) and keeps what it
+    held: the logits equal those of a cache that was large enough from the start."""
+    _, _, bundle = model
+    session = Generator(bundle).session
+    ids = Generator(bundle).tokenizer.encode("Edge devices run small language models")
+    small, large = session.new_cache(2), session.new_cache(64)
+    for cache in (small, large):
+        session.extend(cache, ids)
+    after_prompt = small.version  # it grew to hold the prompt
+    for token in [40, 41, 42, 43, 44, 45, 46, 47]:
+        got, want = session.extend(small, [token]).logits, session.extend(large, [token]).logits
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert small.length == large.length == len(ids) + 8 <= small.capacity < large.capacity
+    assert small.version > after_prompt > 1  # grown again while decoding, bound again each time
+    with pytest.raises(ValueError, match="outside"):
+        small.keep([0, small.length])
+
+
 def test_fp16_export_close_to_fp32_and_same_greedy_text(model, tmp_path):
     reference, ckpt, bundle = model
     result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "fp16", "--precision", "fp16")

@@ -233,7 +233,7 @@ def test_quantized_decoders(checkpoints, tmp_path, family, precision):
     assert q["params"]["untied_lm_head"] is (family == "qwen2")  # the tied head got its own quantized copy
     # RoPE and attention one node each; Qwen2's q/k/v biases inside the MatMulNBits; every
     # residual Add inside the norm after it: no Add left
-    assert counts["RotaryEmbedding"] == 4 and counts["Attention"] == 2 and "Add" not in counts, counts
+    assert counts["RotaryEmbedding"] == 4 and counts["GroupQueryAttention"] == 2 and "Add" not in counts, counts
     assert counts["SkipSimplifiedLayerNormalization"] == 4 and q["params"]["fused_residual_norms"] == 4
     assert q["params"]["folded_biases"] == (2 if family == "qwen2" else 0)
     accuracy = q["accuracy"]

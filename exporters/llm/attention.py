@@ -3,12 +3,12 @@
 Why a custom op rather than letting the exporter trace the math: the graph must carry one
 attention node per layer whose contract the runtimes know (past in, present out, explicit
 visibility mask), so that each export flavour can pick its kernel by translation alone. The
-default translation is the ONNX ``Attention`` op of opset 23, which ONNX Runtime runs with its
-own fused CPU/CUDA kernels (grouped-query heads correct from ORT 1.24) and TensorRT >= 10.14
-imports natively. ``benchmarks/bench_attention_op.py`` measured it against ORT's contrib
-``GroupQueryAttention`` on the CPU at Qwen2.5-0.5B's decode shape (docs/benchmarks.md): as fast
-or faster from 128 to 2048 cached tokens, and it takes the explicit mask tree verification
-needs, where GQA would need an additive bias and sequence-length bookkeeping.
+default flavour's default (``--opt kv_cache=in_place``) is ONNX Runtime's contrib
+``GroupQueryAttention`` over a cache updated in place (:func:`in_place_attention`): the session
+binds the cache once and a decode step copies nothing, as in onnxruntime-genai's graphs
+(docs/benchmarks.md, "Low precision"). ``kv_cache=concat`` translates to the ONNX ``Attention``
+op of opset 23 (:func:`onnx_attention`), which ONNX Runtime's CUDA EP runs at fp32 (its GQA takes
+fp16/bf16 only) and TensorRT >= 10.14 imports natively.
 
 Contract, shared by the eager reference below and every translation:
 
@@ -31,6 +31,7 @@ import math
 import torch
 
 ONNX_FLOAT = 1  # TensorProto.FLOAT, the value of Attention's softmax_precision attribute
+INT32 = 6       # TensorProto.INT32
 
 
 def heads(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -109,8 +110,68 @@ def onnx_attention(q, k, v, mask, past_key, past_value):
     return y, present_key, present_value
 
 
-def translations() -> dict:
-    """The default flavour's ops: ONNX Attention and ONNX RotaryEmbedding."""
+CONTRIB = "com.microsoft"
+
+
+def register_contrib_schema() -> None:
+    """ONNX Runtime's GroupQueryAttention schema (the inputs edgert feeds, up to
+    ``attention_bias``), registered with onnx so that onnxscript can emit the node and
+    ``onnx.checker`` check it; ONNX Runtime brings its own. Idempotent."""
+    from onnx import defs
+
+    if defs.has("GroupQueryAttention", CONTRIB):
+        return
+    P, A, option = defs.OpSchema.FormalParameter, defs.OpSchema.Attribute, defs.OpSchema.FormalParameterOption
+    Single, Opt = option.Single, option.Optional
+    names = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache",
+             "sin_cache", "position_ids", "attention_bias")
+    kinds = {"seqlens_k": "M", "total_sequence_length": "M", "position_ids": "tensor(int64)"}
+    required = ("query", "seqlens_k", "total_sequence_length")
+    defs.register_schema(defs.OpSchema(
+        "GroupQueryAttention", CONTRIB, 1, doc="ONNX Runtime's grouped-query attention (contrib op)",
+        inputs=[P(n, kinds.get(n, "T"), param_option=Single if n in required else Opt) for n in names],
+        outputs=[P("output", "T"), P("present_key", "T"), P("present_value", "T")],
+        type_constraints=[("T", ["tensor(float16)", "tensor(bfloat16)", "tensor(float)"], "activations and cache"),
+                          ("M", ["tensor(int32)"], "lengths")],
+        attributes=[A("num_heads", defs.OpSchema.AttrType.INT, "query heads"),
+                    A("kv_num_heads", defs.OpSchema.AttrType.INT, "key/value heads")]))
+
+
+def in_place_attention(q, k, v, mask, past_key, past_value):
+    """onnxscript translation: ONNX Runtime's ``com.microsoft.GroupQueryAttention`` on the same
+    3-D inputs, for a cache updated in place.
+
+    Fed past and present as one (B, Hkv, capacity, D) buffer (IO binding), GQA writes the new
+    K/V at position total - S and reads the first total positions: nothing is copied or
+    re-bound per token. Fed the contract's dense past of P positions it returns past ‖ new like
+    Attention does (the export parity check runs it that way). Its bookkeeping comes from the
+    mask's width (total = P + S; ``seqlens_k`` = total - 1 for every row) and the mask becomes
+    its additive ``attention_bias`` (0 visible, -inf hidden) broadcast over heads; GQA's own
+    causal rule (new token i sees new tokens j <= i) only repeats what every edgert mask says,
+    a tree's included (ancestors come first)."""
+    from onnxscript import opset23 as op
+    from onnxscript import values
+
+    register_contrib_schema()
+    contrib = values.Opset(CONTRIB, 1)
+    kv_heads, dim = past_key.shape[1], past_key.shape[3]
+    total = op.Shape(mask, start=2, end=3)                                                      # [1]
+    seqlens_k = op.Cast(op.Expand(op.Sub(total, op.Constant(value_ints=[1])), op.Shape(mask, start=0, end=1)), to=INT32)
+    bias = op.Where(op.Unsqueeze(mask, [1]), op.CastLike(op.Constant(value_float=0.0), q),
+                    op.CastLike(op.Constant(value_float=float("-inf")), q))
+    y, present_key, present_value = contrib.GroupQueryAttention(
+        q, k, v, past_key, past_value, seqlens_k, op.Cast(op.Squeeze(total), to=INT32), None, None, None, bias,
+        num_heads=q.shape[2] // dim, kv_num_heads=kv_heads, _outputs=3)
+    return y, present_key, present_value
+
+
+KV_CACHES = ("in_place", "concat")  # the default flavour's cache: GroupQueryAttention in place, or Attention-23
+
+
+def translations(kv_cache: str = "in_place") -> dict:
+    """The default flavour's ops: the attention op of ``kv_cache`` (:data:`KV_CACHES`) and ONNX
+    RotaryEmbedding."""
     from .rotary import onnx_rotary
 
-    return {torch.ops.edgert.attention.default: onnx_attention, torch.ops.edgert.rotary.default: onnx_rotary}
+    attend = in_place_attention if kv_cache == "in_place" else onnx_attention
+    return {torch.ops.edgert.attention.default: attend, torch.ops.edgert.rotary.default: onnx_rotary}

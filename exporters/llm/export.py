@@ -126,7 +126,8 @@ def _decoder_job(ctx: ExportContext) -> GraphJob:
     kv, taps = np.dtype(ctx.kv_dtype), ctx.module.taps
     trace, cases = trace_feeds(ctx.geometry, kv, ctx.rng), parity_cases(ctx.geometry, kv, ctx.rng)
     if ctx.flavour == "onnx":
-        return GraphJob(decoder_graph(ctx.geometry, ctx.kv_dtype, extra_outputs=tap_outputs(ctx.geometry, taps)),
+        return GraphJob(decoder_graph(ctx.geometry, ctx.kv_dtype, extra_outputs=tap_outputs(ctx.geometry, taps),
+                                      in_place=ctx.in_place),
                         ctx.module, trace, ctx.parity(ctx.reference, cases), translations=ctx.translations)
     from . import trt_flavour
 
@@ -201,14 +202,18 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
     torch.manual_seed(r.seed)
     if flavour == "onnx":
         from .attention import translations
+
+        table = translations(opts["kv_cache"])
     else:
         from .trt_flavour import translations
+
+        table = translations()
     taps = _taps(heads, cfg)
     if taps:  # the hidden states entering these layers become outputs of the decoder graph
         reference.taps = module.taps = taps
     ctx = ExportContext(plugin.name, directory, cfg, Geometry.of(cfg), reference, module, flavour, precision, kv_dtype,
-                        tolerance, np.random.default_rng(r.seed), translations(), opts["proposals"],
-                        quantization is not None)
+                        tolerance, np.random.default_rng(r.seed), table, opts["proposals"],
+                        quantization is not None, in_place=flavour == "onnx" and opts["kv_cache"] == "in_place")
     jobs = [_decoder_job(ctx)]
     entries = {}
     for head in heads:  # each head draws its own random inputs: its figures do not depend on the others

@@ -20,11 +20,12 @@ import numpy as np
 
 from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import EdgertError
-from edgert.runtime.llm.contract import TOTAL, Geometry, cache_names
+from edgert.runtime.llm.contract import TOTAL, Geometry, cache_names, in_place
 from edgert.runtime.progress import step
 
 from ..graph import export_graph
 from ..parity import cpu_session, output_error, require_parity
+from .gqa import fuse_file
 
 Check = Callable[[Path, GraphSpec], dict]
 
@@ -90,6 +91,34 @@ def _torch_inputs(feeds: dict[str, np.ndarray], spec: GraphSpec) -> list:
             for t in spec.inputs]
 
 
+def in_place_feeds(feeds: dict[str, np.ndarray], slack: int = 3) -> dict[str, np.ndarray]:
+    """A case's dense past as an in-place graph takes it: buffers ``slack`` positions longer
+    than past + new, the past at their start and NaN after it, so that a graph which read beyond
+    what it was told fails the check."""
+    batch, new = feeds["input_ids"].shape
+    out = dict(feeds)
+    for name, past in feeds.items():
+        if name.startswith("past_key_values."):
+            b, heads, length, dim = past.shape
+            buffer = np.full((b, heads, length + new + slack, dim), np.nan, past.dtype)
+            buffer[:, :, :length] = past
+            out[name] = buffer
+    return out
+
+
+def run_case(session, names: list[str], feeds: dict[str, np.ndarray], spec: GraphSpec) -> list[np.ndarray]:
+    """``names`` of one case's run on ONNX Runtime. An in-place graph is fed its past as
+    :func:`in_place_feeds` does, one row at a time (GroupQueryAttention takes several new tokens
+    over a past only at batch 1), and its present is cut to the span written."""
+    if not in_place(spec):
+        return session.run(names, feeds)
+    rows = [session.run(names, in_place_feeds({k: v[b:b + 1] for k, v in feeds.items()}))
+            for b in range(feeds["input_ids"].shape[0])]
+    total = feeds["attention_mask"].shape[2]
+    return [np.concatenate(values)[:, :, :total] if name.startswith("present.") else np.concatenate(values)
+            for name, values in zip(names, zip(*rows))]
+
+
 def check_parity(path: Path, reference, spec: GraphSpec, cases: dict, tolerance: float) -> dict[str, Any]:
     """ONNX Runtime against the fp32 PyTorch module on every case; the worst error per output."""
     import onnxruntime as ort
@@ -103,7 +132,7 @@ def check_parity(path: Path, reference, spec: GraphSpec, cases: dict, tolerance:
             expected = reference(*_torch_inputs(feeds, spec))
         if isinstance(expected, torch.Tensor):
             expected = (expected,)
-        for name, got, ref in zip(names, session.run(names, feeds), expected):
+        for name, got, ref in zip(names, run_case(session, names, feeds, spec), expected):
             ref, got = ref.float().numpy(), got.astype(np.float32)
             if ref.shape != got.shape:
                 raise EdgertError(f"parity ({case}): output {name!r} has shape {list(got.shape)} in ONNX, "
@@ -143,7 +172,7 @@ def quantize_proposals(path: Path, reference, spec: GraphSpec, cases: dict) -> d
         with torch.inference_mode():
             want = reference(*_torch_inputs(feeds, spec))
         want = (want if isinstance(want, torch.Tensor) else want[0]).float().numpy()
-        (got,) = session.run([name], feeds)
+        (got,) = run_case(session, [name], feeds, spec)
         agree.append(got.argmax(-1) == want.argmax(-1))
     return {"weights": "int8 (dynamic quantization of MatMul/Gemm, onnxruntime.quantization)",
             "top1_agreement_with_pytorch": float(np.mean(np.concatenate([a.ravel() for a in agree])))}
@@ -167,6 +196,7 @@ class ExportContext:
     translations: dict = field(default_factory=dict)  # the flavour's onnxscript translations (attention, RoPE)
     proposals: str = "fp32"      # --opt proposals: fp32 or int8 weights for graphs that only propose
     quantized: bool = False      # --precision int8 / int4: every graph is quantized after export
+    in_place: bool = False       # --opt kv_cache=in_place: the onnx flavour's caches are updated in place
 
     @property
     def dtype(self):
@@ -200,6 +230,8 @@ def run_plan(jobs: list[GraphJob], stage: Path, model: str, tolerance: float, op
                                 derived=(TOTAL,))
             if job.finish is not None:
                 job.finish(stage / spec.file)
+            if in_place(spec):  # RoPE into the attention node; the parity check below runs the fused graph
+                fuse_file(stage / spec.file)
         with step(f"checking parity of {spec.file} against PyTorch"):
             report = job.check(stage / spec.file, spec)
         require_parity(report, model, spec.name, tolerance)

@@ -39,6 +39,8 @@ import numpy as np
 
 from edgert.runtime.errors import EdgertError
 
+from .gqa import pack_qkv
+
 HELDOUT = Path(__file__).with_name("heldout.txt")
 TEXT_EXTENSIONS = {".txt", ".md", ".text", ".jsonl", ".json", ".py", ".rst"}
 CHUNK = 128       # tokens per evaluation / calibration sequence
@@ -396,7 +398,7 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             model = quantizer.model.model
     finally:
         quiet.setLevel(level)
-    folded, fused = fold_biases(model), fuse_residual_norms(model)
+    folded, fused, packed = fold_biases(model), fuse_residual_norms(model), pack_qkv(model)
     weights = sum(i.ByteSize() for i in model.graph.initializer)
     onnx.save(model, str(out), save_as_external_data=weights > EXTERNAL_DATA_BYTES, location=f"{out.name}.data")
     ops = {}
@@ -408,7 +410,8 @@ def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
             "weights": f"int{bits} blocks of {knobs['block_size']}, {'symmetric' if knobs['symmetric'] else 'with zero points'}",
             "activations": "fp32" + (" (int8 inside MatMulNBits, accuracy_level 4)" if knobs["accuracy_level"] == 4 else ""),
             "params": {k: knobs[k] for k in ("method", "block_size", "symmetric", "accuracy_level", "embedding")}
-            | {"untied_lm_head": untied > 0, "merged_matmuls": merged, "folded_biases": folded, "fused_residual_norms": fused},
+            | {"untied_lm_head": untied > 0, "merged_matmuls": merged, "folded_biases": folded, "fused_residual_norms": fused,
+               "packed_qkv": packed},
             "ops": ops, "weight_bytes": int(weights), "fp32_weight_bytes": int(fp32_bytes)}
 
 

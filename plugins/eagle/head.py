@@ -59,7 +59,7 @@ class EagleHead:
                         ctx.parity(FuseGraph(draft).eval(), {"taps": taps}, proposal=True))
         state = TensorSpec("hidden_states", "float32", ("batch", "sequence_length", hidden))
         spec = decoder_graph(replace(g, vocab_size=draft.draft_vocab), ctx.kv_dtype, name=GRAPH, layers=1,
-                             hidden="eagle_hidden_states", extra_inputs=(state,))
+                             hidden="eagle_hidden_states", extra_inputs=(state,), in_place=ctx.in_place)
         extra = {"hidden_states": hidden}
         cases = parity_cases(g, kv, ctx.rng, layers=1, extra=extra)
         trace, module = trace_feeds(g, kv, ctx.rng, layers=1, extra=extra), DraftGraph(ctx.module, ctx.as_exported(draft))

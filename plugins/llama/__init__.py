@@ -37,7 +37,12 @@ class LlamaFamily:
                                       non_negative_int),
                     "proposals": Option("fp32", "weights of the heads' graphs: fp32, or int8 (dynamic int8 MatMuls, 4x "
                                                 "less to read per step on a CPU; they only propose tokens, the target "
-                                                "verifies them, so greedy output stays exact)", choices=("fp32", "int8"))}
+                                                "verifies them, so greedy output stays exact)", choices=("fp32", "int8")),
+                    "kv_cache": Option("in_place", "the ONNX flavour's KV cache: in_place (ONNX Runtime's "
+                                                   "GroupQueryAttention writes into one fixed buffer, bound once: no "
+                                                   "per-token copy or re-binding) or concat (ONNX Attention returns "
+                                                   "past and new, for ONNX Runtime's CUDA / TensorRT providers at fp32)",
+                                       choices=("in_place", "concat"))}
 
     @property
     def options(self) -> dict[str, Option]:
@@ -46,7 +51,8 @@ class LlamaFamily:
 
         heads = {r.name: Option("", r.obj.file_help) for r in sorted(get_host().registry["head"].values(),
                                                                      key=lambda r: r.name)}
-        return {"context": self.base_options["context"], **heads, "proposals": self.base_options["proposals"]}
+        base = self.base_options
+        return {"context": base["context"], **heads, "proposals": base["proposals"], "kv_cache": base["kv_cache"]}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         return resolve_options(self.name, self.options, given)

@@ -19,11 +19,12 @@ GRAPH = "mtp"
 HIDDEN_IN = "hidden_states"
 
 
-def mtp_graph(geometry, kv_dtype: str):
+def mtp_graph(geometry, kv_dtype: str, in_place: bool = False):
     """The decoder's I/O with one layer, plus the base model's hidden states in and the
-    module's own out."""
+    module's own out; its cache in place like the decoder's."""
     hidden = TensorSpec(HIDDEN_IN, "float32", ("batch", "sequence_length", geometry.hidden_size))
-    return decoder_graph(geometry, kv_dtype, name=GRAPH, layers=1, hidden="mtp_hidden_states", extra_inputs=(hidden,))
+    return decoder_graph(geometry, kv_dtype, name=GRAPH, layers=1, hidden="mtp_hidden_states", extra_inputs=(hidden,),
+                         in_place=in_place)
 
 
 class MTPHead:
@@ -43,7 +44,8 @@ class MTPHead:
         kv, extra = np.dtype(ctx.kv_dtype), {HIDDEN_IN: ctx.geometry.hidden_size}
         cases = parity_cases(ctx.geometry, kv, ctx.rng, layers=1, extra=extra)
         trace = trace_feeds(ctx.geometry, kv, ctx.rng, layers=1, extra=extra)
-        job = GraphJob(mtp_graph(ctx.geometry, ctx.kv_dtype), MTPGraph(ctx.module, ctx.as_exported(mtp)).eval(), trace,
+        job = GraphJob(mtp_graph(ctx.geometry, ctx.kv_dtype, ctx.in_place),
+                       MTPGraph(ctx.module, ctx.as_exported(mtp)).eval(), trace,
                        ctx.parity(MTPGraph(ctx.reference, mtp).eval(), cases, proposal=True),
                        translations=ctx.translations)
         return [job], {"graph": GRAPH}

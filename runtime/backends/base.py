@@ -50,6 +50,29 @@ class Backend:
         for name, target in outputs.items():
             target[...] = results[name]
 
+    def binding(self) -> "Binding":
+        """Inputs and outputs that stay bound across runs (:class:`Binding`): a decoder binds its
+        in-place KV cache once, then re-binds only the new tokens' tensors each step."""
+        return Binding(self)
+
     def describe(self) -> str:
         """A short line for logs and ``bench``: backend, device/provider, threads."""
         return self.name
+
+
+class Binding:
+    """Named inputs and output buffers kept between runs; binding a name again replaces it.
+    ``run`` writes each output into its buffer. This default goes through ``run_into`` (which
+    copies); ONNX Runtime's keeps one IO binding, so a tensor bound once costs nothing per run."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.feeds: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+
+    def bind(self, feeds: dict[str, np.ndarray] | None = None, outputs: dict[str, np.ndarray] | None = None) -> None:
+        self.feeds.update(feeds or {})
+        self.outputs.update(outputs or {})
+
+    def run(self) -> None:
+        self.backend.run_into(self.feeds, self.outputs)

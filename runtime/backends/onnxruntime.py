@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, EdgertError, first_line
-from .base import Backend
+from .base import Backend, Binding
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -85,17 +85,42 @@ class OnnxRuntimeBackend(Backend):
 
     def run_into(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """IO binding: inputs are read and outputs written where they lie in memory."""
-        ort = self._ort
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for name, value in outputs.items():
-            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(value))
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as err:
-            raise EdgertError(f"{self.path.name}: onnxruntime failed to run the graph: {first_line(err)}") from None
+        binding = self.binding()
+        binding.bind(feeds, outputs)
+        binding.run()
+
+    def binding(self) -> "IOBinding":
+        return IOBinding(self)
 
     def describe(self) -> str:
         threads = self.threads or "default"
         return f"onnxruntime {__import__('onnxruntime').__version__} [{self.providers[0]}], intra-op threads: {threads}"
+
+
+class IOBinding(Binding):
+    """One ONNX Runtime IO binding kept across runs: rebinding a name replaces its tensor, and
+    everything else (a decoder's in-place KV cache) stays bound at no cost per run. The numpy
+    arrays and OrtValues are held here, since ONNX Runtime only points at their memory."""
+
+    def __init__(self, backend: OnnxRuntimeBackend):
+        super().__init__(backend)
+        self._session, self._ort = backend.session, backend._ort
+        self._io = backend.session.io_binding()
+        self._held: dict[tuple[str, str], object] = {}  # (side, name) -> the OrtValue bound there
+
+    def bind(self, feeds: dict[str, np.ndarray] | None = None, outputs: dict[str, np.ndarray] | None = None) -> None:
+        # OrtValues over the arrays' own memory, inputs too: an in-place cache is one buffer bound
+        # as a past input and a present output, and ONNX Runtime shares it only if the pointers match.
+        wrap = self._ort.OrtValue.ortvalue_from_numpy
+        for name, value in (feeds or {}).items():
+            self._held["in", name] = held = wrap(np.ascontiguousarray(value))
+            self._io.bind_ortvalue_input(name, held)
+        for name, value in (outputs or {}).items():
+            self._held["out", name] = held = wrap(value)
+            self._io.bind_ortvalue_output(name, held)
+
+    def run(self) -> None:
+        try:
+            self._session.run_with_iobinding(self._io)
+        except Exception as err:
+            raise EdgertError(f"{self.backend.path.name}: onnxruntime failed to run the graph: {first_line(err)}") from None

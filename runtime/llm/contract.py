@@ -16,6 +16,14 @@ The graph (the ``onnx`` flavour; names as Optimum and onnxruntime-genai use them
              <extra outputs>
              present.{i}.key / .value  kv  [batch, kv_heads, total_sequence_length, head_dim]
 
+With ``--opt kv_cache=in_place`` (the default) the caches' third dim is ``capacity``, in and
+out: the graph (ONNX Runtime's GroupQueryAttention) reads the first ``total_sequence_length -
+sequence_length`` positions of a past buffer of any capacity, writes the new tokens' keys and
+values after them, and returns that buffer as the present; a session binds one buffer as both
+(:class:`~edgert.runtime.llm.kvcache.InPlaceKVCache`). Fed a dense past it returns past ‖ new.
+``kv_cache=concat`` keeps the dims above (ONNX Attention, for ONNX Runtime's CUDA and
+TensorRT execution providers, which have no fp32 GroupQueryAttention).
+
 The ``trt`` flavour (``edgert export --flavour trt``) keeps the names but takes the mask as
 ``past_lengths`` int32 [batch] plus a bit-packed ``tree_mask`` int32 [sequence_length,
 mask_words] (:func:`edgert.runtime.llm.tree.pack_mask`), and its caches have a fixed ``capacity``
@@ -42,6 +50,7 @@ KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 FLAVOURS = ("onnx", "trt")  # the manifest's spelling of the graph flavour (decoder.backend)
 CORE_INPUTS = ("input_ids", "position_ids", "attention_mask", "logit_positions")
 PAST, PRESENT = "past_key_values", "present"
+CAPACITY = "capacity"      # the cache dim of a graph whose cache is updated in place
 
 
 @dataclass(frozen=True)
@@ -78,13 +87,13 @@ def cache_names(num_layers: int, side: str = PAST) -> list[str]:
 
 def decoder_graph(geometry: Geometry, kv_dtype: str, *, name: str = GRAPH, layers: int | None = None,
                   hidden: str = "hidden_states", extra_inputs: tuple[TensorSpec, ...] = (),
-                  extra_outputs: tuple[TensorSpec, ...] = ()) -> GraphSpec:
+                  extra_outputs: tuple[TensorSpec, ...] = (), in_place: bool = False) -> GraphSpec:
     """The ``onnx`` flavour's I/O for ``geometry``: ``layers`` cached layers (default all),
     the final hidden states named ``hidden``, and any extra inputs (after ``logit_positions``)
-    and outputs (after the hidden states)."""
+    and outputs (after the hidden states); ``in_place``: caches of a fixed ``capacity``."""
     g, layers = geometry, geometry.num_layers if layers is None else layers
-    kv = ("batch", g.num_kv_heads, "past_sequence_length", g.head_dim)
-    present = ("batch", g.num_kv_heads, TOTAL, g.head_dim)
+    kv = ("batch", g.num_kv_heads, CAPACITY if in_place else "past_sequence_length", g.head_dim)
+    present = ("batch", g.num_kv_heads, CAPACITY if in_place else TOTAL, g.head_dim)
     inputs = [TensorSpec("input_ids", "int64", ("batch", "sequence_length")),
               TensorSpec("position_ids", "int64", ("batch", "sequence_length")),
               TensorSpec("attention_mask", "bool", ("batch", "sequence_length", TOTAL)),
@@ -106,7 +115,7 @@ def cache_decoder_graph(spec: GraphSpec) -> GraphSpec:
                 out += [TensorSpec("past_lengths", "int32", ("batch",)),
                         TensorSpec("tree_mask", "int32", ("sequence_length", "mask_words"))]
             elif t.name.startswith((PAST + ".", PRESENT + ".")):
-                out.append(replace(t, dims=(t.dims[0], t.dims[1], "capacity", t.dims[3])))
+                out.append(replace(t, dims=(t.dims[0], t.dims[1], CAPACITY, t.dims[3])))
             else:
                 out.append(t)
         return tuple(out)
@@ -124,6 +133,12 @@ class Layout:
     extra_outputs: tuple[str, ...]  # returned to the caller as Outputs.extra
     vocab_size: int
     hidden_size: int
+    in_place: bool = False          # past and present are one buffer of a fixed capacity
+
+
+def in_place(spec: GraphSpec) -> bool:
+    """Whether ``spec``'s cache is updated in place (its cache dim is ``capacity``)."""
+    return any(t.name.startswith(PAST + ".") and t.dims[2] == CAPACITY for t in spec.inputs)
 
 
 def layout(spec: GraphSpec) -> Layout:
@@ -134,7 +149,8 @@ def layout(spec: GraphSpec) -> Layout:
     free = [t for t in spec.outputs if t.name != "logits" and not t.name.startswith(PRESENT + ".")]
     hidden = free[0].name  # the contract's second output
     return Layout(layers, hidden, tuple(n for n in inputs if n not in CORE_INPUTS and not n.startswith(PAST + ".")),
-                  tuple(t.name for t in free[1:]), int(outputs["logits"].dims[-1]), int(outputs[hidden].dims[-1]))
+                  tuple(t.name for t in free[1:]), int(outputs["logits"].dims[-1]), int(outputs[hidden].dims[-1]),
+                  in_place(spec))
 
 
 def heads_of(info: dict) -> dict[str, dict]:

@@ -8,6 +8,11 @@ tensor has two flat buffers of capacity size: step t reads the first B·H·P·D 
 as the past and has ONNX Runtime write the present into the other; the two swap roles after
 every call. Cache edits that speculation needs (truncate to a length, keep a chosen subset of
 positions after a tree verify) are one gather from the current buffer into the other.
+
+A graph exported with ``--opt kv_cache=in_place`` (the default; its past and present dims are
+``capacity``) takes :class:`InPlaceKVCache` instead: one (B, H, capacity, D) buffer per tensor,
+bound as both the past and the present (ONNX Runtime's GroupQueryAttention writes the new
+positions into it), so the binding outlives the step and nothing is copied per token.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 
 
 class KVCache:
+    in_place = False
+
     def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
         self.num_layers, self.batch, self.heads, self.head_dim = num_layers, batch, heads, head_dim
         self.dtype = np.dtype(dtype)
@@ -85,3 +92,65 @@ class KVCache:
             raise ValueError(f"KV cache truncate: length {length} outside 0..{self.length}")
         if length < self.length:
             self.keep(np.arange(length))
+
+
+class InPlaceKVCache:
+    """One (B, H, capacity, D) buffer per cache tensor, the past and the present at once: the
+    graph reads the first ``length`` positions and writes the new ones after them. ``version``
+    changes when the buffers are replaced (growth), so a session knows to bind them again."""
+
+    in_place = True
+
+    def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
+        self.num_layers, self.batch, self.heads, self.head_dim = num_layers, batch, heads, head_dim
+        self.dtype = np.dtype(dtype)
+        self.past_names = [f"past_key_values.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
+        self.present_names = [f"present.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
+        self.capacity = self.length = self.version = 0
+        self._buffers: list[np.ndarray] = []
+        self.reserve(capacity)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers)
+
+    def reserve(self, capacity: int) -> None:
+        """Grow to hold ``capacity`` positions, keeping the cached ones (no-op if big enough)."""
+        if capacity <= self.capacity:
+            return
+        old = self._buffers
+        self._buffers = [np.empty((self.batch, self.heads, capacity, self.head_dim), self.dtype) for _ in self.past_names]
+        for new, values in zip(self._buffers, old):
+            new[:, :, : self.length] = values[:, :, : self.length]
+        self.capacity, self.version = capacity, self.version + 1
+
+    def past(self) -> dict[str, np.ndarray]:
+        """The whole buffers, by past input name (the graph reads the first ``length`` positions)."""
+        return dict(zip(self.past_names, self._buffers))
+
+    def present(self, new: int) -> dict[str, np.ndarray]:
+        """The same buffers, by present output name (the graph writes ``new`` positions at ``length``)."""
+        if self.length + new > self.capacity:
+            raise ValueError(f"KV cache overflow: {self.length} + {new} positions > capacity {self.capacity}")
+        return dict(zip(self.present_names, self._buffers))
+
+    def advance(self, new: int) -> None:
+        """The graph wrote ``new`` positions after the cached ones."""
+        self.length += new
+
+    def keep(self, positions) -> None:
+        """Keep only ``positions`` (cache indices, in the order given), e.g. the prefix plus the
+        accepted path of a verified tree; they become positions 0..len-1. A prefix moves nothing."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.length):
+            raise ValueError(f"KV cache keep: positions outside 0..{self.length - 1}")
+        if not np.array_equal(positions, np.arange(positions.size)):
+            for buffer in self._buffers:
+                buffer[:, :, : positions.size] = buffer[:, :, positions]  # the gather copies before it writes
+        self.length = int(positions.size)
+
+    def truncate(self, length: int) -> None:
+        """Drop every position from ``length`` on (rejected draft tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KV cache truncate: length {length} outside 0..{self.length}")
+        self.length = length

@@ -2,12 +2,15 @@
 head's graph that follows the same contract (an MTP module, an EAGLE draft layer).
 
 Runs through the :class:`~edgert.runtime.backends.base.Backend` interface, like every other
-graph: ``run_into`` writes the logits, hidden states and the cache's present where they lie in
-memory (see :mod:`.kvcache`). ONNX Runtime does that with IO binding; a backend without that
-capability gets the default, which copies.
+graph: the logits, hidden states and the cache's present are written where they lie in memory
+(see :mod:`.kvcache`). ONNX Runtime does that with IO binding; a backend without that
+capability gets the default, which copies. An in-place cache stays bound between steps (a
+:class:`~edgert.runtime.backends.base.Binding`), so a step binds only its new tokens' tensors.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -16,7 +19,7 @@ from ..errors import BundleError, EdgertError
 from ..host import get_host
 from ..model import open_backend
 from .contract import KV_DTYPES, layout
-from .kvcache import KVCache
+from .kvcache import InPlaceKVCache, KVCache
 
 
 class Outputs(tuple):
@@ -62,6 +65,7 @@ class DecoderSession:
         self.kv_dtype = KV_DTYPES[self.info["kv_dtype"]]
         self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
         self._extra_inputs = set(self.layout.extra_inputs)
+        self._binding = None  # an in-place cache's binding: (weakref to the cache, its version, Binding)
 
     def _spec(self, graph: str):
         if graph not in self.bundle.graphs:
@@ -79,9 +83,20 @@ class DecoderSession:
         an EAGLE draft layer) as a session of its own, on this session's backend, device and threads."""
         return DecoderSession(self.bundle, self.device, self.threads, graph=graph, backend=self.backend_name)
 
-    def new_cache(self, capacity: int, batch: int = 1) -> KVCache:
-        info = self.info
-        return KVCache(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
+    def new_cache(self, capacity: int, batch: int = 1) -> KVCache | InPlaceKVCache:
+        """A cache for this graph: in place if the graph updates it in place (contract.in_place)."""
+        info, kind = self.info, InPlaceKVCache if self.layout.in_place else KVCache
+        return kind(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
+
+    def _bound(self, cache: InPlaceKVCache):
+        """The binding that holds ``cache``'s buffers as past and present, made again only when
+        another cache comes or this one has grown."""
+        held = self._binding
+        if held is None or held[0]() is not cache or held[1] != cache.version:
+            binding = self.backend.binding()
+            binding.bind(cache.past(), cache.present(0))
+            self._binding = held = (weakref.ref(cache), cache.version, binding)
+        return held[2]
 
     def forward(self, cache: KVCache, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
                 logit_positions: np.ndarray, **extra_inputs: np.ndarray) -> Outputs:
@@ -94,19 +109,25 @@ class DecoderSession:
         if extra_inputs.keys() != self._extra_inputs:
             raise EdgertError(f"graph {self.graph.name!r} takes the extra inputs {sorted(self._extra_inputs)}; "
                               f"given {sorted(extra_inputs)}")
-        cache.reserve(cache.length + new)
+        if cache.length + new > cache.capacity:  # grow by half again at least: an in-place cache re-binds on growth
+            cache.reserve(min(self.context, max(cache.length + new, cache.capacity * 3 // 2)))
         feeds = {"input_ids": np.ascontiguousarray(input_ids), "position_ids": np.ascontiguousarray(position_ids),
                  "attention_mask": np.ascontiguousarray(attention_mask),
-                 "logit_positions": np.ascontiguousarray(logit_positions), **cache.past()}
+                 "logit_positions": np.ascontiguousarray(logit_positions)}
         for name, value in extra_inputs.items():
             feeds[name] = np.ascontiguousarray(value, np.float32)
         logits = np.empty((batch, logit_positions.shape[1], self.vocab_size), np.float32)
         hidden = np.empty((batch, new, self.hidden_size), np.float32)
-        outputs = {"logits": logits, self.layout.hidden: hidden, **cache.present(new)}
+        outputs = {"logits": logits, self.layout.hidden: hidden}
         extra = {}
         for name, dim in self._extra_shapes.items():
             outputs[name] = extra[name] = np.empty((batch, new, dim), np.float32)
-        self.backend.run_into(feeds, outputs)
+        if cache.in_place:
+            binding = self._bound(cache)
+            binding.bind(feeds, outputs)
+            binding.run()
+        else:
+            self.backend.run_into({**feeds, **cache.past()}, {**outputs, **cache.present(new)})
         cache.advance(new)
         return Outputs(logits, hidden, extra)
 
