@@ -10,16 +10,22 @@ dependency of edgert). Random weights: their accuracy figures mean nothing, so t
 the accuracy bounds (the defaults come from a trained model, docs/benchmarks.md); the work per
 token is the same as a trained model's.
 
+A fifth runner, ``int4-concat``, is the int4 export with ``--opt kv_cache=concat`` (ONNX
+Attention returning past ‖ new, the cache re-bound every step) against the default in-place
+cache (GroupQueryAttention, bound once).
+
 Each measurement is a fresh process (for its peak RSS, VmHWM): a 128-token prompt's prefill and
-64 greedy tokens, same prompt ids, same threads, the four runners taking turns in each of
-``--rounds`` rounds; medians reported, and int4 / genai's decode ratio paired within each round
-(the two run back to back; its median is the figure that survives this machine's drift, which
-moves every runner by up to ±25 % between rounds). The memory-bandwidth bound: weight bytes
+64 greedy tokens, same prompt ids, same threads, the runners taking turns in each of
+``--rounds`` rounds, in reverse order every other round (drift within a round cancels);
+medians reported, and the decode ratios also paired within each round (their medians are the
+figures that survive this machine's drift, which moves every runner by up to ±25 % between
+rounds). ``--runners`` picks a subset. The memory-bandwidth bound: weight bytes
 read per decoded token (every initializer but the embedding table, of which a step reads one
 row) over the machine's copy bandwidth, measured here (numpy, ``--threads`` parallel copies of
 256 MB).
 
     python benchmarks/bench_quantized_llm.py --genai-python /path/to/venv/bin/python [--rounds 3] [--out FILE]
+                                             [--runners int4,genai-int4]
 """
 
 from __future__ import annotations
@@ -42,16 +48,20 @@ LOOSE = {"min_agreement": "0", "max_perplexity_ratio": "1e6", "near_tie": "0"}  
 WORKER = Path(__file__).with_name("genai_worker.py")
 
 
-def edgert_bundle(ckpt: Path, precision: str) -> Path:
-    if precision == "fp32":
+def edgert_bundle(ckpt: Path, runner: str) -> Path:
+    """``fp32``, ``int8``, ``int4`` (in-place KV cache, the default) or ``int4-concat`` (the
+    ``--opt kv_cache=concat`` cache: ONNX Attention, past ‖ new each step)."""
+    if runner == "fp32":
         return bundle(ckpt)
-    out = ROOT / f"bundle-{precision}"
+    precision, _, kv_cache = runner.partition("-")
+    out = ROOT / f"bundle-{runner}"
     if not (out / "manifest.json").is_file():
         from edgert.exporters.driver import export
 
         t0 = time.perf_counter()
-        export("llama", out, {"context": "2048"}, checkpoint=str(ckpt), precision=precision, quant=LOOSE)
-        print(f"export {precision}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        export("llama", out, {"context": "2048", "kv_cache": kv_cache or "in_place"}, checkpoint=str(ckpt),
+               precision=precision, quant=LOOSE)
+        print(f"export {runner}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return out
 
 
@@ -133,21 +143,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--runners", default="fp32,int8,int4,int4-concat,genai-int4",
+                        type=lambda text: text.split(","), help="which runners, comma-separated (default: all five)")
     args = parser.parse_args()
     ckpt = checkpoint()
-    runners = {p: edgert_bundle(ckpt, p) for p in ("fp32", "int8", "int4")}
+    runners = {p: edgert_bundle(ckpt, p) for p in ("fp32", "int8", "int4", "int4-concat") if p in args.runners}
     prompt = np.random.default_rng(0).integers(0, QWEN25_05B["vocab_size"], PROMPT).tolist()
     commands = {p: [sys.executable, "-c", EDGERT_WORKER, str(path), json.dumps(prompt), str(NEW), str(args.threads)]
                 for p, path in runners.items()}
     files = {p: path / "decoder.onnx" for p, path in runners.items()}
-    if args.genai_python:
+    if args.genai_python and "genai-int4" in args.runners:
         genai = genai_model(ckpt, args.genai_python)
         set_genai_threads(genai, args.threads)
         commands["genai-int4"] = [args.genai_python, str(WORKER), str(genai), json.dumps(prompt), str(NEW)]
         files["genai-int4"] = genai / "model.onnx"
     samples: dict[str, list[dict]] = {k: [] for k in commands}
     for r in range(args.rounds):
-        for key, command in commands.items():
+        order = list(commands.items())
+        for key, command in order if r % 2 == 0 else order[::-1]:  # ABBA: drift within a round cancels
             samples[key].append(run_worker(command))
             print(f"round {r + 1} {key}: {samples[key][-1]['decode_tokens_per_s']:.2f} tokens/s", file=sys.stderr)
     bandwidth = copy_bandwidth(args.threads)
@@ -161,27 +174,33 @@ def main() -> None:
                      "weights_read_per_token_mb": read / 1e6,
                      "bandwidth_bound_tokens_per_s": bandwidth * 1e9 / read,
                      "fraction_of_bound": decode / (bandwidth * 1e9 / read)}
-    first = samples["int4"][0]["tokens"]
     report = {
         "model": "Qwen2.5-0.5B config, random weights (494M parameters)", "threads": args.threads, "rounds": args.rounds,
         "prompt_tokens": PROMPT, "new_tokens": NEW, "copy_bandwidth_gb_s": bandwidth, "runners": rows,
-        "int4_vs_fp32_decode": rows["int4"]["decode_tokens_per_s"] / rows["fp32"]["decode_tokens_per_s"],
-        "int8_vs_fp32_decode": rows["int8"]["decode_tokens_per_s"] / rows["fp32"]["decode_tokens_per_s"],
-        "manifest_accuracy": {p: json.loads((runners[p] / "manifest.json").read_text())["quantization"]["decoder"]["accuracy"]
-                              for p in ("int8", "int4")},
-        "weight_bytes_ratio_int4": json.loads((runners["int4"] / "manifest.json").read_text())["quantization"]["decoder"]
-        ["weight_bytes"] / json.loads((runners["int4"] / "manifest.json").read_text())["quantization"]["decoder"]["fp32_weight_bytes"],
         "machine": f"{os.cpu_count()} cores, onnxruntime {__import__('onnxruntime').__version__}",
     }
-    if "genai-int4" in rows:
-        report["int4_vs_genai_int4_decode"] = rows["int4"]["decode_tokens_per_s"] / rows["genai-int4"]["decode_tokens_per_s"]
-        paired = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in zip(samples["int4"], samples["genai-int4"])]
-        report["int4_vs_genai_int4_decode_per_round"] = paired
-        report["int4_vs_genai_int4_decode_paired_median"] = float(np.median(paired))
+
+    def ratio(a: str, b: str, what: str = "decode_tokens_per_s") -> None:
+        """a's figure over b's: of the medians, and paired within each round (the figure that
+        survives this machine's drift)."""
+        if a in rows and b in rows:
+            paired = [x[what] / y[what] for x, y in zip(samples[a], samples[b])]
+            report[f"{a}_vs_{b}_decode"] = rows[a][what] / rows[b][what]
+            report[f"{a}_vs_{b}_decode_per_round"] = paired
+            report[f"{a}_vs_{b}_decode_paired_median"] = float(np.median(paired))
+
+    for a, b in (("int4", "fp32"), ("int8", "fp32"), ("int4", "int4-concat"), ("int4", "genai-int4")):
+        ratio(a, b)
+    for p in ("int8", "int4"):
+        if p in runners:
+            q = json.loads((runners[p] / "manifest.json").read_text())["quantization"]["decoder"]
+            report[f"{p}_accuracy"], report[f"{p}_weight_bytes_ratio"] = q["accuracy"], q["weight_bytes"] / q["fp32_weight_bytes"]
+    if "int4" in rows and "genai-int4" in rows:
         report["int4_vs_genai_int4_prefill"] = rows["int4"]["prefill_tokens_per_s"] / rows["genai-int4"]["prefill_tokens_per_s"]
         report["genai_version"] = samples["genai-int4"][0].get("version")
         report["int4_greedy_equal_to_genai_tokens"] = next(
-            (i for i, (a, b) in enumerate(zip(first, samples["genai-int4"][0]["tokens"])) if a != b), NEW)
+            (i for i, (a, b) in enumerate(zip(samples["int4"][0]["tokens"], samples["genai-int4"][0]["tokens"])) if a != b),
+            NEW)
     write_report(report, args.out)
 
 
