@@ -25,6 +25,11 @@ and the step verifies the number of best nodes with the most expected tokens per
 most ``max_tokens``): a confident draft gets a big tree, a doubtful one a small tree. ``tree=static`` verifies a fixed
 shape instead: every level expands only the best node of the previous one, and all the
 k·(depth + 1) nodes made are verified.
+
+Because auto sizing reads the clock and what earlier generations taught, a seed reproduces a
+sampled generation only with a fixed size (``total_tokens=N`` or ``tree=static``); under auto
+the tokens a seed draws may differ from run to run, their distribution never does (greedy
+output is ``ar``'s either way).
 """
 
 from __future__ import annotations
