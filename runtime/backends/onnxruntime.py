@@ -99,8 +99,9 @@ class OnnxRuntimeBackend(Backend):
 
 class IOBinding(Binding):
     """One ONNX Runtime IO binding kept across runs: rebinding a name replaces its tensor, and
-    everything else (a decoder's in-place KV cache) stays bound at no cost per run. The numpy
-    arrays and OrtValues are held here, since ONNX Runtime only points at their memory."""
+    everything else (a decoder's in-place KV cache) stays bound at no cost per run. The
+    OrtValues (each keeps its numpy array alive) are held here, since ONNX Runtime only points
+    at their memory."""
 
     def __init__(self, backend: OnnxRuntimeBackend):
         super().__init__(backend)

@@ -20,16 +20,39 @@ from __future__ import annotations
 import numpy as np
 
 
-class KVCache:
+class _Cache:
+    """What both caches share: the tensors' names and shape, the length, and the checks of the
+    edits speculation makes."""
+
     in_place = False
 
-    def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
+    def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype):
         self.num_layers, self.batch, self.heads, self.head_dim = num_layers, batch, heads, head_dim
         self.dtype = np.dtype(dtype)
         self.past_names = [f"past_key_values.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
         self.present_names = [f"present.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
-        self.capacity = 0
-        self.length = 0
+        self.capacity = self.length = 0
+
+    def _kept(self, positions) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.length):
+            raise ValueError(f"KV cache keep: positions outside 0..{self.length - 1}")
+        return positions
+
+    def _check_length(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KV cache truncate: length {length} outside 0..{self.length}")
+
+    def _check_room(self, new: int) -> None:
+        if self.length + new > self.capacity:
+            raise ValueError(f"KV cache overflow: {self.length} + {new} positions > capacity {self.capacity}")
+
+
+class KVCache(_Cache):
+    """Two dense buffers per tensor that swap roles every step (the ``concat`` graphs)."""
+
+    def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
+        super().__init__(num_layers, batch, heads, head_dim, dtype)
         self._buffers: list[list[np.ndarray]] = []
         self._current = 0
         self.reserve(capacity)
@@ -59,8 +82,7 @@ class KVCache:
 
     def present(self, new: int) -> dict[str, np.ndarray]:
         """Where the graph writes past ‖ ``new`` positions, (B, H, length + new, D) per output."""
-        if self.length + new > self.capacity:
-            raise ValueError(f"KV cache overflow: {self.length} + {new} positions > capacity {self.capacity}")
+        self._check_room(new)
         return {name: self.view(pair[1 - self._current], self.length + new)
                 for name, pair in zip(self.present_names, self._buffers)}
 
@@ -72,9 +94,7 @@ class KVCache:
     def keep(self, positions) -> None:
         """Keep only ``positions`` (cache indices, in the order given), e.g. the prefix plus the
         accepted path of a verified tree; they become positions 0..len-1."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if positions.size and (positions.min() < 0 or positions.max() >= self.length):
-            raise ValueError(f"KV cache keep: positions outside 0..{self.length - 1}")
+        positions = self._kept(positions)
         contiguous_prefix = positions.size and np.array_equal(positions, np.arange(positions.size))
         for pair in self._buffers:
             src = self.view(pair[self._current], self.length)
@@ -88,13 +108,12 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Drop every position from ``length`` on (rejected draft tokens)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"KV cache truncate: length {length} outside 0..{self.length}")
+        self._check_length(length)
         if length < self.length:
             self.keep(np.arange(length))
 
 
-class InPlaceKVCache:
+class InPlaceKVCache(_Cache):
     """One (B, H, capacity, D) buffer per cache tensor, the past and the present at once: the
     graph reads the first ``length`` positions and writes the new ones after them. ``version``
     changes when the buffers are replaced (growth), so a session knows to bind them again."""
@@ -102,11 +121,8 @@ class InPlaceKVCache:
     in_place = True
 
     def __init__(self, num_layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
-        self.num_layers, self.batch, self.heads, self.head_dim = num_layers, batch, heads, head_dim
-        self.dtype = np.dtype(dtype)
-        self.past_names = [f"past_key_values.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
-        self.present_names = [f"present.{i}.{p}" for i in range(num_layers) for p in ("key", "value")]
-        self.capacity = self.length = self.version = 0
+        super().__init__(num_layers, batch, heads, head_dim, dtype)
+        self.version = 0
         self._buffers: list[np.ndarray] = []
         self.reserve(capacity)
 
@@ -130,8 +146,7 @@ class InPlaceKVCache:
 
     def present(self, new: int) -> dict[str, np.ndarray]:
         """The same buffers, by present output name (the graph writes ``new`` positions at ``length``)."""
-        if self.length + new > self.capacity:
-            raise ValueError(f"KV cache overflow: {self.length} + {new} positions > capacity {self.capacity}")
+        self._check_room(new)
         return dict(zip(self.present_names, self._buffers))
 
     def advance(self, new: int) -> None:
@@ -141,9 +156,7 @@ class InPlaceKVCache:
     def keep(self, positions) -> None:
         """Keep only ``positions`` (cache indices, in the order given), e.g. the prefix plus the
         accepted path of a verified tree; they become positions 0..len-1. A prefix moves nothing."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if positions.size and (positions.min() < 0 or positions.max() >= self.length):
-            raise ValueError(f"KV cache keep: positions outside 0..{self.length - 1}")
+        positions = self._kept(positions)
         if not np.array_equal(positions, np.arange(positions.size)):
             for buffer in self._buffers:
                 buffer[:, :, : positions.size] = buffer[:, :, positions]  # the gather copies before it writes
@@ -151,6 +164,5 @@ class InPlaceKVCache:
 
     def truncate(self, length: int) -> None:
         """Drop every position from ``length`` on (rejected draft tokens)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"KV cache truncate: length {length} outside 0..{self.length}")
+        self._check_length(length)
         self.length = length

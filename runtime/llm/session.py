@@ -43,7 +43,8 @@ class Outputs(tuple):
 
 class DecoderSession:
     """``graph`` (default: the bundle's decoder) of a decoder bundle on ``backend``; its layer
-    count, hidden-state output and extra tensors are read from the graph's spec."""
+    count, hidden-state output and extra tensors are read from the graph's spec. One thread at a
+    time: an in-place cache's binding is the session's state between steps."""
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None, graph: str | None = None,
                  backend: str = "onnxruntime"):
