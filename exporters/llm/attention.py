@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from .gqa import CONTRIB
+
 ONNX_FLOAT = 1  # TensorProto.FLOAT, the value of Attention's softmax_precision attribute
 INT32 = 6       # TensorProto.INT32
 
@@ -110,9 +112,6 @@ def onnx_attention(q, k, v, mask, past_key, past_value):
     return y, present_key, present_value
 
 
-CONTRIB = "com.microsoft"
-
-
 def register_contrib_schema() -> None:
     """ONNX Runtime's GroupQueryAttention schema (the inputs edgert feeds, up to
     ``attention_bias``), registered with onnx so that onnxscript can emit the node and
@@ -165,12 +164,9 @@ def in_place_attention(q, k, v, mask, past_key, past_value):
     return y, present_key, present_value
 
 
-KV_CACHES = ("in_place", "concat")  # the default flavour's cache: GroupQueryAttention in place, or Attention-23
-
-
 def translations(kv_cache: str = "in_place") -> dict:
-    """The default flavour's ops: the attention op of ``kv_cache`` (:data:`KV_CACHES`) and ONNX
-    RotaryEmbedding."""
+    """The default flavour's ops: the attention op of ``kv_cache`` (``in_place``: GroupQueryAttention;
+    ``concat``: Attention-23) and ONNX RotaryEmbedding."""
     from .rotary import onnx_rotary
 
     attend = in_place_attention if kv_cache == "in_place" else onnx_attention

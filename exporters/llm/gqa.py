@@ -50,12 +50,12 @@ def _tables(model, cos: str, sin: str, total: str, prefix: str) -> tuple[list, t
     """Nodes making GQA's cos_cache, sin_cache and position_ids from per-token tables."""
     from onnx import TensorProto, helper
 
-    def const(name, values):
+    def const(name, value, dims):
         return helper.make_node("Constant", [], [f"{prefix}.{name}"], name=f"{prefix}.{name}",
-                                value=helper.make_tensor(f"{prefix}.{name}", TensorProto.INT64, [len(values)], values))
+                                value=helper.make_tensor(f"{prefix}.{name}", TensorProto.INT64, dims, [value]))
 
     p = prefix
-    nodes = [const("zero", [0]), const("one", [1]),
+    nodes = [const("zero", 0, [1]), const("one", 1, [1]), const("start", 0, []), const("step", 1, []),
              helper.make_node("Flatten", [cos], [f"{p}.cos_rows"], name=f"{p}.cos_rows", axis=2),
              helper.make_node("Flatten", [sin], [f"{p}.sin_rows"], name=f"{p}.sin_rows", axis=2),
              helper.make_node("Shape", [f"{p}.cos_rows"], [f"{p}.rows"], name=f"{p}.rows", end=1),
@@ -68,8 +68,6 @@ def _tables(model, cos: str, sin: str, total: str, prefix: str) -> tuple[list, t
              helper.make_node("Pad", [f"{p}.cos_rows", f"{p}.pads"], [f"{p}.cos_cache"], name=f"{p}.cos_cache"),
              helper.make_node("Pad", [f"{p}.sin_rows", f"{p}.pads"], [f"{p}.sin_cache"], name=f"{p}.sin_cache"),
              helper.make_node("Squeeze", [f"{p}.rows"], [f"{p}.count"], name=f"{p}.count"),
-             helper.make_node("Squeeze", [f"{p}.zero"], [f"{p}.start"], name=f"{p}.start"),
-             helper.make_node("Squeeze", [f"{p}.one"], [f"{p}.step"], name=f"{p}.step"),
              helper.make_node("Range", [f"{p}.start", f"{p}.count", f"{p}.step"], [f"{p}.row_ids"], name=f"{p}.row_ids"),
              helper.make_node("Shape", [cos], [f"{p}.tokens"], name=f"{p}.tokens", end=2),
              helper.make_node("Reshape", [f"{p}.row_ids", f"{p}.tokens"], [f"{p}.position_ids"], name=f"{p}.position_ids")]
@@ -88,8 +86,9 @@ def fuse_rotary(model) -> int:
     fused = 0
     for attention in _attention_nodes(model):
         rq, rk = producers.get(attention.input[0]), producers.get(attention.input[1])
+        head_dim = head_dims.get(attention.input[3], 0)
         if (rq is None or rk is None or not _plain_rotary(rq) or not _plain_rotary(rk)
-                or head_dims.get(attention.input[3], 0) % 16 or not head_dims.get(attention.input[3])  # GQA's rotary kernel
+                or not head_dim or head_dim % 16  # GQA's rotary kernel takes multiples of 16
                 or list(rq.input[1:]) != list(rk.input[1:]) or used[rq.output[0]] != 1 or used[rk.output[0]] != 1
                 or len(attention.input) < 7 or any(attention.input[7:10])):
             continue

@@ -39,7 +39,7 @@ import numpy as np
 
 from edgert.runtime.errors import EdgertError
 
-from .gqa import pack_qkv
+from .gqa import CONTRIB, pack_qkv
 
 HELDOUT = Path(__file__).with_name("heldout.txt")
 TEXT_EXTENSIONS = {".txt", ".md", ".text", ".jsonl", ".json", ".py", ".rst"}
@@ -304,7 +304,7 @@ def fuse_residual_norms(model) -> int:
             continue
         skip = helper.make_node("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]],
                                 [norm.output[0], "", "", add.output[0]], name=f"{norm.name or add.name}.skip",
-                                domain="com.microsoft", epsilon=attrs.get("epsilon", 1e-5))
+                                domain=CONTRIB, epsilon=attrs.get("epsilon", 1e-5))
         # In the Add's place: whatever else reads the sum (the next residual) comes after it,
         # and the norm's weight is a constant, so the order stays topological.
         position = list(model.graph.node).index(add)
@@ -313,8 +313,8 @@ def fuse_residual_norms(model) -> int:
         model.graph.node.remove(norm)
         producers.update({out: skip for out in skip.output if out})
         fused += 1
-    if fused and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    if fused and not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
     return fused
 
 
