@@ -119,7 +119,7 @@ def test_calibration_learns_how_often_the_draft_is_right():
 def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
     """A synthetic state_dict with exactly the released heads' keys, a draft vocabulary of 200 of
     the target's 320 tokens (d2t offsets), loads, exports (the map in the manifest) and decodes
-    losslessly; the session puts the draft's logits at the mapped target ids."""
+    losslessly; the tree holds the target ids the draft's best ids map to."""
     from safetensors.torch import save_file
 
     from edgert.exporters.llm.llama import DecoderConfig
@@ -142,10 +142,11 @@ def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
     gen = Generator(tmp_path / "bundle")
     from edgert.plugins.eagle.session import EagleSession
 
+    from edgert.plugins.eagle.tree import grow
+
     session = EagleSession(gen.session, entry)
-    draft = np.arange(200, dtype=np.float32)
-    full = session.target_logits(draft)
-    assert (full[keep] == draft).all() and np.isinf(np.delete(full, keep)).all()
+    tree = grow(7, np.arange(200, dtype=np.float32), None, depth=0, k=3, ids=session.ids)  # draft ids 199, 198, 197
+    assert tree.tokens == [7, *keep[[199, 198, 197]]]
     params = SamplingParams(max_new_tokens=40)
     for prompt in ["The quick brown fox", "def add(a, b):"]:
         assert gen.generate(prompt, params, strategy="eagle").tokens == gen.generate(prompt, params).tokens

@@ -38,12 +38,3 @@ class EagleSession:
         """(S, hidden): the draft's input states of S positions, from the target's taps of them."""
         taps = np.concatenate([extra[name] for name in self.taps], axis=-1)[None]
         return self.fc.run({"taps": np.ascontiguousarray(taps, np.float32)})["hidden_states"][0]
-
-    def target_logits(self, logits: np.ndarray) -> np.ndarray:
-        """The draft's logits over the target's vocabulary (-inf where a reduced draft vocabulary
-        has no entry)."""
-        if self.ids is None:
-            return logits
-        full = np.full(logits.shape[:-1] + (self.vocab_size,), -np.inf, np.float32)
-        full[..., self.ids] = logits
-        return full

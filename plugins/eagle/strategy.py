@@ -22,9 +22,9 @@ time is measured once per size (:func:`measure`, as ``edgert tune-tree`` does fo
 draft's confidence stands in for the nodes' acceptance — calibrated by the acceptance observed
 so far per depth and sibling rank (:class:`.tree.Calibration`), which also orders the nodes —
 and the step verifies the number of best nodes with the most expected tokens per second (at
-most ``max_tokens``): a confident draft gets a big tree, a doubtful one a small tree. ``tree=static`` verifies a fixed
-shape instead: every level expands only the best node of the previous one, and all the
-k·(depth + 1) nodes made are verified.
+most ``max_tokens``): a confident draft gets a big tree, a doubtful one a small tree.
+``tree=static`` verifies a fixed shape instead: every level expands only the best node of the
+previous one, and all the k·(depth + 1) nodes made are verified.
 
 Because auto sizing reads the clock and what earlier generations taught, a seed reproduces a
 sampled generation only with a fixed size (``total_tokens=N`` or ``tree=static``); under auto
@@ -62,11 +62,6 @@ def _shape(text: str) -> str:
 
 
 _shape.__name__ = "dynamic or static"
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class Eagle:
@@ -109,8 +104,8 @@ class Eagle:
             following = d.tokens[cache.length + 1:] + [root]  # position t reads the token after t
             out = head.draft.extend(cache, following, hidden_states=states)
             stable = cache.length
-            tree = grow(root, log_softmax(head.target_logits(out.logits[-1])),
-                        self._expander(head, cache, stable, out.hidden[-1]), depth, k, static)
+            tree = grow(root, out.logits[-1], self._expander(head, cache, stable, out.hidden[-1]), depth, k, static,
+                        head.ids)
             scores = None if static else calibration.path_scores(tree)
             size = best_size(tree, latency, time.perf_counter() - t0, total, scores) if auto else total
             nodes, parents = select(tree, size, scores)
@@ -128,7 +123,7 @@ class Eagle:
     def _expander(head, cache, stable: int, root_state: np.ndarray):
         """``expand(tree, frontier)`` for :func:`.tree.grow`: one draft pass over the frontier,
         appended to the draft cache, each node seeing the stable part, its ancestors' entries and
-        itself; returns its children's log-probabilities."""
+        itself; returns its children's logits (over the draft's vocabulary)."""
         states = {0: root_state}  # node -> the draft's output at that node: what its children read
 
         def expand(tree: DraftTree, frontier: list[int]) -> np.ndarray:
@@ -146,7 +141,7 @@ class Eagle:
                 hidden_states=np.stack([states[tree.parents[n]] for n in frontier])[None])
             for i, node in enumerate(frontier):
                 states[node] = out.hidden[0, i]
-            return log_softmax(head.target_logits(out.logits[0]))
+            return out.logits[0]
         return expand
 
 

@@ -54,33 +54,43 @@ class DraftTree:
         return out[::-1]
 
 
-def top_k(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (ids, log-probabilities) of each row, best first (ties: the lower id)."""
-    k = min(k, logprobs.shape[-1])
-    ids = np.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
-    values = np.take_along_axis(logprobs, ids, axis=-1)
-    order = np.lexsort((ids, -values), axis=-1)
-    return np.take_along_axis(ids, order, axis=-1), np.take_along_axis(values, order, axis=-1)
+def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (ids, log-probabilities) of each row of ``logits`` (unnormalised: the softmax
+    is taken here, over the k chosen only), best first (ties: the lower id)."""
+    k = min(k, logits.shape[-1])
+    if k == 1:  # a chain: the argmax (the first of equal maxima: the lower id), no partial sort
+        ids = logits.argmax(axis=-1)[..., None]
+    else:
+        ids = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
+        order = np.lexsort((ids, -np.take_along_axis(logits, ids, axis=-1)), axis=-1)
+        ids = np.take_along_axis(ids, order, axis=-1)
+    top = logits.max(axis=-1, keepdims=True)
+    normaliser = top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    return ids, np.take_along_axis(logits, ids, axis=-1) - normaliser
 
 
 def grow(root: int, first: np.ndarray, expand: Callable[[DraftTree, list[int]], np.ndarray], depth: int, k: int,
-         static: bool = False) -> DraftTree:
-    """Expand a tree below ``root``. ``first``: the draft's log-probabilities (vocab,) of the
-    token after the root; ``expand(tree, frontier)`` runs the draft on those nodes (each seeing
-    its ancestors) and returns their children's log-probabilities (len(frontier), vocab).
+         static: bool = False, ids: np.ndarray | None = None) -> DraftTree:
+    """Expand a tree below ``root``. ``first``: the draft's logits (vocab,) of the token after
+    the root (log-probabilities or unnormalised); ``expand(tree, frontier)`` runs the draft on
+    those nodes (each seeing its ancestors) and returns their children's logits (len(frontier),
+    vocab). ``ids``: the token each draft id stands for (a reduced draft vocabulary's map; None:
+    the same id).
     ``depth``: draft passes after the first distribution (up to depth + 1 levels below the root).
     ``static``: every level expands only the best node of the previous one (a fixed shape: k
     candidates a level along the draft's best chain) instead of the k best."""
     tree = DraftTree([int(root)], [-1], [0.0], [0], [-1], [0])
-    ids, values = top_k(first[None], k)
-    frontier = [tree.add(t, 0, v, r) for r, (t, v) in enumerate(zip(ids[0], values[0]))]
+    token = (lambda i: i) if ids is None else ids.__getitem__
+    best, values = top_k(first[None], k)
+    frontier = [tree.add(token(t), 0, v, r) for r, (t, v) in enumerate(zip(best[0], values[0]))]
     for _ in range(depth):
         if static:
             frontier = frontier[:1]
         children = expand(tree, frontier)
-        ids, values = top_k(children, k)
+        best, values = top_k(children, k)
         scores = np.asarray([tree.scores[n] for n in frontier])[:, None] + values  # (frontier, k) cumulative
-        made = [[tree.add(ids[i, j], node, scores[i, j], j) for j in range(ids.shape[1])] for i, node in enumerate(frontier)]
+        made = [[tree.add(token(best[i, j]), node, scores[i, j], j) for j in range(best.shape[1])]
+                for i, node in enumerate(frontier)]
         flat = np.asarray(made).reshape(-1)
         order = np.lexsort((flat, -scores.reshape(-1)))[:k]  # the k best of the k², ties to the earlier made
         frontier = [int(n) for n in flat[order]]
