@@ -38,7 +38,9 @@ class EagleHead:
              "NeurIPS 2025; EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees, EMNLP 2024")
     file_help = "EAGLE-3 head (.safetensors: the released EAGLE3 heads' layout, or edgert train eagle), for --strategy eagle"
     flavours = ("onnx", "trt")
-    train_options = {"ttt_steps": Option(4, "training-time test: draft steps unrolled per position", positive_int)}
+    # 5 unrolled steps: one per level of the strategy's default tree (depth 4 after the first level),
+    # so that no level it drafts is one the head never trained for
+    train_options = {"ttt_steps": Option(5, "training-time test: draft steps unrolled per position", positive_int)}
 
     def taps(self, config):
         return _layers(config.num_layers)
