@@ -15,7 +15,7 @@ and skipped when present:
    (medium: the small target, when it was trained before, is the draft);
 4. Medusa heads (4), an MTP module and (medium: EAGLE-3 taps layers 2, L/2, L-3, so it needs
    at least 7 layers) an EAGLE-3 head: ``edgert train medusa`` / ``mtp`` / ``eagle`` on the
-   target (self-distillation; EAGLE with its training-time test over 4 steps);
+   target (self-distillation; EAGLE with its training-time test over 5 steps);
 5. bundles: ``edgert export llama`` (the target with its heads and MTP graph, those two with
    int8 weights, ``--opt proposals=int8``; the draft). ``--precision int8|int4``: the target
    (heads and MTP graph included) and the draft with weight-only quantized weights instead.
