@@ -141,7 +141,6 @@ def test_the_official_layout_loads_with_a_reduced_vocabulary(eagle, tmp_path):
     assert (np.arange(200) + np.asarray(entry["d2t"]) == keep).all()
     gen = Generator(tmp_path / "bundle")
     from edgert.plugins.eagle.session import EagleSession
-
     from edgert.plugins.eagle.tree import grow
 
     session = EagleSession(gen.session, entry)

@@ -80,16 +80,19 @@ def grow(root: int, first: np.ndarray, expand: Callable[[DraftTree, list[int]], 
     ``static``: every level expands only the best node of the previous one (a fixed shape: k
     candidates a level along the draft's best chain) instead of the k best."""
     tree = DraftTree([int(root)], [-1], [0.0], [0], [-1], [0])
-    token = (lambda i: i) if ids is None else ids.__getitem__
-    best, values = top_k(first[None], k)
-    frontier = [tree.add(token(t), 0, v, r) for r, (t, v) in enumerate(zip(best[0], values[0]))]
+    def best(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # top_k, in the target's ids
+        chosen, values = top_k(logits, k)
+        return (chosen if ids is None else ids[chosen]), values
+
+    tokens, values = best(first[None])
+    frontier = [tree.add(t, 0, v, r) for r, (t, v) in enumerate(zip(tokens[0], values[0]))]
     for _ in range(depth):
         if static:
             frontier = frontier[:1]
         children = expand(tree, frontier)
-        best, values = top_k(children, k)
+        tokens, values = best(children)
         scores = np.asarray([tree.scores[n] for n in frontier])[:, None] + values  # (frontier, k) cumulative
-        made = [[tree.add(token(best[i, j]), node, scores[i, j], j) for j in range(best.shape[1])]
+        made = [[tree.add(tokens[i, j], node, scores[i, j], j) for j in range(tokens.shape[1])]
                 for i, node in enumerate(frontier)]
         flat = np.asarray(made).reshape(-1)
         order = np.lexsort((flat, -scores.reshape(-1)))[:k]  # the k best of the k², ties to the earlier made
