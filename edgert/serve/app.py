@@ -104,5 +104,8 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
         while True:
             time.sleep(3600)
     finally:
-        serve.shutdown()
+        if address is not None:  # a shared cluster keeps Serve and its other applications: only ours goes
+            serve.delete(APP_NAME)
+        # The Ray started here takes Serve's actors with it; serve.shutdown() first would add a
+        # graceful drain (up to a minute on a loaded machine) that nobody waits on after Ctrl-C.
         ray.shutdown()
