@@ -39,6 +39,12 @@ def eagle(tmp_path_factory):
     report = train("eagle", str(root / "target"), [str(root / "text.txt")], str(root / "eagle.safetensors"),
                    options={"ttt_steps": 3}, steps=120, samples=48, prompt_len=8, new_tokens=40)
     assert len(report["top1"]) == 3  # a loss and an accuracy per unrolled step
+    from safetensors.torch import load_file
+
+    head, target = load_file(root / "eagle.safetensors"), load_file(root / "target" / "model.safetensors")
+    # a full-vocabulary head reads through the target's own final norm and lm_head, left as they were
+    assert torch.equal(head["norm.weight"], target["model.norm.weight"])
+    assert torch.equal(head["lm_head.weight"], target.get("lm_head.weight", target["model.embed_tokens.weight"]))
     export("llama", root / "bundle", {"eagle": str(root / "eagle.safetensors")}, checkpoint=str(root / "target"))
     return root
 

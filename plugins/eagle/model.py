@@ -19,7 +19,8 @@ Checkpoint: the released EAGLE-3 heads' state_dict keys — ``fc.weight``, ``mid
 ``norm.weight``, ``lm_head.weight``, ``d2t``, ``t2d`` — which ``edgert train eagle`` writes
 too (safetensors; the training setup in its metadata). Choice: ``edgert train eagle`` keeps the
 target's full vocabulary (d2t all zero, t2d all true): on the small models edgert targets the
-vocabulary projection is not what bounds a draft step, and a bundle then needs no id map.
+vocabulary projection is not what bounds a draft step, and a bundle then needs no id map; its
+``norm`` and ``lm_head`` are the target's own, frozen while the rest trains.
 Official heads with a reduced vocabulary are loaded as they are; the map goes to the manifest.
 """
 
