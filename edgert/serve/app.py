@@ -10,6 +10,7 @@ starts Serve's HTTP proxy on ``host:port`` and runs the application until interr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -105,7 +106,8 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
             time.sleep(3600)
     finally:
         if address is not None:  # a shared cluster keeps Serve and its other applications: only ours goes
-            serve.delete(APP_NAME)
+            with contextlib.suppress(Exception):  # never deployed, or the cluster is gone: nothing of ours is left
+                serve.delete(APP_NAME)
         # The Ray started here takes Serve's actors with it; serve.shutdown() first would add a
         # graceful drain (up to a minute on a loaded machine) that nobody waits on after Ctrl-C.
         ray.shutdown()
