@@ -50,7 +50,7 @@ SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768, batch=16),
 PARTS = {"small": {"medusa": (800, 512), "mtp": (800, 512)},
          "medium": {"medusa": (500, 1024), "mtp": (250, 512), "eagle": (600, 1024)}}
 # --quick: fewer steps on fewer continuations (the continuations are most of the time: 1024 of 128
-# tokens take the medium target ~18 min here); the heads are then weaker, alike.
+# tokens take the medium target ~5 min here); the heads are then weaker, alike.
 QUICK = {"small": {"medusa": (300, 256), "mtp": (300, 256)},
          "medium": {"medusa": (300, 256), "mtp": (200, 256), "eagle": (300, 256)}}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
