@@ -42,9 +42,11 @@ def test_serve_arguments_are_checked_before_anything_starts(tiny_bundle, tmp_pat
 def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
     port = free_port()
     env = {**os.environ, "EDGERT_API_KEY": "k3y"}
+    # Ctrl-C as a terminal delivers it: a shell that ran this suite in the background (`make test &`)
+    # left SIGINT ignored, which children inherit, and Python then never raises KeyboardInterrupt
     process = subprocess.Popen([sys.executable, "-m", "edgert", "serve", f"tsn={tiny_bundle}", "--port", str(port),
-                                "--cpus-per-replica", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+                                "--cpus-per-replica", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, serving = [], threading.Event()
 
     def pump():  # stderr line by line, as it comes (Ray's log lines, then ours)
@@ -72,7 +74,8 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
             process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             process.kill()
-            raise
+            reader.join(timeout=30)
+            pytest.fail("edgert serve did not stop within 120 s of SIGINT; its stderr ended:\n" + "".join(lines[-15:]))
         reader.join(timeout=30)
     err = "".join(lines)
     assert process.returncode == 130, err
