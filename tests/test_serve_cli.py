@@ -43,7 +43,7 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
     port = free_port()
     env = {**os.environ, "EDGERT_API_KEY": "k3y"}
     # Ctrl-C as a terminal delivers it: a shell that ran this suite in the background (`make test &`)
-    # left SIGINT ignored, which children inherit, and Python then never raises KeyboardInterrupt
+    # leaves SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen([sys.executable, "-m", "edgert", "serve", f"tsn={tiny_bundle}", "--port", str(port),
                                 "--cpus-per-replica", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
