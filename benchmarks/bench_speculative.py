@@ -23,7 +23,10 @@ and skipped when present:
 Then, on held-out prompts (64 tokens of code each), 128 greedy new tokens per prompt with every
 strategy on the same bundle in the same run, same threads, every prompt running every strategy
 in turn: tokens per decoder pass, tokens/s, speedup over ``ar`` and whether the output equals
-``ar``'s.
+``ar``'s. The graphs run on ONNX Runtime with a clock around every run (a backend plugin, see
+:func:`timed_backends`), so each row also says how much of its time the graph runs took and the
+speedup it would have if the host code between them (numpy, the tree, binding) cost nothing:
+the bound the runtime's own overhead leaves to a strategy on this machine.
 
     python benchmarks/bench_speculative.py [--size small|medium] [--prompts 20] [--threads 2] [--out FILE]
 """
@@ -39,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from edgert.runtime.hookspecs import hookimpl
 
 ROOT = Path("build/bench/spec")
 SIZES = {"small": dict(layers=4, hidden=256, heads=4, mlp=768, batch=16),
@@ -149,6 +153,54 @@ def bundle(name: str, checkpoint: Path, options: dict, precision: str = "fp32") 
     return out
 
 
+class TimedBackends:
+    """A plugin (registered like any other, through ``edgert_register_backends``) with one
+    backend: ONNX Runtime with a clock around every graph run, summed in ``seconds``."""
+
+    name = "onnxruntime-timed"
+    seconds = 0.0
+
+    @hookimpl
+    def edgert_register_backends(self):
+        from edgert.runtime.backends.onnxruntime import IOBinding, OnnxRuntimeBackend
+
+        plugin = self
+
+        class TimedBinding(IOBinding):
+            def run(self) -> None:
+                t0 = time.perf_counter()
+                try:
+                    super().run()
+                finally:
+                    plugin.seconds += time.perf_counter() - t0
+
+        class Timed(OnnxRuntimeBackend):
+            name = plugin.name
+            description = "ONNX Runtime, each run timed (benchmarks/bench_speculative.py)"
+
+            def run(self, feeds):
+                t0 = time.perf_counter()
+                try:
+                    return super().run(feeds)
+                finally:
+                    plugin.seconds += time.perf_counter() - t0
+
+            def binding(self):
+                return TimedBinding(self)
+
+        return [Timed]
+
+
+def timed_backends() -> TimedBackends:
+    """Install :class:`TimedBackends` in this process's plugin host (as embedding apps add
+    in-process plugins) and return it."""
+    from edgert.runtime import host
+
+    plugin = TimedBackends()
+    host._HOST = host.build_host(extra_plugins={"bench-timed-backend": plugin})
+    return plugin
+
+
 def prompts(count: int, length: int = 64) -> list[list[int]]:
     _, held_out = corpus_files()
     stream = token_stream(held_out)
@@ -208,7 +260,8 @@ def main() -> None:
 
     from edgert.runtime.llm.generator import Generator, SamplingParams
 
-    gen = Generator(target_bundle, threads=args.threads)
+    clock = timed_backends()
+    gen = Generator(target_bundle, threads=args.threads, backend=clock.name)
     gen.eos = set()  # every prompt runs the full length
     params = SamplingParams(max_new_tokens=args.new_tokens)
     cases = prompts(args.prompts)
@@ -223,14 +276,15 @@ def main() -> None:
         gen.generate(cases[0][:16], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options)
     # Interleaved: each prompt runs every strategy in turn, so that the machine's drift (up to 15 %
     # within a run here) weighs on all of them alike instead of on whichever ran at the time.
-    totals = [{"seconds": 0.0, "tokens": 0, "passes": 0, "per_verify": [], "by_depth": [], "same_as_ar": 0}
+    totals = [{"seconds": 0.0, "graph_seconds": 0.0, "tokens": 0, "passes": 0, "per_verify": [], "by_depth": [], "same_as_ar": 0}
               for _ in strategies]
     for ids in cases:
         reference = None
         for total, (name, options) in zip(totals, strategies):
-            t0 = time.perf_counter()
+            t0, ran = time.perf_counter(), clock.seconds
             result = gen.generate(ids, params, strategy=name, strategy_options=options)
             total["seconds"] += time.perf_counter() - t0
+            total["graph_seconds"] += clock.seconds - ran
             total["tokens"] += len(result.tokens)
             total["passes"] += result.stats.forward_calls + 1  # the prefill is a pass too
             total["per_verify"].append(result.stats.tokens_per_step)
@@ -238,6 +292,7 @@ def main() -> None:
             reference = reference or result.tokens
             total["same_as_ar"] += result.tokens == reference
     base = totals[0]["tokens"] / totals[0]["seconds"]
+    graphs_base = totals[0]["tokens"] / totals[0]["graph_seconds"]
     rows = []
     for total, (name, options) in zip(totals, strategies):
         label = name + "".join(f" ({k}={v})" for k, v in options.items() if k in ("tree", "depth", "total_tokens", "top_k"))
@@ -245,9 +300,12 @@ def main() -> None:
         rows.append({"strategy": label, "tokens_per_pass": total["tokens"] / total["passes"],
                      "mean_accepted_per_verify": float(np.mean(total["per_verify"])), "tokens_per_s": speed,
                      "acceptance_by_depth": [float(a) for a in np.mean([_padded(a, 8) for a in total["by_depth"]], axis=0)],
-                     "speedup": speed / base, "same_as_ar": total["same_as_ar"]})
+                     "speedup": speed / base, "same_as_ar": total["same_as_ar"],
+                     "graph_share": total["graph_seconds"] / total["seconds"],
+                     "graphs_only_speedup": total["tokens"] / total["graph_seconds"] / graphs_base})
         print(f"{label:<24} tokens/pass {rows[-1]['tokens_per_pass']:.2f}  tokens/s {speed:7.1f}  "
-              f"speedup {speed / base:.2f}x  equal to ar: {total['same_as_ar']}/{len(cases)}")
+              f"speedup {speed / base:.2f}x  equal to ar: {total['same_as_ar']}/{len(cases)}  "
+              f"graph runs {rows[-1]['graph_share']:.0%} of the time (graphs only: {rows[-1]['graphs_only_speedup']:.2f}x)")
     if args.out:
         Path(args.out).write_text(json.dumps({"prompts": len(cases), "new_tokens": args.new_tokens, "threads": args.threads,
                                               "precision": args.precision, "rows": rows}, indent=2) + "\n")
