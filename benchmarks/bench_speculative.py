@@ -192,8 +192,8 @@ class TimedBackends:
 
 
 def timed_backends() -> TimedBackends:
-    """Install :class:`TimedBackends` in this process's plugin host (as embedding apps add
-    in-process plugins) and return it."""
+    """Make this process's plugin host again with :class:`TimedBackends` as an in-process
+    plugin (``build_host(extra_plugins=...)``, as the plugin tests do) and return it."""
     from edgert.runtime import host
 
     plugin = TimedBackends()
