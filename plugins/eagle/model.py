@@ -38,11 +38,6 @@ from edgert.exporters.llm.llama import RMSNorm, apply_rope, rope_tables
 from edgert.runtime.errors import EdgertError, first_line
 
 
-def tap_layers(num_layers: int) -> tuple[int, int, int]:
-    """The target layers whose input hidden states EAGLE-3 fuses: low, middle, high."""
-    return 2, num_layers // 2, num_layers - 3
-
-
 class EagleAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
