@@ -201,12 +201,14 @@ def untie(model) -> int:
     return count
 
 
-def merge_siblings(model) -> int:
+def merge_siblings(model, mergeable=None) -> int:
     """MatMuls that read the same activation with constant weights (q/k/v; gate/up) become one
     MatMul over the weights concatenated along N, then a Split: one kernel call instead of
     three (or two), and MatMulNBits quantizes that activation once, not per projection. Block
     quantization runs along K, column by column, so the merged weight quantizes to exactly the
-    columns the separate ones would. Returns how many MatMuls were merged away."""
+    columns the separate ones would. ``mergeable(weight names)``, if given, says whether a group
+    may merge (a GGUF's siblings stored in different types may not). Returns how many MatMuls
+    were merged away."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -217,6 +219,8 @@ def merge_siblings(model) -> int:
     merged = 0
     for source, nodes in groups.items():
         if len(nodes) < 2 or len({inits[n.input[1]].dims[0] for n in nodes}) != 1:
+            continue
+        if mergeable is not None and not mergeable([n.input[1] for n in nodes]):
             continue
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         if len({w.dtype for w in weights}) != 1:
@@ -426,7 +430,8 @@ def check_accuracy(report: dict[str, Any], knobs: dict[str, Any], precision: str
         problems.append(f"held-out perplexity {report['perplexity']:.4g} is {report['perplexity_ratio']:.3f}x fp32's "
                         f"{report['perplexity_fp32']:.4g} > max_perplexity_ratio {knobs['max_perplexity_ratio']:g}")
     if problems:
-        hint = "--quant block_size=16, method=hqq, or --precision int8" if precision == "int4" else "--quant block_size=16"
+        hint = {"int4": "--quant block_size=16, method=hqq, or --precision int8",
+                "stored": "--precision fp32 or int8"}.get(precision, "--quant block_size=16")
         raise EdgertError(f"{precision} accuracy check failed for {name}: {'; '.join(problems)}; no bundle was written "
                           f"(try {hint})")
 
