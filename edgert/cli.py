@@ -515,11 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model name, see 'edgert plugins'")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors; for decoders a Hugging Face "
-                   "checkpoint directory)")
+                   "checkpoint directory or a GGUF file)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"],
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4", "stored"],
                    help="fp32 (default), fp16, int8 (video: calibrated static QDQ, needs --calibration; decoders: "
-                        "int8 weights) or int4 (decoders: 4-bit block-wise weights)")
+                        "int8 weights), int4 (decoders: 4-bit block-wise weights) or stored (a GGUF's own blocks, "
+                        "the default for a GGUF)")
     p.add_argument("--calibration", metavar="DATA", help="int8 video models: a folder of clips (videos, frame folders, "
                    ".npy) to calibrate on, a quarter held out for the accuracy check; decoders: text files or a "
                    "folder of them (GPTQ calibration, held-out perplexity)")

@@ -67,12 +67,13 @@ def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> d
 
 
 def export(name: str, out: str | Path, options: dict[str, str] | None = None, checkpoint: str | None = None,
-           precision: str = "fp32", tolerance: float | None = None, force: bool = False, seed: int = 0,
+           precision: str | None = None, tolerance: float | None = None, force: bool = False, seed: int = 0,
            engine: bool = False, engine_max_batch: int = 8, flavour: str = "onnx", calibration: str | None = None,
            quant: dict[str, str] | None = None, **deprecated) -> Path:
     """Export model ``name`` into the bundle directory ``out``; returns its path.
 
-    ``precision``: fp32, fp16, int8 or int4 (decoders), see :mod:`.precision`; ``quant``: its
+    ``precision``: fp32, fp16, int8, int4 or stored (decoders), see :mod:`.precision`; by default
+    fp32, or stored for a decoder from a GGUF file (its own blocks); ``quant``: its
     ``--quant`` knobs; ``calibration``: the data int8 video models (and GPTQ) calibrate on.
     ``engine``: also build a TensorRT engine per graph (needs the tensorrt package), for batches
     up to ``engine_max_batch``. ``flavour``: the graph flavour, "onnx" (standard ops) or "trt":
@@ -91,6 +92,10 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     engine_max_batch = deprecated.get("trt_max_batch", engine_max_batch)
     backend = flavour  # the exporters' internal name for it
     registered = find_exportable(name)
+    if precision is None:
+        from .llm.gguf import is_gguf
+
+        precision = "stored" if registered.kind == "decoder" and is_gguf(checkpoint) else "fp32"
     knobs = resolve_quantization(registered.kind, precision, backend, quant or {}, calibration)
     if registered.kind == "decoder":  # LLM decoders: a checkpoint directory, their own graph and checks
         if engine:

