@@ -179,7 +179,8 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
     elif precision not in DEFAULT_TOLERANCE and quantization is None:
         raise EdgertError(f"--precision {precision}: expected one of {sorted(DEFAULT_TOLERANCE) + ['int4', 'int8']}")
     if directory is None:
-        raise EdgertError(f"{plugin.name}: --checkpoint is required (a Hugging Face checkpoint directory or a GGUF file)")
+        raise EdgertError(f"{plugin.name}: --checkpoint DIR is required (a Hugging Face checkpoint directory, or a "
+                          "GGUF file)")
     if not directory.is_dir():
         raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory or a "
                           "GGUF file")

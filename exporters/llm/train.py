@@ -204,8 +204,23 @@ def load_resume_state(path: Path, setup: dict, heads, optimizer) -> tuple[int, t
 def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[str, Any] | None = None, steps: int = 500,
           batch: int = 8, samples: int = 256, prompt_len: int = 32, new_tokens: int = 96, lr: float = 1e-3,
           seed: int = 0, save_every: int = 50, resume: bool = True) -> dict:
-    """Train head ``kind`` (a registered head with ``trainee``) for ``checkpoint``; ``options``:
-    the head's ``train_options`` (e.g. Medusa's heads and layers)."""
+    """Train head ``kind`` (a registered head with ``trainee``) for ``checkpoint`` (a Hugging Face
+    directory or a GGUF file); ``options``: the head's ``train_options`` (e.g. Medusa's heads and
+    layers)."""
+    from .gguf import checkpoint_directory, is_gguf
+
+    args = (kind, data, out, options, steps, batch, samples, prompt_len, new_tokens, lr, seed, save_every, resume)
+    if is_gguf(checkpoint):
+        with checkpoint_directory(checkpoint) as (directory, _):
+            return _train(directory, Path(checkpoint), *args)
+    return _train(Path(checkpoint), Path(checkpoint), *args)
+
+
+def _train(directory: Path, source: Path, kind: str, data: list[str], out: str, options: dict[str, Any] | None,
+           steps: int, batch: int, samples: int, prompt_len: int, new_tokens: int, lr: float, seed: int,
+           save_every: int, resume: bool) -> dict:
+    """:func:`train` on the checkpoint directory ``directory``; ``source`` is what the user named
+    (the resume file records it)."""
     from edgert.runtime.detector import resolve_options
     from edgert.runtime.host import get_host
 
@@ -213,9 +228,9 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[s
     if not callable(getattr(head, "trainee", None)):
         raise EdgertError(f"head {kind!r} cannot be trained by edgert (it offers no trainee)")
     opts = resolve_options(f"head {kind!r}", getattr(head, "train_options", {}) or {}, options or {})
-    directory = Path(checkpoint)
     if not directory.is_dir():
-        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory")
+        raise EdgertError(f"{directory}: not a directory; --checkpoint takes a Hugging Face checkpoint directory or a "
+                          "GGUF file")
     for name, value in (("steps", steps), ("batch", batch), ("samples", samples), ("prompt-len", prompt_len),
                         ("new-tokens", new_tokens)):
         if value < 1:
@@ -224,7 +239,7 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[s
     partial = out_path.with_name(out_path.name + ".partial.safetensors")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    with step(f"loading {directory}"):
+    with step(f"loading {source}"):
         model = load_decoder(directory)
     model.requires_grad_(False)
     trainee = head.trainee(model, opts)
@@ -234,7 +249,7 @@ def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[s
     heads, losses, write = trainee.module, trainee.losses, trainee.save
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
     setup = {"kind": kind, **opts, "samples": samples, "prompt_len": prompt_len,
-             "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(directory.resolve())}
+             "new_tokens": new_tokens, "seed": seed, "data": [str(Path(d).resolve()) for d in data], "checkpoint": str(source.resolve())}
     start, seqs = 0, None
     if resume and partial.is_file():
         try:
