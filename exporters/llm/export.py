@@ -307,13 +307,18 @@ def _transcode(stage: Path, spec: GraphSpec, gguf, knobs: dict[str, Any], held_o
     report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])
     check_accuracy(report, knobs, "stored", name)
     record.update(accuracy=report, calibration=calibration_record)
+    _replace_graph(source, target, stage)
+    work.rmdir()
+    return {spec.name: record}
+
+
+def _replace_graph(source: Path, target: Path, stage: Path) -> None:
+    """The rewritten graph ``target`` (and its weights file) takes ``source``'s place in ``stage``."""
     for old in (source, Path(f"{source}.data")):
         old.unlink(missing_ok=True)
     for new in (target, Path(f"{target}.data")):
         if new.exists():
             new.replace(stage / new.name)
-    work.rmdir()
-    return {spec.name: record}
 
 
 def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[str, Any], calibration_ids, held_out_ids,
@@ -338,11 +343,7 @@ def _quantize(stage: Path, specs: list[GraphSpec], precision: str, knobs: dict[s
             report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])
             check_accuracy(report, knobs, precision, name)
             record.update(accuracy=report, calibration=calibration_record)
-        for old in (source, Path(f"{source}.data")):
-            old.unlink(missing_ok=True)
-        for new in (target, Path(f"{target}.data")):
-            if new.exists():
-                new.replace(stage / new.name)
+        _replace_graph(source, target, stage)
         records[spec.name] = record
     work.rmdir()
     return records
