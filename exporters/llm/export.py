@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import GraphSpec
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import BundleError, EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.llm.contract import GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
 from edgert.runtime.llm.tokenizer import check_vocab
@@ -156,7 +156,7 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
         raise EdgertError(f"--precision stored: {r.checkpoint or 'no checkpoint'} is not a GGUF file; only a GGUF "
                           "stores blocks to keep (use fp32, fp16, int8 or int4)")
     if Path(out).exists() and not r.force:  # before a checkpoint is read, as staged_bundle words it
-        raise EdgertError(f"{Path(out).absolute()}: already exists (pass --force to replace it)")
+        raise BundleError(f"{Path(out).absolute()}: already exists (pass --force to replace it)")
     if r.checkpoint is not None and is_gguf(r.checkpoint):
         with checkpoint_directory(r.checkpoint) as (directory, gguf):
             return _export(registered, out, request, directory, gguf)
