@@ -216,7 +216,6 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int) -> tuple[set[
     """Each MatMul / Gather over renamed weights becomes the stored ops, in place."""
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
     replaced: set[str] = set()
     records: dict[str, str] = {}
     block_sums: dict[str, str] = {}
@@ -289,7 +288,6 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int) -> tuple[set[
     for init in list(model.graph.initializer):
         if init.name not in used:
             model.graph.initializer.remove(init)
-    del inits
     return replaced, records
 
 
