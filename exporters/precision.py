@@ -92,6 +92,9 @@ DECODER_WEIGHTS = {
 STORED = {
     "accuracy_level": Option(0, "MatMulNBits' compute type: 0 as the input (fp32, the same numbers for one row and "
                              "for many), 4 int8 activations (faster on CPUs with VNNI/AMX)", int, (0, 4)),
+    "q8": Option("int8", "how 8-bit blocks compute: int8 (int8 activations, llama.cpp's Q8_0 dot product, the fast "
+                 "kernel) or fp32 (the stored values exactly, as two 4-bit halves at fp32; 2-4x that op's time)", str,
+                 ("int8", "fp32")),
     **{k: DECODER_WEIGHTS[k] for k in ("min_agreement", "near_tie", "max_perplexity_ratio")},
 }
 DEFAULT_AGREEMENT = {"int8": 0.95, "int4": 0.85}

@@ -301,7 +301,7 @@ def _transcode(stage: Path, spec: GraphSpec, gguf, knobs: dict[str, Any], held_o
     work.mkdir()
     source, target = stage / spec.file, work / spec.file
     with step(f"transcoding {spec.file} as stored ({gguf.file_type} blocks)"):
-        record = transcode_graph(source, target, gguf, knobs["accuracy_level"])
+        record = transcode_graph(source, target, gguf, knobs["accuracy_level"], knobs["q8"])
     with step(f"measuring the stored weights against fp32 ({len(held_out_ids)} held-out sequences)"):
         report = measure(source, target, held_out_ids, knobs["near_tie"])
     report.update(min_agreement=knobs["min_agreement"], max_perplexity_ratio=knobs["max_perplexity_ratio"])

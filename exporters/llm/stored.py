@@ -25,10 +25,13 @@ The scales are the file's fp16 values in fp32 (exact), so dequantizing what is s
 fp32 graph exported from the dequantized weights; each constant MatMul / Gather weight is found
 by its content (a digest of its fp32 bytes) and replaced. ``accuracy_level`` 0 (default) keeps
 fp32 compute inside MatMulNBits; 4 quantizes activations to int8 per block (faster on CPUs with
-VNNI). 8-bit blocks always run at accuracy_level 4: ONNX Runtime 1.32's CPU kernel has no fp32
-path for them and dequantizes the whole matrix on every call instead (SmolLM2's Q8_0 lm_head:
-111 ms a call at level 0, 0.84 ms at level 4, here); int8 activations against 8-bit weights is
-also how llama.cpp computes a Q8_0 dot product.
+VNNI). 8-bit blocks run at accuracy_level 4 by default (``q8="int8"``): ONNX Runtime 1.32's CPU
+kernel has no fp32 path for them and dequantizes the whole matrix on every call instead
+(SmolLM2's Q8_0 lm_head: 111 ms a call at level 0, 0.84 ms at level 4, here); int8 activations
+against 8-bit weights is also how llama.cpp computes a Q8_0 dot product. ``q8="fp32"`` keeps
+the stored values exact at fp32 compute instead: u = q + 128 = 16·hi + lo, so
+d·(u - 128) = 16d·(hi - 8) + d·lo, two 4-bit MatMulNBits at level 0 added (the same bytes; 2x
+the op's time for one row, 4x for a verify's nine, measured on SmolLM2's lm_head).
 """
 
 from __future__ import annotations
@@ -140,9 +143,11 @@ def _kind(form: Stored) -> tuple:
 
 # ---- the graph ---------------------------------------------------------------------------------
 
-def transcode_graph(path: Path, out: Path, gguf: GGUFFile, accuracy_level: int = 0) -> dict[str, Any]:
+def transcode_graph(path: Path, out: Path, gguf: GGUFFile, accuracy_level: int = 0,
+                    q8: str = "int8") -> dict[str, Any]:
     """Write ``path`` (the fp32 graph of ``gguf``'s dequantized weights) with every weight the
-    file stores in blocks as those blocks to ``out``; returns the ``quantization`` record."""
+    file stores in blocks as those blocks to ``out``; returns the ``quantization`` record.
+    ``accuracy_level`` is 4-bit blocks' compute type, ``q8`` 8-bit blocks' (module docstring)."""
     import onnx
     from onnx import numpy_helper
 
@@ -184,7 +189,7 @@ def transcode_graph(path: Path, out: Path, gguf: GGUFFile, accuracy_level: int =
         return len(kinds) == 1 and None not in kinds
 
     merged = merge_siblings(model, mergeable)
-    replaced, records = _replace(model, forms, accuracy_level)
+    replaced, records = _replace(model, forms, accuracy_level, q8)
     missing = sorted(set(forms) - replaced)
     if missing:
         raise EdgertError(f"{gguf.path}: the exported graph does not use the stored weight {missing[0]} as a plain "
@@ -204,15 +209,19 @@ def transcode_graph(path: Path, out: Path, gguf: GGUFFile, accuracy_level: int =
             "format": "MatMulNBits + GatherBlockQuantized (+ per-block minimums)",
             "source": {"file": gguf.path.name, "types": gguf.file_type},
             "weights": f"blocks of {BLOCK}; per tensor: {len(exact)} exact, {len(rerounded)} re-rounded to 8-bit",
-            "activations": "fp32; int8 inside MatMulNBits for " + ("all blocks (accuracy_level 4)" if accuracy_level == 4
-                                                                    else "8-bit blocks (accuracy_level 4)"),
-            "params": {"accuracy_level": accuracy_level, "untied_lm_head": untied > 0, "merged_matmuls": merged,
+            "activations": _activations(accuracy_level, q8),
+            "params": {"accuracy_level": accuracy_level, "q8": q8, "untied_lm_head": untied > 0, "merged_matmuls": merged,
                        "folded_biases": folded, "fused_residual_norms": fused, "packed_qkv": packed},
             "tensors": {n: f"{gguf.tensors[n].type} {records[n]}" for n in sorted(records)},
             "ops": ops, "weight_bytes": int(weights), "fp32_weight_bytes": int(fp32_bytes)}
 
 
-def _replace(model, forms: dict[str, Stored], accuracy_level: int) -> tuple[set[str], dict[str, str]]:
+def _activations(accuracy_level: int, q8: str) -> str:
+    int8 = [what for what, on in (("4-bit", accuracy_level == 4), ("8-bit", q8 == "int8")) if on]
+    return "fp32" + (f"; int8 inside MatMulNBits for {' and '.join(int8)} blocks" if int8 else " throughout")
+
+
+def _replace(model, forms: dict[str, Stored], accuracy_level: int, q8: str) -> tuple[set[str], dict[str, str]]:
     """Each MatMul / Gather over renamed weights becomes the stored ops, in place."""
     from onnx import helper, numpy_helper
 
@@ -242,14 +251,16 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int) -> tuple[set[
         at = list(model.graph.node).index(node)
         nodes = []
         if node.op_type == "MatMul":
-            data = form.q if form.bits == 8 else _pack4(form.q)
-            inputs = [node.input[0], constant(f"{base}.q", data), constant(f"{base}.scales", form.scale.reshape(-1))]
-            if form.zero is not None:
-                inputs.append(constant(f"{base}.zeros", _zero_points(form.zero, rows, blocks, form.bits)))
-            out = node.output[0] if form.mins is None else f"{base}.nbits"
-            nodes.append(helper.make_node("MatMulNBits", inputs, [out], name=f"{base}.nbits", domain=CONTRIB,
-                                          K=blocks * BLOCK, N=rows, bits=form.bits, block_size=BLOCK,
-                                          accuracy_level=4 if form.bits == 8 else accuracy_level))
+            x, out = node.input[0], node.output[0] if form.mins is None else f"{base}.nbits"
+            if form.bits == 4:
+                nodes.append(_matmul_nbits(x, base, form.q, form.scale, form.zero, 4, accuracy_level, out, constant))
+            elif q8 == "int8":
+                nodes.append(_matmul_nbits(x, base, form.q, form.scale, None, 8, 4, out, constant))
+            else:  # u = 16·hi + lo: d·(u - 128) = 16d·(hi - 8) + d·lo, both at fp32 compute
+                hi, lo = f"{base}.hi", f"{base}.lo"
+                nodes += [_matmul_nbits(x, hi, form.q >> 4, form.scale * np.float32(16), None, 4, 0, hi, constant),
+                          _matmul_nbits(x, lo, form.q & 0x0F, form.scale, 0, 4, 0, lo, constant),
+                          helper.make_node("Add", [hi, lo], [out])]
             if form.mins is not None:
                 source = node.input[0]
                 if source not in block_sums:  # Σ of each block of 32 activations, once per activation
@@ -289,6 +300,19 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int) -> tuple[set[
         if init.name not in used:
             model.graph.initializer.remove(init)
     return replaced, records
+
+
+def _matmul_nbits(x: str, base: str, q: np.ndarray, scale: np.ndarray, zero: int | None, bits: int, level: int,
+                  out: str, constant):
+    """One MatMulNBits node, x @ the blocks (q - zero)·scale, its constants made by ``constant``."""
+    from onnx import helper
+
+    rows, blocks = scale.shape
+    inputs = [x, constant(f"{base}.q", q if bits == 8 else _pack4(q)), constant(f"{base}.scales", scale.reshape(-1))]
+    if zero is not None:
+        inputs.append(constant(f"{base}.zeros", _zero_points(zero, rows, blocks, bits)))
+    return helper.make_node("MatMulNBits", inputs, [out], name=f"{base}.nbits", domain=CONTRIB, K=blocks * BLOCK,
+                            N=rows, bits=bits, block_size=BLOCK, accuracy_level=level)
 
 
 def _zero_points(zero: int, rows: int, blocks: int, bits: int) -> np.ndarray:
