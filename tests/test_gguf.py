@@ -232,6 +232,22 @@ def test_metadata_contradicting_the_shapes_is_named(small, tmp_path):
     _refused(tmp_path, tmp_path / "heads.gguf", "attn_k.weight", "has shape", "metadata implies")
 
 
+@pytest.mark.parametrize("template, words", [
+    ("{{ cycler.__init__.__globals__.os.system('touch /tmp/edgert-gguf-pwned') }}", "fails to render"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than 2 s"),
+])
+def test_a_chat_template_leaving_the_sandbox_is_refused_at_export(small, tmp_path, template, words):
+    root, _ = small
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_bytes((root / "tokenizer.json").read_bytes())
+    config = json.loads((root / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    path = write_gguf(tmp_path / "template.gguf", tokenizer, {}, hidden=64, intermediate=128, heads=2, kv_heads=1)
+    _refused(tmp_path, path, "chat template", words, "not exported")
+    assert not Path("/tmp/edgert-gguf-pwned").exists()
+
+
 def test_stored_precision_needs_a_gguf(small, tmp_path):
     root, _ = small
     result = edgert("export", "llama", "--checkpoint", root, "--out", tmp_path / "x", "--precision", "stored")

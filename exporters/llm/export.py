@@ -29,7 +29,7 @@ from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import BundleError, EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.llm.contract import GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
-from edgert.runtime.llm.tokenizer import check_vocab
+from edgert.runtime.llm.tokenizer import check_chat_template, check_vocab
 from edgert.runtime.progress import step
 from edgert.runtime.staging import staged_bundle
 
@@ -202,6 +202,10 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
         raise EdgertError(f"{tokenizer}: missing; the bundle needs the checkpoint's tokenizer.json to read and write text")
     check_vocab(tokenizer, cfg.vocab_size)
     generation = read_generation_info(directory, cfg)
+    try:
+        check_chat_template(generation)
+    except BundleError as err:  # worded for a bundle at run time; here it is the checkpoint's
+        raise EdgertError(f"{r.checkpoint or directory}: {str(err).replace(' of this bundle', '')}; not exported") from None
     context = cfg.max_position_embeddings
     if flavour == "trt" and cfg.sliding:  # the attention plugin has no sliding-window mask: the context stays inside it
         context = min(context, cfg.sliding_window)

@@ -150,6 +150,20 @@ class TextTokenizer:
             raise BundleError(f"chat template of this bundle fails to render: {err}") from None
 
 
+def check_chat_template(info: dict) -> None:
+    """Render ``info``'s chat template once on a one-message conversation: a template that leaves
+    the sandbox, breaks a bound or does not parse raises BundleError before anything is written
+    (a template's own raise_exception, on a conversation shape it refuses, is not checked)."""
+    if not info.get("chat_template"):
+        return
+    probe = TextTokenizer.__new__(TextTokenizer)
+    probe.info = info
+    try:
+        probe.apply_chat_template([{"role": "user", "content": "Hello"}])
+    except InputError:
+        pass
+
+
 class IncrementalDetokenizer:
     """Text pieces as tokens arrive. A byte-level BPE token can end inside a UTF-8 character;
     its text is held back (it decodes to U+FFFD) until the character is complete. Only a short
