@@ -120,6 +120,18 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from edgert.chat import chat
+    from edgert.runtime.llm.generator import Generator
+    from edgert.runtime.llm.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    generator = Generator(args.bundle, device=args.device, threads=args.threads, backend=args.backend)
+    return chat(generator, params, strategy=args.strategy, system=args.system,
+                strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"))
+
+
 def cmd_serve(args) -> int:
     from edgert.runtime.signing import trusted_key_files
     from edgert.serve import API_KEY_ENV, ServeOptions, run
@@ -568,6 +580,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("chat", help="talk with a decoder bundle in the terminal (its chat template, history, "
+                       "streaming; Ctrl-C stops an answer, Ctrl-D leaves)")
+    p.add_argument("bundle")
+    p.add_argument("--system", help="a system message that starts the conversation")
+    p.add_argument("--max-new-tokens", type=_int(1, 1 << 24), default=512, help="longest answer (default 512)")
+    p.add_argument("--temperature", type=_float(0, 100), default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-k", type=_int(0, 1 << 24), default=0, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=_float(0, 1, low_open=True), default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--repetition-penalty", type=_float(0, 100, low_open=True), default=1.0)
+    p.add_argument("--seed", type=SEED, help="seed for sampling")
+    p.add_argument("--strategy", default="ar", help="decoding strategy, see 'edgert plugins' (default ar)")
+    p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE", help="its options (repeatable)")
+    p.add_argument("--backend", default="onnxruntime", help="backend plugin the graphs run on (default onnxruntime)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
+    p.add_argument("--threads", type=THREADS, help="intra-op threads (default: all cores)")
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("serve", help="serve bundles over HTTP on Ray Serve: OpenAI-compatible decoders, detection, "
                        "streaming sessions (needs edgert[serve])")
     p.add_argument("bundle", nargs="+", help="a bundle folder, or NAME=FOLDER to serve it under NAME")
@@ -674,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--warmup", type=_int(0, 1 << 20), default=3)
             p.add_argument("--batch", type=_int(1, 1024), default=1)
     for name, p in sub.choices.items():  # every command that loads a bundle checks its signature
-        if name in ("generate", "tune-tree", "info", "eval", "run", "bench", "serve"):
+        if name in ("generate", "chat", "tune-tree", "info", "eval", "run", "bench", "serve"):
             p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                            help="public key the bundle must be signed by (repeatable; adds to EDGERT_TRUSTED_KEYS "
                                 "and ~/.config/edgert/trusted_keys)")
@@ -687,9 +716,13 @@ def _version() -> str:
     return __version__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (every `finally` runs, so an export's staging directory goes),
+    but what catches a Ctrl-C to go on (``edgert chat``) lets it through."""
+
+
 def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C: every `finally` runs, so an export's staging directory goes.
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,10 +65,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def edgert(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would, in a fresh process."""
+def edgert(*args: str, env: dict | None = None, cwd: Path | None = None, input: str | None = None,
+           ) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in a fresh process (``input``: what is typed on its stdin)."""
     return subprocess.run([sys.executable, "-m", "edgert", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=600)
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=600, input=input)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
