@@ -41,11 +41,12 @@ def llama_permute(rows: np.ndarray, heads: int) -> np.ndarray:
 
 def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str = "llama", layers: int = 2,
                hidden: int = 256, intermediate: int = 512, heads: int = 4, kv_heads: int = 2, seed: int = 0,
-               tied: bool = False, pre: str = "gpt-2") -> Path:
+               tied: bool = False, pre: str = "gpt-2", metadata: dict[str, float] | None = None) -> Path:
     """A ``arch`` model with random weights: ``types`` maps a GGUF tensor kind (``token_embd``,
     ``output``, ``attn_q``, ``attn_k``, ``attn_v``, ``attn_output``, ``ffn_gate``, ``ffn_up``,
     ``ffn_down``) to its type (default F32); norms are F32. The tokenizer is ``tokenizer_dir``'s
-    tokenizer.json (byte-level BPE) and its chat template."""
+    tokenizer.json (byte-level BPE) and its chat template; ``metadata``: more float32 keys
+    (``{arch}.`` prefixed). The weights depend only on ``seed`` and the shapes, not on ``arch``."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -78,6 +79,8 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     writer.add_eos_token_id(tokens.index("</s>"))
     writer.add_add_bos_token(True)
     writer.add_chat_template(tok_config["chat_template"])
+    for key, value in (metadata or {}).items():
+        writer.add_float32(f"{arch}.{key}", value)
 
     def add(name: str, kind: str, shape: tuple[int, ...], permute_heads: int | None = None):
         t = types.get(kind, "F32")
@@ -104,7 +107,7 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     add("output_norm.weight", "norm", (hidden,))
     if not tied:
         add("output.weight", "output", (len(tokens), hidden))
-    permute = arch == "llama"
+    permute = arch in ("llama", "granite")  # llama.cpp's LlamaModel converters permute q/k
     for i in range(layers):
         p = f"blk.{i}."
         add(p + "attn_norm.weight", "norm", (hidden,))

@@ -160,6 +160,32 @@ def test_qwen3_gguf_exports(tmp_path):
     np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
 
 
+def test_granite_gguf_equals_transformers_granite(tmp_path):
+    """Granite's four multipliers from granite.*_scale; the reference is transformers' Granite
+    over the same weights, read by transformers' own GGUF loader from the llama twin file."""
+    make_tokenizer(tmp_path)
+    scales = {"embedding_scale": 12.0, "residual_scale": 0.22, "attention.scale": 0.015625, "logit_scale": 8.0}
+    shape = dict(hidden=256, intermediate=256, heads=4, kv_heads=2, seed=5)
+    path = write_gguf(tmp_path / "granite.gguf", tmp_path, {"attn_q": "Q4_K", "ffn_up": "Q8_0"}, arch="granite",
+                      metadata=scales, **shape)
+    twin = write_gguf(tmp_path / "llama.gguf", tmp_path, {"attn_q": "Q4_K", "ffn_up": "Q8_0"}, **shape)
+    result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / "b", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr
+    llama = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=twin.name, torch_dtype=torch.float32)
+    config = transformers.GraniteConfig(**{k: v for k, v in llama.config.to_dict().items() if k != "model_type"},
+                                        embedding_multiplier=12.0, residual_multiplier=0.22,
+                                        attention_multiplier=0.015625, logits_scaling=8.0)
+    reference = transformers.GraniteForCausalLM(config).eval()
+    reference.load_state_dict(llama.state_dict())
+    ids = Generator(tmp_path / "b").tokenizer.encode("Grüße aus Köln")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
+    broken = write_gguf(tmp_path / "zero.gguf", tmp_path, {}, arch="granite", metadata={"residual_scale": float("nan")},
+                        hidden=64, intermediate=128, heads=2, kv_heads=1)
+    _refused(tmp_path, broken, "granite.residual_scale must be a finite non-zero number")
+
+
 # ---- bad files ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,13 @@ import numpy as np
 from edgert.runtime.errors import EdgertError, first_line
 
 # general.architecture -> the model_type it becomes (Mistral files say "llama").
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite"}
+# Architectures whose converter (a LlamaModel subclass in llama.cpp) permuted the q/k rows.
+PERMUTED = ("llama", "granite")
+# Granite's multipliers: llama.cpp's converter renames them *_scale and writes each only when
+# it is non-zero (the Hugging Face defaults, 1.0, stand for a missing key).
+GRANITE_SCALES = {"embedding_scale": "embedding_multiplier", "residual_scale": "residual_multiplier",
+                  "attention.scale": "attention_multiplier", "logit_scale": "logits_scaling"}
 # Types whose blocks edgert stores exactly (see .stored), those it re-rounds, and plain floats.
 EXACT_TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q8_0")
 REROUNDED_TYPES = ("Q5_0", "Q5_1", "Q5_K", "Q6_K")
@@ -280,6 +286,12 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
               "max_position_embeddings": count("context_length"), "hidden_act": "silu"}
     if arch == "qwen2":
         config["attention_bias"] = False  # Qwen2's q/k/v biases are implied by its model_type
+    if arch == "granite":
+        for key, name in GRANITE_SCALES.items():
+            value = get(key, 1.0)
+            if not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value) or value == 0:
+                raise EdgertError(f"{path}: metadata {arch}.{key} must be a finite non-zero number (given {value!r})")
+            config[name] = float(value)
     return config
 
 
@@ -316,7 +328,7 @@ def _tensors(path: Path, reader, arch: str, config: dict) -> dict[str, Tensor]:
             implied = ["vocab" if d is None else d for d in expected[hf]]
             raise EdgertError(f"{path}: tensor {name!r} has shape {list(shape)}; the metadata implies {implied}")
         rows = None
-        if arch == "llama" and hf.endswith(("q_proj.weight", "k_proj.weight")):
+        if arch in PERMUTED and hf.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in hf else config["num_key_value_heads"]
             rows = _permutation(shape[0], heads)
         out[hf] = Tensor(name, kind, shape, np.asarray(t.data), rows)
