@@ -112,12 +112,18 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
         p = f"blk.{i}."
         add(p + "attn_norm.weight", "norm", (hidden,))
         add(p + "ffn_norm.weight", "norm", (hidden,))
-        add(p + "attn_q.weight", "attn_q", (heads * head_dim, hidden), heads if permute else None)
-        add(p + "attn_k.weight", "attn_k", (kv_heads * head_dim, hidden), kv_heads if permute else None)
-        add(p + "attn_v.weight", "attn_v", (kv_heads * head_dim, hidden))
+        if arch == "phi3":  # Hugging Face's fused projections, kept fused by llama.cpp (type: attn_q's, ffn_up's)
+            add(p + "attn_qkv.weight", "attn_q", ((heads + 2 * kv_heads) * head_dim, hidden))
+        else:
+            add(p + "attn_q.weight", "attn_q", (heads * head_dim, hidden), heads if permute else None)
+            add(p + "attn_k.weight", "attn_k", (kv_heads * head_dim, hidden), kv_heads if permute else None)
+            add(p + "attn_v.weight", "attn_v", (kv_heads * head_dim, hidden))
         add(p + "attn_output.weight", "attn_output", (hidden, heads * head_dim))
-        add(p + "ffn_gate.weight", "ffn_gate", (intermediate, hidden))
-        add(p + "ffn_up.weight", "ffn_up", (intermediate, hidden))
+        if arch == "phi3":
+            add(p + "ffn_up.weight", "ffn_up", (2 * intermediate, hidden))
+        else:
+            add(p + "ffn_gate.weight", "ffn_gate", (intermediate, hidden))
+            add(p + "ffn_up.weight", "ffn_up", (intermediate, hidden))
         add(p + "ffn_down.weight", "ffn_down", (hidden, intermediate))
         if arch == "qwen2":
             for part, width in (("attn_q", heads * head_dim), ("attn_k", kv_heads * head_dim),

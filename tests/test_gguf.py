@@ -186,6 +186,27 @@ def test_granite_gguf_equals_transformers_granite(tmp_path):
     _refused(tmp_path, broken, "granite.residual_scale must be a finite non-zero number")
 
 
+def test_phi3_gguf_keeps_the_fused_projections(tmp_path):
+    make_tokenizer(tmp_path)
+    path = write_gguf(tmp_path / "phi3.gguf", tmp_path, {"attn_q": "Q4_1", "ffn_up": "Q4_K", "ffn_down": "Q8_0"},
+                      arch="phi3", hidden=256, intermediate=256, heads=4, kv_heads=2, seed=7)
+    for precision in ("fp32", "stored"):
+        result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / precision, "--precision", precision)
+        assert result.returncode == 0, result.stderr
+    tensors = Bundle.load(tmp_path / "stored").manifest["quantization"]["decoder"]["tensors"]
+    assert tensors["model.layers.0.self_attn.qkv_proj.weight"] == "Q4_1 exact"
+    assert tensors["model.layers.1.mlp.gate_up_proj.weight"] == "Q4_K exact"
+    # pad_token_id: Phi3Config's default, 32000, is outside the tiny vocabulary
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, pad_token_id=0,
+                                                                  torch_dtype=torch.float32).eval()
+    assert type(reference).__name__ == "Phi3ForCausalLM"
+    ids = Generator(tmp_path / "fp32").tokenizer.encode("Grüße aus Köln")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(_logits(tmp_path / "fp32", ids), expected, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(_logits(tmp_path / "stored", ids), expected, atol=2e-2 * np.abs(expected).max())
+
+
 # ---- bad files ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ import numpy as np
 from edgert.runtime.errors import EdgertError, first_line
 
 # general.architecture -> the model_type it becomes (Mistral files say "llama").
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite", "phi3": "phi3"}
 # Architectures whose converter (a LlamaModel subclass in llama.cpp) permuted the q/k rows.
 PERMUTED = ("llama", "granite")
 # Granite's multipliers: llama.cpp's converter renames them *_scale and writes each only when
@@ -65,6 +65,9 @@ LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": 
                "attn_v.bias": "self_attn.v_proj.bias", "attn_q_norm.weight": "self_attn.q_norm.weight",
                "attn_k_norm.weight": "self_attn.k_norm.weight", "ffn_gate.weight": "mlp.gate_proj.weight",
                "ffn_up.weight": "mlp.up_proj.weight", "ffn_down.weight": "mlp.down_proj.weight"}
+# Phi-3 keeps Hugging Face's fused projections: attn_qkv is qkv_proj, ffn_up is gate_up_proj
+# (gate rows first; llama.cpp splits it at run time).
+PHI3_NAMES = {**LAYER_NAMES, "attn_qkv.weight": "self_attn.qkv_proj.weight", "ffn_up.weight": "mlp.gate_up_proj.weight"}
 
 # tokenizer.ggml.pre -> the pre-tokenizer of the Hugging Face tokenizer the model was trained
 # with (llama.cpp's converter names it by hashing that tokenizer's output; its regexes in
@@ -274,7 +277,7 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
     if count("attention.value_length", head_dim) != head_dim:
         raise EdgertError(f"{path}: key_length {head_dim} and value_length differ; edgert's attention takes one head size")
     rope_dims = count("rope.dimension_count", head_dim)
-    if rope_dims != head_dim:
+    if rope_dims != head_dim and arch != "phi3":
         raise EdgertError(f"{path}: rope.dimension_count {rope_dims} rotates part of a {head_dim}-dim head; partial "
                           f"rotary is not supported for {arch} files")
     config = {"model_type": ARCHITECTURES[arch], "architectures": [f"{ARCHITECTURES[arch].capitalize()}ForCausalLM"],
@@ -286,6 +289,10 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
               "max_position_embeddings": count("context_length"), "hidden_act": "silu"}
     if arch == "qwen2":
         config["attention_bias"] = False  # Qwen2's q/k/v biases are implied by its model_type
+    if arch == "phi3":
+        config["architectures"] = ["Phi3ForCausalLM"]
+        config["partial_rotary_factor"] = rope_dims / head_dim
+        config["sliding_window"] = count("attention.sliding_window", config["max_position_embeddings"])
     if arch == "granite":
         for key, name in GRANITE_SCALES.items():
             value = get(key, 1.0)
@@ -311,11 +318,15 @@ def _tensors(path: Path, reader, arch: str, config: dict) -> dict[str, Tensor]:
             hf = TENSOR_NAMES[name]
         elif name.startswith("blk.") and name.count(".") >= 2:
             _, index, part = name.split(".", 2)
-            if not index.isdigit() or int(index) >= layers or part not in LAYER_NAMES:
+            names = PHI3_NAMES if arch == "phi3" else LAYER_NAMES
+            if not index.isdigit() or int(index) >= layers or part not in names:
                 raise EdgertError(f"{path}: tensor {name!r} is not part of a {arch} model of {layers} layers")
-            hf = f"model.layers.{int(index)}.{LAYER_NAMES[part]}"
+            hf = f"model.layers.{int(index)}.{names[part]}"
         elif name == "rope_freqs.weight":
             raise EdgertError(f"{path}: tensor rope_freqs.weight (Llama 3.1-style frequency factors) is not supported yet")
+        elif name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+            raise EdgertError(f"{path}: tensor {name} (LongRoPE factors) is not supported yet; export a LongRoPE Phi "
+                              "model from its Hugging Face checkpoint")
         else:
             raise EdgertError(f"{path}: tensor {name!r} is not part of a {arch} model")
         kind = t.tensor_type.name
@@ -351,6 +362,11 @@ def _expected_shapes(arch: str, c: dict) -> dict[str, tuple[int, ...]]:
                                 "model.norm.weight": (h,)}
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if arch == "phi3":
+            shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                           p + "self_attn.qkv_proj.weight": (q + 2 * kv, h), p + "self_attn.o_proj.weight": (h, q),
+                           p + "mlp.gate_up_proj.weight": (2 * inter, h), p + "mlp.down_proj.weight": (h, inter)})
+            continue
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
                        p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
                        p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
