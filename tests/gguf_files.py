@@ -107,7 +107,7 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     add("output_norm.weight", "norm", (hidden,))
     if not tied:
         add("output.weight", "output", (len(tokens), hidden))
-    permute = arch in ("llama", "granite")  # llama.cpp's LlamaModel converters permute q/k
+    permute = arch in ("llama", "granite", "smollm3")  # llama.cpp's LlamaModel converters permute q/k
     for i in range(layers):
         p = f"blk.{i}."
         add(p + "attn_norm.weight", "norm", (hidden,))

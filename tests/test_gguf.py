@@ -160,27 +160,45 @@ def test_qwen3_gguf_exports(tmp_path):
     np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_granite_gguf_equals_transformers_granite(tmp_path):
-    """Granite's four multipliers from granite.*_scale; the reference is transformers' Granite
-    over the same weights, read by transformers' own GGUF loader from the llama twin file."""
+def _twin_reference(root: Path, arch: str, config_class, model_class, metadata=None, **extra):
+    """(GGUF of ``arch``, transformers ``model_class`` over its weights): transformers' GGUF loader
+    does not read ``arch``, so it reads the llama twin (same seed, same weights) and the weights
+    move into ``model_class`` configured with ``extra``."""
+    shape = dict(hidden=256, intermediate=256, heads=4, kv_heads=2, seed=5, layers=4)
+    types = {"attn_q": "Q4_K", "ffn_up": "Q8_0"}
+    path = write_gguf(root / f"{arch}.gguf", root, types, arch=arch, metadata=metadata, **shape)
+    twin = write_gguf(root / "llama.gguf", root, types, **shape)
+    llama = transformers.AutoModelForCausalLM.from_pretrained(root, gguf_file=twin.name, torch_dtype=torch.float32)
+    config = config_class(**{k: v for k, v in llama.config.to_dict().items() if k != "model_type"}, **extra)
+    reference = model_class(config).eval()
+    reference.load_state_dict(llama.state_dict())
+    return path, reference
+
+
+@pytest.mark.parametrize("arch", ["granite", "smollm3"])
+def test_llama_lineage_gguf_equals_transformers(tmp_path, arch):
+    """Granite's four multipliers from granite.*_scale; SmolLM3's NoPE layers (every 4th, what
+    llama.cpp assumes: its files say nothing). Both un-permuted as llama files are."""
     make_tokenizer(tmp_path)
-    scales = {"embedding_scale": 12.0, "residual_scale": 0.22, "attention.scale": 0.015625, "logit_scale": 8.0}
-    shape = dict(hidden=256, intermediate=256, heads=4, kv_heads=2, seed=5)
-    path = write_gguf(tmp_path / "granite.gguf", tmp_path, {"attn_q": "Q4_K", "ffn_up": "Q8_0"}, arch="granite",
-                      metadata=scales, **shape)
-    twin = write_gguf(tmp_path / "llama.gguf", tmp_path, {"attn_q": "Q4_K", "ffn_up": "Q8_0"}, **shape)
+    if arch == "granite":
+        scales = {"embedding_scale": 12.0, "residual_scale": 0.22, "attention.scale": 0.015625, "logit_scale": 8.0}
+        path, reference = _twin_reference(tmp_path, arch, transformers.GraniteConfig, transformers.GraniteForCausalLM,
+                                          scales, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                          attention_multiplier=0.015625, logits_scaling=8.0)
+    else:
+        path, reference = _twin_reference(tmp_path, arch, transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM,
+                                          no_rope_layer_interval=4)
+        assert reference.config.no_rope_layers == [1, 1, 1, 0]
     result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / "b", "--precision", "fp32")
     assert result.returncode == 0, result.stderr
-    llama = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=twin.name, torch_dtype=torch.float32)
-    config = transformers.GraniteConfig(**{k: v for k, v in llama.config.to_dict().items() if k != "model_type"},
-                                        embedding_multiplier=12.0, residual_multiplier=0.22,
-                                        attention_multiplier=0.015625, logits_scaling=8.0)
-    reference = transformers.GraniteForCausalLM(config).eval()
-    reference.load_state_dict(llama.state_dict())
-    ids = Generator(tmp_path / "b").tokenizer.encode("Grüße aus Köln")
+    ids = Generator(tmp_path / "b").tokenizer.encode("Grüße aus Köln, and a longer sentence for the positions")
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_granite_scales_are_checked(tmp_path):
+    make_tokenizer(tmp_path)
     broken = write_gguf(tmp_path / "zero.gguf", tmp_path, {}, arch="granite", metadata={"residual_scale": float("nan")},
                         hidden=64, intermediate=128, heads=2, kv_heads=1)
     _refused(tmp_path, broken, "granite.residual_scale must be a finite non-zero number")

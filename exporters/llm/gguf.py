@@ -42,9 +42,10 @@ import numpy as np
 from edgert.runtime.errors import EdgertError, first_line
 
 # general.architecture -> the model_type it becomes (Mistral files say "llama").
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite", "phi3": "phi3"}
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite", "phi3": "phi3",
+                 "smollm3": "smollm3"}
 # Architectures whose converter (a LlamaModel subclass in llama.cpp) permuted the q/k rows.
-PERMUTED = ("llama", "granite")
+PERMUTED = ("llama", "granite", "smollm3")
 # Granite's multipliers: llama.cpp's converter renames them *_scale and writes each only when
 # it is non-zero (the Hugging Face defaults, 1.0, stand for a missing key).
 GRANITE_SCALES = {"embedding_scale": "embedding_multiplier", "residual_scale": "residual_multiplier",
@@ -289,6 +290,8 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
               "max_position_embeddings": count("context_length"), "hidden_act": "silu"}
     if arch == "qwen2":
         config["attention_bias"] = False  # Qwen2's q/k/v biases are implied by its model_type
+    if arch == "smollm3":  # llama.cpp writes no NoPE key: every 4th layer skips RoPE, as in SmolLM3's config
+        config.update(architectures=["SmolLM3ForCausalLM"], no_rope_layer_interval=4)
     if arch == "phi3":
         config["architectures"] = ["Phi3ForCausalLM"]
         config["partial_rotary_factor"] = rope_dims / head_dim
