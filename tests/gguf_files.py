@@ -46,7 +46,8 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     ``output``, ``attn_q``, ``attn_k``, ``attn_v``, ``attn_output``, ``ffn_gate``, ``ffn_up``,
     ``ffn_down``) to its type (default F32); norms are F32. The tokenizer is ``tokenizer_dir``'s
     tokenizer.json (byte-level BPE) and its chat template; ``metadata``: more float32 keys
-    (``{arch}.`` prefixed). The weights depend only on ``seed`` and the shapes, not on ``arch``."""
+    (``{arch}.`` prefixed; int as uint32, float as float32, str). The weights depend only on
+    ``seed`` and the shapes, not on ``arch``."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -80,7 +81,12 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     writer.add_add_bos_token(True)
     writer.add_chat_template(tok_config["chat_template"])
     for key, value in (metadata or {}).items():
-        writer.add_float32(f"{arch}.{key}", value)
+        if isinstance(value, str):
+            writer.add_string(f"{arch}.{key}", value)
+        elif isinstance(value, int):
+            writer.add_uint32(f"{arch}.{key}", value)
+        else:
+            writer.add_float32(f"{arch}.{key}", value)
 
     def add(name: str, kind: str, shape: tuple[int, ...], permute_heads: int | None = None):
         t = types.get(kind, "F32")
@@ -129,9 +135,12 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
             for part, width in (("attn_q", heads * head_dim), ("attn_k", kv_heads * head_dim),
                                 ("attn_v", kv_heads * head_dim)):
                 writer.add_tensor(f"{p}{part}.bias", (0.05 * rng.standard_normal(width)).astype(np.float32))
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             add(p + "attn_q_norm.weight", "norm", (head_dim,))
             add(p + "attn_k_norm.weight", "norm", (head_dim,))
+        if arch == "gemma3":  # norms around attention and around the feed-forward
+            add(p + "post_attention_norm.weight", "norm", (hidden,))
+            add(p + "post_ffw_norm.weight", "norm", (hidden,))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

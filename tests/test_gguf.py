@@ -197,6 +197,30 @@ def test_llama_lineage_gguf_equals_transformers(tmp_path, arch):
     np.testing.assert_allclose(_logits(tmp_path / "b", ids), expected, atol=1e-4 * np.abs(expected).max())
 
 
+def test_gemma3_gguf_equals_transformers_gguf_loading(tmp_path):
+    """Norms stored as 1 + weight, five local layers (window 4, RoPE base 10000) to one global
+    (base and linear scaling from the file), GeGLU, q/k norms, tied embeddings, as stored too."""
+    make_tokenizer(tmp_path)
+    meta = {"attention.sliding_window": 4, "rope.scaling.type": "linear", "rope.scaling.factor": 2.0}
+    path = write_gguf(tmp_path / "gemma3.gguf", tmp_path, {"attn_k": "Q4_1", "ffn_gate": "Q4_K", "token_embd": "Q8_0"},
+                      arch="gemma3", metadata=meta, hidden=256, intermediate=256, heads=4, kv_heads=1, layers=6,
+                      tied=True, seed=11)
+    for precision in ("fp32", "stored"):
+        result = edgert("export", "llama", "--checkpoint", path, "--out", tmp_path / precision, "--precision", precision)
+        assert result.returncode == 0, result.stderr
+    # llama.cpp's softmax scale for this size is 1/sqrt(head_dim): transformers' default scalar is 256
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file=path.name, query_pre_attn_scalar=64, torch_dtype=torch.float32,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}).eval()
+    assert reference.config.layer_types[-1] == "full_attention" and reference.config.sliding_window == 4
+    ids = Generator(tmp_path / "fp32").tokenizer.encode("Grüße aus Köln, and a longer sentence past the window")
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(_logits(tmp_path / "fp32", ids), expected, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(_logits(tmp_path / "stored", ids), expected, atol=2e-2 * np.abs(expected).max())
+
+
 def test_granite_scales_are_checked(tmp_path):
     make_tokenizer(tmp_path)
     broken = write_gguf(tmp_path / "zero.gguf", tmp_path, {}, arch="granite", metadata={"residual_scale": float("nan")},

@@ -43,7 +43,7 @@ from edgert.runtime.errors import EdgertError, first_line
 
 # general.architecture -> the model_type it becomes (Mistral files say "llama").
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "granite": "granite", "phi3": "phi3",
-                 "smollm3": "smollm3"}
+                 "smollm3": "smollm3", "gemma3": "gemma3_text"}
 # Architectures whose converter (a LlamaModel subclass in llama.cpp) permuted the q/k rows.
 PERMUTED = ("llama", "granite", "smollm3")
 # Granite's multipliers: llama.cpp's converter renames them *_scale and writes each only when
@@ -69,6 +69,11 @@ LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": 
 # Phi-3 keeps Hugging Face's fused projections: attn_qkv is qkv_proj, ffn_up is gate_up_proj
 # (gate rows first; llama.cpp splits it at run time).
 PHI3_NAMES = {**LAYER_NAMES, "attn_qkv.weight": "self_attn.qkv_proj.weight", "ffn_up.weight": "mlp.gate_up_proj.weight"}
+# Gemma 3's four norms a layer: ffn_norm is the one before the feed-forward there.
+GEMMA3_NAMES = {**LAYER_NAMES, "post_attention_norm.weight": "post_attention_layernorm.weight",
+                "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+                "post_ffw_norm.weight": "post_feedforward_layernorm.weight"}
+LAYER_NAMES_OF = {"phi3": PHI3_NAMES, "gemma3": GEMMA3_NAMES}
 
 # tokenizer.ggml.pre -> the pre-tokenizer of the Hugging Face tokenizer the model was trained
 # with (llama.cpp's converter names it by hashing that tokenizer's output; its regexes in
@@ -182,11 +187,14 @@ class Tensor:
     shape: tuple[int, ...]
     raw: np.ndarray
     rows: np.ndarray | None = None  # a row permutation to apply (undoing llama.cpp's q/k order)
+    offset: float = 0.0             # added to the values (Gemma's norms: llama.cpp stored 1 + weight)
 
     def dequantize(self) -> np.ndarray:
         from gguf.quants import dequantize
 
         values = np.asarray(dequantize(self.raw, _type(self.type)), dtype=np.float32).reshape(self.shape)
+        if self.offset:
+            values = values + np.float32(self.offset)
         return values[self.rows] if self.rows is not None else values
 
     def row_blocks(self) -> np.ndarray:
@@ -270,7 +278,7 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
                               "values are not supported)")
         return int(value)
 
-    if f"{arch}.rope.scaling.type" in meta and meta[f"{arch}.rope.scaling.type"] not in ("none",):
+    if f"{arch}.rope.scaling.type" in meta and meta[f"{arch}.rope.scaling.type"] not in ("none", "linear"):
         raise EdgertError(f"{path}: rope scaling {meta[f'{arch}.rope.scaling.type']!r} in the metadata is not "
                           "supported yet (export from the Hugging Face checkpoint)")
     hidden, heads = count("embedding_length"), count("attention.head_count")
@@ -290,6 +298,14 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
               "max_position_embeddings": count("context_length"), "hidden_act": "silu"}
     if arch == "qwen2":
         config["attention_bias"] = False  # Qwen2's q/k/v biases are implied by its model_type
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+        factor = get("rope.scaling.factor")
+        if not isinstance(factor, (int, float, np.floating, np.integer)) or not 1 <= factor <= 1024:
+            raise EdgertError(f"{path}: metadata {arch}.rope.scaling.factor must be a number in [1, 1024] (given "
+                              f"{factor!r})")
+        config["rope_scaling"] = {"rope_type": "linear", "factor": float(factor)}
+    if arch == "gemma3":
+        config.update(_gemma3(path, config, meta, count))
     if arch == "smollm3":  # llama.cpp writes no NoPE key: every 4th layer skips RoPE, as in SmolLM3's config
         config.update(architectures=["SmolLM3ForCausalLM"], no_rope_layer_interval=4)
     if arch == "phi3":
@@ -303,6 +319,34 @@ def _config(path: Path, arch: str, meta: dict) -> dict[str, Any]:
                 raise EdgertError(f"{path}: metadata {arch}.{key} must be a finite non-zero number (given {value!r})")
             config[name] = float(value)
     return config
+
+
+def _gemma3(path: Path, config: dict, meta: dict, count) -> dict[str, Any]:
+    """What a Gemma 3 file leaves to llama.cpp's code (src/llama-model.cpp): local layers on a
+    RoPE base of 10000, five local to one global (``sliding_window_pattern`` when the file has
+    it), the softmax scale 1/sqrt(head_dim) except on the 27B (62 layers: 1/sqrt(hidden/heads),
+    Gemma 3 27B's query_pre_attn_scalar 168)."""
+    layers = config["num_hidden_layers"]
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", 6)
+    if isinstance(pattern, list):
+        if len(pattern) != layers or not all(isinstance(v, (bool, int, np.integer)) for v in pattern):
+            raise EdgertError(f"{path}: metadata gemma3.attention.sliding_window_pattern has {len(pattern)} entries "
+                              f"for {layers} layers")
+        sliding = [bool(v) for v in pattern]
+    elif isinstance(pattern, (int, np.integer)) and pattern > 0:
+        sliding = [(i + 1) % int(pattern) != 0 for i in range(layers)]
+    else:
+        raise EdgertError(f"{path}: metadata gemma3.attention.sliding_window_pattern must be a positive integer or one "
+                          f"flag per layer (given {pattern!r})")
+    scalar = config["hidden_size"] // config["num_attention_heads"] if layers == 62 else config["head_dim"]
+    out = {"architectures": ["Gemma3ForCausalLM"], "hidden_activation": "gelu_pytorch_tanh",
+           "hidden_act": "gelu_pytorch_tanh", "sliding_window": count("attention.sliding_window"),
+           "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+           "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": scalar}
+    softcap = meta.get("gemma3.final_logit_softcapping")
+    if softcap is not None:
+        out["final_logit_softcapping"] = float(softcap)
+    return out
 
 
 def _permutation(rows: int, heads: int) -> np.ndarray:
@@ -321,7 +365,7 @@ def _tensors(path: Path, reader, arch: str, config: dict) -> dict[str, Tensor]:
             hf = TENSOR_NAMES[name]
         elif name.startswith("blk.") and name.count(".") >= 2:
             _, index, part = name.split(".", 2)
-            names = PHI3_NAMES if arch == "phi3" else LAYER_NAMES
+            names = LAYER_NAMES_OF.get(arch, LAYER_NAMES)
             if not index.isdigit() or int(index) >= layers or part not in names:
                 raise EdgertError(f"{path}: tensor {name!r} is not part of a {arch} model of {layers} layers")
             hf = f"model.layers.{int(index)}.{names[part]}"
@@ -345,12 +389,15 @@ def _tensors(path: Path, reader, arch: str, config: dict) -> dict[str, Tensor]:
         if arch in PERMUTED and hf.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in hf else config["num_key_value_heads"]
             rows = _permutation(shape[0], heads)
-        out[hf] = Tensor(name, kind, shape, np.asarray(t.data), rows)
+        # llama.cpp's Gemma converter stores every norm as 1 + weight (its RMSNorm multiplies by
+        # the weight); Gemma's own RMSNorm, edgert's and transformers', takes the weight.
+        offset = -1.0 if arch == "gemma3" and hf.endswith("norm.weight") else 0.0
+        out[hf] = Tensor(name, kind, shape, np.asarray(t.data), rows, offset)
     missing = [k for k in expected if k not in out and k != "lm_head.weight" and not k.endswith(".bias")
                and not k.endswith(("q_norm.weight", "k_norm.weight"))]
     if arch == "qwen2":
         missing += [k for k in expected if k.endswith(".bias") and k not in out]
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         missing += [k for k in expected if k.endswith(("q_norm.weight", "k_norm.weight")) and k not in out]
     if missing:
         raise EdgertError(f"{path}: the file lacks {len(missing)} tensors of a {arch} model, e.g. {missing[0]}")
@@ -378,8 +425,10 @@ def _expected_shapes(arch: str, c: dict) -> dict[str, tuple[int, ...]]:
         if arch == "qwen2":
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                            p + "self_attn.v_proj.bias": (kv,)})
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
+        if arch == "gemma3":
+            shapes.update({p + "pre_feedforward_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,)})
     return shapes
 
 
