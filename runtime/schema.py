@@ -180,6 +180,9 @@ DECODER = Obj({
     # speculative heads (edgert_register_heads): name -> the head's entry, at least its graph
     "heads": Map(Obj({"graph": NAME}, required=("graph",)), max_len=64),
     "taps": List(Int(0, 1023), max_len=64),  # layers whose input hidden states the decoder graph returns
+    # a call whose last position passes this rotates with other frequencies (Phi-3's LongRoPE):
+    # the cache written at or below it is computed again when a call first crosses it
+    "rope_switch": Int(1, 1 << 24),
     "plugins": Obj({"library": Str(max_len=256), "ops": List(NAME, max_len=64)})},
     required=("graph", "tokenizer", "context", "kv_dtype", "num_layers", "num_kv_heads", "head_dim", "vocab_size",
               "eos_token_ids"))

@@ -71,6 +71,33 @@ def test_greedy_64_tokens_equal_transformers_generate(family):
         assert result.tokens == expected, (name, prompt)
 
 
+def test_decoding_from_a_short_prompt_crosses_the_window_and_the_switch(family):
+    """Four prompt tokens, 60 new ones: Gemma 3's and Mistral's windows (8) and Phi-3's LongRoPE
+    switch (32) are crossed during decoding, where transformers' Phi-3 generation computes its
+    cache again with the long factors (a cache kept as written is 1e-2 off here). Every step's
+    logits equal those of transformers' generate; lookup (verify passes across the switch)
+    gives ar's tokens."""
+    name, reference, _, bundle = family
+    gen = Generator(bundle)
+    ids = gen.tokenizer.encode("The quick brown fox")[:4]
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                                 do_sample=False, max_new_tokens=60, min_new_tokens=60, pad_token_id=1,
+                                 output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, 4:].tolist()
+    expected = torch.stack(out.logits)[:, 0].numpy()
+    d = Decoding(gen.session, ids, Sampler(SamplingParams()), 64, GenerationStats())
+    got = [d.prefill()]
+    for token in tokens[:-1]:
+        d.tokens.append(token)
+        got.append(d.step(token))
+    np.testing.assert_allclose(np.array(got), expected, atol=1e-4 * np.abs(expected).max(), err_msg=name)
+    gen.eos = set()
+    params = SamplingParams(max_new_tokens=60)
+    assert gen.generate(ids, params, strategy="lookup").tokens == gen.generate(ids, params).tokens, name
+    assert gen.info.get("rope_switch") == (32 if name == "phi3" else None)
+
+
 @pytest.mark.parametrize("name", ["gemma3", "mistral", "phi3"])
 def test_the_window_and_longrope_are_really_in_use(name, tmp_path):
     """A window or LongRoPE that were ignored would give other logits: on the long prompt the

@@ -273,6 +273,8 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
                    "parameters": sum(p.numel() for p in reference.parameters())}
         if taps:
             extra["taps"] = list(taps)
+        if getattr(reference, "long", False):  # Phi-3 LongRoPE: see Decoding.forward
+            extra["rope_switch"] = int(reference.switch)
         decoder = decoder_section(ctx.geometry, context=context, kv_dtype=kv_dtype, flavour=flavour,
                                   generation=generation, verify=verify_files, heads=entries, **extra)
         manifest = bundle_manifest(registered, options=opts, details=details, seed=r.seed,

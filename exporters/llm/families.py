@@ -13,8 +13,9 @@ implementation of the same ``model_type``:
 * **Phi-3 / Phi-4-mini** (``phi3``; Abdin et al., Phi-3 Technical Report, 2024; Microsoft,
   Phi-4-Mini, 2025): fused ``qkv_proj`` and ``gate_up_proj``; LongRoPE (``longrope``, first
   called ``su``): short and long per-frequency factors, the long ones for a whole call once
-  its largest position reaches past ``original_max_position_embeddings`` (as transformers
-  switches them: cached keys keep the rotation they were written with), cos and sin scaled by
+  its largest position reaches past ``original_max_position_embeddings`` (transformers' rule);
+  the bundle records that switch (``rope_switch``) and the runtime computes the cache again
+  when a call first crosses it, as transformers' Phi-3 generation does; cos and sin scaled by
   the attention factor sqrt(1 + ln(factor) / ln(original)); ``partial_rotary_factor`` rotates
   the first part of each head only; the sliding window on every layer when the config sets one.
 * **Gemma 3** (``gemma3_text``, and the text part of ``gemma3`` checkpoints; Gemma Team, Gemma 3

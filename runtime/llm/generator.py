@@ -170,8 +170,31 @@ class Decoding:
         return self.session.context - self.cache.length
 
     def forward(self, tokens, mask: np.ndarray | None = None, positions=None, logits_at=None) -> Outputs:
-        """Run ``tokens`` after the cache (see :meth:`DecoderSession.extend`)."""
+        """Run ``tokens`` after the cache (see :meth:`DecoderSession.extend`).
+
+        A bundle with a ``rope_switch`` (Phi-3's LongRoPE) rotates a whole call with its long
+        factors once the call's last position passes the switch. The first call that crosses it
+        runs the cached tokens again with its own, so that the cache is rotated as if the whole
+        sequence had come at once: what transformers' Phi-3 generation does (it drops the cache
+        there), and what keeps a step and a verify pass over the same tokens equal."""
+        switch, past = self.session.info.get("rope_switch"), self.cache.length
+        if switch is not None and 0 < past <= switch:
+            last = past + len(tokens) if positions is None else int(np.max(positions)) + 1
+            if last > switch:
+                return self._again_from_the_start(tokens, mask, positions, logits_at)
         return self.session.extend(self.cache, tokens, mask, positions, logits_at)
+
+    def _again_from_the_start(self, tokens, mask, positions, logits_at) -> Outputs:
+        past, new = self.cache.length, len(tokens)
+        self.cache.truncate(0)
+        if mask is not None:  # the cached tokens causal among themselves, all of them seen by the new ones
+            mask = np.block([[np.tri(past, dtype=bool), np.zeros((past, new), bool)],
+                             [np.ones((new, past), bool), np.asarray(mask, bool)]])
+        if positions is not None:
+            positions = np.concatenate([np.arange(past), np.asarray(positions, np.int64)])
+        at = [past + i for i in ([new - 1] if logits_at is None else logits_at)]
+        out = self.session.extend(self.cache, [*self.tokens[:past], *tokens], mask, positions, at)
+        return Outputs(out.logits, out.hidden[past:], {k: v[past:] for k, v in out.extra.items()})
 
     def prefill(self) -> np.ndarray:
         """Run the prompt; the logits (vocab,) for the first new token."""
