@@ -41,13 +41,16 @@ def llama_permute(rows: np.ndarray, heads: int) -> np.ndarray:
 
 def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str = "llama", layers: int = 2,
                hidden: int = 256, intermediate: int = 512, heads: int = 4, kv_heads: int = 2, seed: int = 0,
-               tied: bool = False, pre: str = "gpt-2", metadata: dict[str, float] | None = None) -> Path:
+               tied: bool = False, pre: str = "gpt-2", metadata: dict[str, float] | None = None,
+               sentencepiece: Path | None = None) -> Path:
     """A ``arch`` model with random weights: ``types`` maps a GGUF tensor kind (``token_embd``,
     ``output``, ``attn_q``, ``attn_k``, ``attn_v``, ``attn_output``, ``ffn_gate``, ``ffn_up``,
     ``ffn_down``) to its type (default F32); norms are F32. The tokenizer is ``tokenizer_dir``'s
     tokenizer.json (byte-level BPE) and its chat template; ``metadata``: more float32 keys
     (``{arch}.`` prefixed; int as uint32, float as float32, str). The weights depend only on
-    ``seed`` and the shapes, not on ``arch``."""
+    ``seed`` and the shapes, not on ``arch``. ``sentencepiece``: a SentencePiece model file whose
+    pieces, scores and types become the vocabulary instead, as llama.cpp's converter writes a
+    Llama 2 one (``tokenizer.ggml.model`` 'llama', no merges)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -71,11 +74,24 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     writer.add_value_length(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
-    writer.add_token_merges(merges)
+    if sentencepiece is None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+        writer.add_token_merges(merges)
+    else:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(sentencepiece))
+        tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        kinds = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i)
+                 else 1 for i in range(len(tokens))]  # llama.cpp's token types, SentencePiece's numbering
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores([sp.get_score(i) for i in range(len(tokens))])
+        writer.add_token_types(kinds)
+        writer.add_unk_token_id(sp.unk_id())
     writer.add_bos_token_id(tokens.index("<s>"))
     writer.add_eos_token_id(tokens.index("</s>"))
     writer.add_add_bos_token(True)
@@ -146,3 +162,18 @@ def write_gguf(path: Path, tokenizer_dir: Path, types: dict[str, str], arch: str
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def train_sentencepiece(path: Path, text: str, vocab_size: int = 800) -> Path:
+    """A SentencePiece BPE model trained on ``text`` as Llama 2's was configured: byte fallback,
+    digits split, no normalization, whitespace kept, a dummy prefix. Returns the .model file."""
+    import sentencepiece as spm
+
+    corpus = path.with_suffix(".txt")
+    corpus.write_text(text, encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(path.with_suffix("")), vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, split_digits=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   add_dummy_prefix=True, character_coverage=0.9995, unk_id=0, bos_id=1, eos_id=2,
+                                   minloglevel=2)
+    return path.with_suffix(".model")

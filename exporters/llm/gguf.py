@@ -438,21 +438,16 @@ def _shape_matches(shape: tuple, expected: tuple) -> bool:
 
 def _tokenizer(path: Path, reader, meta: dict, config: dict) -> tuple[dict, dict, dict]:
     model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise EdgertError(f"{path}: tokenizer.ggml.model {model!r} is not supported yet (supported: 'gpt2', byte-level "
-                          "BPE)")
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
-        raise EdgertError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (supported: "
-                          f"{', '.join(sorted(PRE_TOKENIZERS))})")
+    if model not in ("gpt2", "llama"):
+        raise EdgertError(f"{path}: tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2', byte-level "
+                          "BPE; 'llama', SentencePiece)")
     fields = reader.fields
-    if "tokenizer.ggml.tokens" not in fields or "tokenizer.ggml.merges" not in fields:
-        raise EdgertError(f"{path}: the file has no tokenizer.ggml.tokens / tokenizer.ggml.merges")
+    if "tokenizer.ggml.tokens" not in fields:
+        raise EdgertError(f"{path}: the file has no tokenizer.ggml.tokens")
     tokens = fields["tokenizer.ggml.tokens"].contents()
-    merges = fields["tokenizer.ggml.merges"].contents()
     types = fields["tokenizer.ggml.token_type"].contents() if "tokenizer.ggml.token_type" in fields else []
-    if not all(isinstance(t, str) for t in tokens) or not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
-        raise EdgertError(f"{path}: tokenizer.ggml.tokens / merges are not lists of strings ('a b' for a merge)")
+    if not all(isinstance(t, str) for t in tokens):
+        raise EdgertError(f"{path}: tokenizer.ggml.tokens is not a list of strings")
     vocab = {}
     for i, token in enumerate(tokens):
         vocab.setdefault(token, i)
@@ -464,7 +459,7 @@ def _tokenizer(path: Path, reader, meta: dict, config: dict) -> tuple[dict, dict
         if t.name in ("token_embd.weight", "output.weight") and int(t.shape[-1]) != len(tokens):
             raise EdgertError(f"{path}: {t.name} has {int(t.shape[-1])} rows for {len(tokens)} tokens")
     config["vocab_size"] = len(tokens)
-    # CONTROL (3) and USER_DEFINED (4) tokens are matched whole before BPE, as in the original.
+    # CONTROL (3) and USER_DEFINED (4) tokens are matched whole before the model, as in the original.
     added = [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": int(types[i]) == 3} for i in range(len(types)) if int(types[i]) in (3, 4)]
 
@@ -480,19 +475,19 @@ def _tokenizer(path: Path, reader, meta: dict, config: dict) -> tuple[dict, dict
     eot = token_id("eot_token_id")
     if eos is None:
         raise EdgertError(f"{path}: tokenizer.ggml.eos_token_id is missing; generation could not stop")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    post = ({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": tokens[bos], "type_id": 0}},
-                                                     {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"SpecialToken": {"id": tokens[bos], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                      {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {tokens[bos]: {"id": tokens[bos], "ids": [bos], "tokens": [tokens[bos]]}}}
-            if add_bos else {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False})
-    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-                 "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": post,
-                 "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-                 "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                           "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                           "ignore_merges": False, "vocab": vocab, "merges": merges}}
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama")) and bos is not None
+    if model == "gpt2":
+        parts = _byte_level(path, meta, fields, vocab)
+    else:
+        parts = _sentencepiece(path, meta, fields, tokens, types, vocab, token_id("unknown_token_id"))
+    if add_bos:
+        parts["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": tokens[bos], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": tokens[bos], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {tokens[bos]: {"id": tokens[bos], "ids": [bos], "tokens": [tokens[bos]]}}}
+    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, **parts}
     template = meta.get("tokenizer.chat_template")
     tok_config = {"bos_token": tokens[bos] if bos is not None else None, "eos_token": tokens[eos],
                   "add_bos_token": add_bos, "chat_template": template if isinstance(template, str) else None}
@@ -500,6 +495,64 @@ def _tokenizer(path: Path, reader, meta: dict, config: dict) -> tuple[dict, dict
     gen_config = {"bos_token_id": bos, "eos_token_id": eos_ids if len(eos_ids) > 1 else eos, "pad_token_id": pad}
     config.update(bos_token_id=bos, eos_token_id=eos)
     return tokenizer, tok_config, gen_config
+
+
+def _byte_level(path: Path, meta: dict, fields, vocab: dict[str, int]) -> dict:
+    """GPT-2-style byte-level BPE: the file's merges, the pre-tokenizer its ``pre`` names."""
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise EdgertError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (supported: "
+                          f"{', '.join(sorted(PRE_TOKENIZERS))})")
+    if "tokenizer.ggml.merges" not in fields:
+        raise EdgertError(f"{path}: the file has no tokenizer.ggml.merges (a byte-level BPE needs them)")
+    merges = fields["tokenizer.ggml.merges"].contents()
+    if not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
+        raise EdgertError(f"{path}: tokenizer.ggml.merges is not a list of 'a b' strings")
+    return {"normalizer": None, "pre_tokenizer": PRE_TOKENIZERS[pre],
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": vocab, "merges": merges}}
+
+
+def _sentencepiece(path: Path, meta: dict, fields, tokens: list[str], types: list, vocab: dict[str, int],
+                   unk: int | None) -> dict:
+    """A SentencePiece vocabulary (``tokenizer.ggml.model`` 'llama': Llama 2, Mistral v0.1-0.3,
+    Phi-3, Gemma) as the BPE it encodes like. llama.cpp's SentencePiece tokenizer starts from
+    the characters of the text (spaces as "▁", one in front when ``add_space_prefix``, the
+    default, and again after every special token) and keeps merging the neighbouring pair whose
+    joined text is a token of the highest score; a character outside the vocabulary becomes its
+    UTF-8 bytes' <0xXX> tokens. That is a BPE whose merges are every split of a normal token
+    into two tokens, best joined score first, with byte fallback: what is written here."""
+    if "tokenizer.ggml.scores" not in fields:
+        raise EdgertError(f"{path}: the file has no tokenizer.ggml.scores (a SentencePiece vocabulary needs them)")
+    scores = fields["tokenizer.ggml.scores"].contents()
+    if len(scores) != len(tokens) or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in scores):
+        raise EdgertError(f"{path}: tokenizer.ggml.scores must be one finite number per token ({len(scores)} for "
+                          f"{len(tokens)} tokens)")
+    if not types:
+        raise EdgertError(f"{path}: the file has no tokenizer.ggml.token_type (a SentencePiece vocabulary needs them)")
+    normal = [int(t) == 1 for t in types]
+    candidates = []
+    for i, token in enumerate(tokens):
+        if normal[i]:
+            for cut in range(1, len(token)):
+                left, right = token[:cut], token[cut:]
+                if left in vocab and right in vocab:
+                    candidates.append((-float(scores[i]), i, cut, left, right))
+    candidates.sort(key=lambda c: c[:3])
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    space = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    normalizer = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, space]} if prefix else space
+    decoders = [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+                {"type": "Fuse"}] + ([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if prefix else [])
+    return {"normalizer": normalizer, "pre_tokenizer": None, "post_processor": None,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": None, "unk_token": tokens[unk] if unk is not None else None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                      "byte_fallback": True, "ignore_merges": False, "vocab": vocab,
+                      "merges": [[c[3], c[4]] for c in candidates]}}
 
 
 def write_checkpoint(gguf: GGUFFile, directory: Path) -> None:
