@@ -46,6 +46,7 @@ from edgert.runtime.errors import EdgertError
 
 from .gguf import EXACT_TYPES, FLOAT_TYPES, GGUFFile, Tensor
 from .gqa import CONTRIB, pack_qkv
+from .weights import minimum_term, zero_points
 
 BLOCK = 32
 
@@ -262,22 +263,12 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int, q8: str) -> t
                           _matmul_nbits(x, lo, form.q & 0x0F, form.scale, 0, 4, 0, lo, constant),
                           helper.make_node("Add", [hi, lo], [out])]
             if form.mins is not None:
-                source = node.input[0]
-                if source not in block_sums:  # Σ of each block of 32 activations, once per activation
-                    block_sums[source] = f"{source}.block_sums"
-                    shape = constant(f"{source}.block_shape", np.asarray([0, 0, blocks, BLOCK], np.int64))
-                    axes = constant(f"{source}.block_axes", np.asarray([-1], np.int64))
-                    nodes += [helper.make_node("Reshape", [source, shape], [f"{source}.blocks"], allowzero=0),
-                              helper.make_node("ReduceSum", [f"{source}.blocks", axes], [block_sums[source]],
-                                               keepdims=0)]
-                mins = constant(f"{base}.mins", np.ascontiguousarray(form.mins.T))  # (blocks, rows)
-                nodes += [helper.make_node("MatMul", [block_sums[source], mins], [f"{base}.min_term"]),
-                          helper.make_node("Add", [out, f"{base}.min_term"], [node.output[0]])]
+                nodes += minimum_term(x, out, node.output[0], base, form.mins, BLOCK, block_sums, constant)
         else:
             data = form.q if form.bits == 8 else _pack4(form.q)
             inputs = [constant(f"{base}.q", data.reshape(rows, -1)), node.input[1], constant(f"{base}.scales", form.scale)]
             if form.zero is not None:
-                inputs.append(constant(f"{base}.zeros", _zero_points(form.zero, rows, blocks, form.bits).reshape(rows, -1)))
+                inputs.append(constant(f"{base}.zeros", zero_points(form.zero, rows, blocks, form.bits).reshape(rows, -1)))
             out = node.output[0] if form.mins is None else f"{base}.dequantized"
             nodes.append(helper.make_node("GatherBlockQuantized", inputs, [out], name=f"{base}.gather", domain=CONTRIB,
                                           bits=form.bits, block_size=BLOCK, gather_axis=0, quantize_axis=1))
@@ -310,15 +301,6 @@ def _matmul_nbits(x: str, base: str, q: np.ndarray, scale: np.ndarray, zero: int
     rows, blocks = scale.shape
     inputs = [x, constant(f"{base}.q", q if bits == 8 else _pack4(q)), constant(f"{base}.scales", scale.reshape(-1))]
     if zero is not None:
-        inputs.append(constant(f"{base}.zeros", _zero_points(zero, rows, blocks, bits)))
+        inputs.append(constant(f"{base}.zeros", zero_points(zero, rows, blocks, bits)))
     return helper.make_node("MatMulNBits", inputs, [out], name=f"{base}.nbits", domain=CONTRIB, K=blocks * BLOCK,
                             N=rows, bits=bits, block_size=BLOCK, accuracy_level=level)
-
-
-def _zero_points(zero: int, rows: int, blocks: int, bits: int) -> np.ndarray:
-    """MatMulNBits' zero points, every block ``zero``: packed two per byte at 4 bits (a row's
-    blocks rounded up to a whole byte), one per byte at 8."""
-    if bits == 8:
-        return np.full(rows * blocks, zero, np.uint8)
-    per_row = (blocks + 1) // 2
-    return np.full(rows * per_row, zero | (zero << 4), np.uint8)

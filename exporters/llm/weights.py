@@ -351,6 +351,44 @@ class _TextReader:
         self._i = 0
 
 
+def minimum_term(x: str, partial: str, out: str, base: str, mins: np.ndarray, block: int, block_sums: dict[str, str],
+                 constant, columns: int | None = None) -> list:
+    """Nodes that add each block's minimum to a MatMulNBits result: ``out = partial +
+    BlockSum(x) @ M``, where BlockSum adds each block of ``block`` activations (x, (B, S,
+    ``columns``), zero-padded to whole blocks) and ``mins`` (rows, blocks) is M transposed. The
+    block sums of ``x`` are made once (``block_sums`` remembers them); ``constant(name, array)``
+    makes an initializer and returns its name. A zero point outside the grid (Q4_1's and Q4_K's
+    minimums, HQQ's float zero points) is computed this way so that MatMulNBits keeps its
+    integer zero points and its fast kernel."""
+    from onnx import helper
+
+    nodes = []
+    blocks = mins.shape[1]
+    if x not in block_sums:
+        block_sums[x] = f"{x}.block_sums"
+        axes = constant(f"{x}.block_axes", np.asarray([-1], np.int64))
+        source = x
+        if columns is not None and columns % block:  # a ragged last block: zeros add nothing to its sum
+            pads = constant(f"{x}.block_pads", np.asarray([0, blocks * block - columns], np.int64))
+            nodes.append(helper.make_node("Pad", [x, pads, "", axes], [f"{x}.padded"]))
+            source = f"{x}.padded"
+        shape = constant(f"{x}.block_shape", np.asarray([0, 0, blocks, block], np.int64))
+        nodes += [helper.make_node("Reshape", [source, shape], [f"{x}.blocks"], allowzero=0),
+                  helper.make_node("ReduceSum", [f"{x}.blocks", axes], [block_sums[x]], keepdims=0)]
+    m = constant(f"{base}.mins", np.ascontiguousarray(mins.T, dtype=np.float32))  # (blocks, rows)
+    return nodes + [helper.make_node("MatMul", [block_sums[x], m], [f"{base}.min_term"]),
+                    helper.make_node("Add", [partial, f"{base}.min_term"], [out])]
+
+
+def zero_points(zero: int, rows: int, blocks: int, bits: int) -> np.ndarray:
+    """MatMulNBits' zero points, every block ``zero``: packed two per byte at 4 bits (a row's
+    blocks rounded up to a whole byte), one per byte at 8."""
+    if bits == 8:
+        return np.full(rows * blocks, zero, np.uint8)
+    per_row = (blocks + 1) // 2
+    return np.full(rows * per_row, zero | (zero << 4), np.uint8)
+
+
 def quantize_graph(path: Path, out: Path, bits: int, knobs: dict[str, Any],
                    calibration: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``path`` with its MatMul weights (and at int4 its embedding) quantized to ``out``
