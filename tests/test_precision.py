@@ -5,6 +5,7 @@ operators, are smaller, and every bad request gets one line and leaves no bundle
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,8 +266,14 @@ def test_graph_passes_keep_the_numbers(checkpoints, tmp_path, monkeypatch):
     assert fused["params"]["folded_biases"] == 2 and fused["params"]["fused_residual_norms"] == 4
     assert "Add" in ops(tmp_path / "plain" / "decoder.onnx") and "Add" not in ops(tmp_path / "fused" / "decoder.onnx")
     onnx.checker.check_model(str(tmp_path / "fused" / "decoder.onnx"))  # still in topological order
-    sessions = [ort.InferenceSession(str(tmp_path / name / "decoder.onnx"), providers=["CPUExecutionProvider"])
-                for name in ("fused", "plain")]
+    assert_same_outputs(tmp_path / "fused" / "decoder.onnx", tmp_path / "plain" / "decoder.onnx")
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """Two decoder graphs give the same outputs on a prefill and a decode step."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (a, b)]
     rng = np.random.default_rng(0)
     kv = {i.name: i.shape for i in sessions[0].get_inputs() if i.name.startswith("past_key_values.")}
     for past, new in ((0, 7), (7, 1)):
@@ -275,8 +282,35 @@ def test_graph_passes_keep_the_numbers(checkpoints, tmp_path, monkeypatch):
                  "logit_positions": np.arange(new)[None]}
         feeds |= {name: rng.standard_normal((1, shape[1], past, shape[3])).astype(np.float32) for name, shape in kv.items()}
         got, want = (s.run(None, feeds) for s in sessions)
-        for a, b in zip(got, want):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        for x, y in zip(got, want):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_hqq_float_zero_points_become_integer_ones_and_minimums(checkpoints, tmp_path, monkeypatch):
+    """ONNX Runtime's HQQ quantizer writes float zero points (the CPU kernel's slow path, which
+    dequantizes every call) and no accuracy_level: edgert rewrites them as zero point 0 plus a
+    block-minimum term, the same outputs."""
+    import onnx
+
+    from edgert.exporters.llm import weights
+    from edgert.exporters.precision import resolve_quantization
+
+    fp32 = tmp_path / "fp32"
+    assert edgert("export", "llama", "--checkpoint", checkpoints / "llama", "--out", fp32).returncode == 0
+    knobs = resolve_quantization("decoder", "int4", "onnx", {"method": "hqq", "accuracy_level": "0"}, None)
+    (tmp_path / "integer").mkdir()
+    (tmp_path / "float").mkdir()
+    record = weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "integer" / "decoder.onnx", 4, knobs)
+    monkeypatch.setattr(weights, "integer_zero_points", lambda model, level: 0)
+    weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "float" / "decoder.onnx", 4, knobs)
+    model = onnx.load(str(tmp_path / "integer" / "decoder.onnx"))
+    onnx.checker.check_model(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert record["params"]["float_zero_points_as_minimums"] == len(nbits) > 0
+    assert all(inits[n.input[3]].data_type == onnx.TensorProto.UINT8 for n in nbits)
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
+    assert_same_outputs(tmp_path / "integer" / "decoder.onnx", tmp_path / "float" / "decoder.onnx")
 
 
 def test_gptq_and_the_accuracy_bound(checkpoints, tmp_path):
