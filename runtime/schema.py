@@ -183,6 +183,9 @@ DECODER = Obj({
     # a call whose last position passes this rotates with other frequencies (Phi-3's LongRoPE):
     # the cache written at or below it is computed again when a call first crosses it
     "rope_switch": Int(1, 1 << 24),
+    # rows a one-token step runs as (2: the token and a masked copy, the kernels' multi-row path,
+    # bit-identical to a verify pass's rows)
+    "step_rows": Int(1, 2),
     "plugins": Obj({"library": Str(max_len=256), "ops": List(NAME, max_len=64)})},
     required=("graph", "tokenizer", "context", "kv_dtype", "num_layers", "num_kv_heads", "head_dim", "vocab_size",
               "eos_token_ids"))

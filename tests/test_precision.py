@@ -355,3 +355,55 @@ def test_bad_decoder_quantization_requests(checkpoints, tmp_path):
     assert_user_error(edgert("export", "llama", "--checkpoint", ckpt, "--out", out, "--precision", "int4",
                              "--calibration", binary), "cannot be read as UTF-8")
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A random Llama as wide as SmolLM2-135M (hidden 576, MLP 1536), 2 layers: wide enough for
+    ONNX Runtime's single-row MatMulNBits path to differ from its several-row one (the tiny
+    test models are not)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("wide")
+    make_llama(root / "tiny")
+    (root / "ckpt").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(root / "tiny" / name, root / "ckpt" / name)
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=256,
+                                      bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(root / "ckpt")
+    return root / "ckpt"
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_step_computes_what_a_verify_pass_computes(wide, tmp_path, precision):
+    """With the default two-row steps (int8 activations) a token's logits are bit-identical alone
+    and inside a verify pass, and lookup's greedy text is ar's. One-row steps differ here (by
+    1e-6 to 1e-2 of the logits on this machine, by up to 0.9 on SmolLM2-135M), which is what
+    made speculation on quantized bundles leave ar's text."""
+    from edgert.runtime.llm.generator import Generator
+    from edgert.runtime.llm.sampling import SamplingParams
+
+    out = tmp_path / "bundle"
+    result = edgert("export", "llama", "--checkpoint", wide, "--out", out, "--precision", precision,
+                    "--quant", "min_agreement=0", "--quant", "max_perplexity_ratio=1e6")
+    assert result.returncode == 0, result.stderr
+    gen = Generator(out)
+    assert gen.info["step_rows"] == 2
+    session, ids = gen.session, list(range(5, 60))
+    cache = session.new_cache(128)
+    session.extend(cache, ids[:40])
+    verify = session.extend(cache, ids[40:49], logits_at=list(range(9)))[0]
+    cache = session.new_cache(128)
+    session.extend(cache, ids[:40])
+    steps = np.array([session.extend(cache, [t])[0][-1] for t in ids[40:49]])
+    np.testing.assert_array_equal(steps, verify)
+    assert cache.length == 49  # the copy rows left nothing behind
+    gen.eos = set()
+    params = SamplingParams(max_new_tokens=48)
+    assert gen.generate(ids[:20], params, strategy="lookup").tokens == gen.generate(ids[:20], params).tokens

@@ -275,6 +275,7 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
             extra["taps"] = list(taps)
         if getattr(reference, "long", False):  # Phi-3 LongRoPE: see Decoding.forward
             extra["rope_switch"] = int(reference.switch)
+        extra["step_rows"] = _step_rows(opts["step_rows"], quantization)
         decoder = decoder_section(ctx.geometry, context=context, kv_dtype=kv_dtype, flavour=flavour,
                                   generation=generation, verify=verify_files, heads=entries, **extra)
         manifest = bundle_manifest(registered, options=opts, details=details, seed=r.seed,
@@ -283,6 +284,20 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
                                    quantization=quantized)
         write(stage, manifest)
     return Path(out)
+
+
+def _step_rows(option: str, quantization: dict[str, Any] | None) -> int:
+    """Rows of a one-token step (``--opt step_rows``). ONNX Runtime's CPU MatMulNBits runs one row
+    on another kernel than several: at int8 activations (accuracy_level 4) a token's logits
+    computed alone and inside a verify pass differed by up to 0.9 on SmolLM2-135M (int8 and
+    int4), so a speculative strategy's greedy text left ar's on most prompts; with two rows they
+    are bit-identical, for 9-21 % of a step. At fp32 compute the single-row path was within
+    3e-5 (fp32) and 1.6e-4 (as stored) of the logits, and two rows cost 5 % (fp32) and 2x (the
+    4-bit blocks' fp32 kernel dequantizes for several rows): one row there."""
+    if option != "auto":
+        return int(option)
+    int8_activations = quantization is not None and quantization.get("accuracy_level") == 4
+    return 2 if int8_activations else 1
 
 
 def _checkpoint_record(directory: Path, gguf) -> dict[str, Any]:

@@ -42,7 +42,12 @@ class LlamaFamily:
                                                    "GroupQueryAttention writes into one fixed buffer, bound once: no "
                                                    "per-token copy or re-binding) or concat (ONNX Attention returns "
                                                    "past and new, for ONNX Runtime's CUDA / TensorRT providers at fp32)",
-                                       choices=("in_place", "concat"))}
+                                       choices=("in_place", "concat")),
+                    "step_rows": Option("auto", "rows a one-token decoding step runs as: 2 (the token and a masked "
+                                                "copy) gives the same numbers as a verify pass, so speculation is "
+                                                "exactly ar; 1 is the single-row kernel; auto: 2 where weights are "
+                                                "int8/int4 with int8 activations, 1 at fp32/fp16 and as stored at "
+                                                "fp32 compute (docs/precision.md)", choices=("auto", "1", "2"))}
 
     @property
     def options(self) -> dict[str, Option]:
@@ -52,7 +57,8 @@ class LlamaFamily:
         heads = {r.name: Option("", r.obj.file_help) for r in sorted(get_host().registry["head"].values(),
                                                                      key=lambda r: r.name)}
         base = self.base_options
-        return {"context": base["context"], **heads, "proposals": base["proposals"], "kv_cache": base["kv_cache"]}
+        return {"context": base["context"], **heads, "proposals": base["proposals"], "kv_cache": base["kv_cache"],
+                "step_rows": base["step_rows"]}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         return resolve_options(self.name, self.options, given)

@@ -67,6 +67,8 @@ class DecoderSession:
         self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
         self._extra_inputs = set(self.layout.extra_inputs)
         self._binding = None  # an in-place cache's binding: (weakref to the cache, its version, Binding)
+        # The decoder's one-token steps as two rows (see extend); a head's graph only proposes.
+        self.step_rows = int(self.info.get("step_rows", 1)) if graph in (None, self.info["graph"]) else 1
 
     def _spec(self, graph: str):
         if graph not in self.bundle.graphs:
@@ -85,9 +87,11 @@ class DecoderSession:
         return DecoderSession(self.bundle, self.device, self.threads, graph=graph, backend=self.backend_name)
 
     def new_cache(self, capacity: int, batch: int = 1) -> KVCache | InPlaceKVCache:
-        """A cache for this graph: in place if the graph updates it in place (contract.in_place)."""
+        """A cache for this graph: in place if the graph updates it in place (contract.in_place),
+        with room for a two-row step's copy row (see :meth:`extend`)."""
         info, kind = self.info, InPlaceKVCache if self.layout.in_place else KVCache
-        return kind(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype, capacity)
+        return kind(self.num_layers, batch, info["num_kv_heads"], info["head_dim"], self.kv_dtype,
+                    capacity + self.step_rows - 1)
 
     def _bound(self, cache: InPlaceKVCache):
         """The binding that holds ``cache``'s buffers as past and present, made again only when
@@ -137,7 +141,17 @@ class DecoderSession:
         """Batch 1: run ``tokens`` (1-D) after everything cached; causal among them unless a
         (S, S) ``mask`` is given (a tree); ``positions`` default to consecutive ones; logits at
         ``logits_at`` (default: the last token); ``extra_inputs`` as (S, dim) arrays. Returns row
-        0's logits (K, vocab), hidden states (S, hidden) and extra outputs (S, dim)."""
+        0's logits (K, vocab), hidden states (S, hidden) and extra outputs (S, dim).
+
+        With ``step_rows`` 2, one token runs as two rows, itself and a copy at the same position
+        that sees only the cache and itself, and the copy's cache row is dropped after: ONNX
+        Runtime's CPU kernels take another path for one row than for several, and only the
+        several-row path gives a token the numbers it gets inside a verify pass."""
+        if len(tokens) == 1 and self.step_rows == 2 and mask is None and positions is None and logits_at is None:
+            copies = {k: np.repeat(np.asarray(v, np.float32).reshape(1, -1), 2, axis=0) for k, v in extra_inputs.items()}
+            out = self.extend(cache, [tokens[0]] * 2, np.eye(2, dtype=bool), [cache.length] * 2, [0], **copies)
+            cache.truncate(cache.length - 1)
+            return Outputs(out.logits, out.hidden[:1], {k: v[:1] for k, v in out.extra.items()})
         tokens = np.asarray(tokens, dtype=np.int64)[None]
         new, past = tokens.shape[1], cache.length
         positions = np.arange(past, past + new) if positions is None else positions
