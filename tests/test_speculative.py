@@ -355,3 +355,29 @@ def test_quantized_target_stays_lossless(bundles, tmp_path, precision):
                 first = next(i for i, (a, b) in enumerate(zip(result.tokens, reference)) if a != b)
                 assert near_tie(gen, ids + reference[:first]), f"{name}: diverged at token {first} without a near-tie"
     assert all(np.mean(v) > 1.1 for v in gained.values()), gained
+
+
+def test_lookup_drafts_only_what_pays():
+    """Pace: long drafts where they are accepted and cheap, none where a drafted token costs as
+    much as a step and half of them fail, and drafting again once that evidence has faded."""
+    from edgert.plugins.lookup import Pace
+
+    pace = Pace(8)
+    for _ in range(20):  # cheap verify passes, every drafted token accepted
+        pace.stepped(0.010)
+        pace.verified(8, 8, 0.011)
+    assert pace.length() == 8 and pace.acceptance() > 0.9
+    slow = Pace(8)
+    slow.stepped(0.010)
+    for _ in range(20):  # each drafted token costs a step (a several-row kernel twice the one-row one)
+        slow.verified(4, 1, 0.050)
+    assert slow.per_token > 0.9 and slow.length() == 0
+    bad = Pace(8)
+    bad.stepped(0.010)
+    for _ in range(20):  # cheap, but nothing is accepted: one-token drafts at most
+        bad.verified(8, 0, 0.012)
+    assert bad.length() <= 1
+    for _ in range(200):  # plain steps: what drafts were worth fades back to the prior
+        bad.stepped(0.010)
+        slow.stepped(0.010)
+    assert bad.length() > 1 and slow.length() == 0  # tried again where they are cheap, not where they cost
