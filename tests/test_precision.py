@@ -301,7 +301,7 @@ def test_hqq_float_zero_points_become_integer_ones_and_minimums(checkpoints, tmp
     (tmp_path / "integer").mkdir()
     (tmp_path / "float").mkdir()
     record = weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "integer" / "decoder.onnx", 4, knobs)
-    monkeypatch.setattr(weights, "integer_zero_points", lambda model, level: 0)
+    monkeypatch.setattr(weights, "integer_zero_points", lambda model: 0)
     weights.quantize_graph(fp32 / "decoder.onnx", tmp_path / "float" / "decoder.onnx", 4, knobs)
     model = onnx.load(str(tmp_path / "integer" / "decoder.onnx"))
     onnx.checker.check_model(model)

@@ -46,7 +46,7 @@ from edgert.runtime.errors import EdgertError
 
 from .gguf import EXACT_TYPES, FLOAT_TYPES, GGUFFile, Tensor
 from .gqa import CONTRIB, pack_qkv
-from .weights import minimum_term, zero_points
+from .weights import drop_unused_initializers, minimum_term, zero_points
 
 BLOCK = 32
 
@@ -286,10 +286,7 @@ def _replace(model, forms: dict[str, Stored], accuracy_level: int, q8: str) -> t
         for offset, new in enumerate(nodes):
             model.graph.node.insert(at + offset, new)
     model.graph.initializer.extend(new_inits)
-    used = {i for n in model.graph.node for i in n.input}
-    for init in list(model.graph.initializer):
-        if init.name not in used:
-            model.graph.initializer.remove(init)
+    drop_unused_initializers(model)
     return replaced, records
 
 
