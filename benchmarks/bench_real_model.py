@@ -66,7 +66,8 @@ ROOT = Path("build/bench/real-model")
 OPEN_GATE = ["--quant", "min_agreement=0", "--quant", "max_perplexity_ratio=1e6"]  # measured, reported, not enforced
 EDGERT_SIDES = {"stored": [], "stored-level4": ["--quant", "accuracy_level=4", *OPEN_GATE], "fp32": ["--precision", "fp32"],
                 "int8": ["--precision", "int8"],
-                "int4": ["--precision", "int4"], "int4-hqq": ["--precision", "int4", "--quant", "method=hqq"]}
+                "int4": ["--precision", "int4", *OPEN_GATE],
+                "int4-hqq": ["--precision", "int4", "--quant", "method=hqq", *OPEN_GATE]}
 CONTEXT, PROMPT, NEW, WINDOW = 2048, 128, 64, 512
 
 EDGERT_SPEED = """
@@ -141,10 +142,9 @@ def export_side(gguf: Path, side: str) -> tuple[Path, float | None]:
     if (out / "manifest.json").is_file() and record.is_file():
         return out, json.loads(record.read_text())["seconds"]
     shutil.rmtree(out, ignore_errors=True)
-    extra = EDGERT_SIDES[side] + (OPEN_GATE if side.startswith("int4") else [])
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "edgert", "export", "llama", "--checkpoint", str(gguf), "--out", str(out),
-                    "--opt", f"context={CONTEXT}", *extra], check=True)
+                    "--opt", f"context={CONTEXT}", *EDGERT_SIDES[side]], check=True)
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"seconds": seconds}))
     print(f"export {side}: {seconds:.0f} s", file=sys.stderr)
