@@ -185,7 +185,8 @@ def to_edgert(state: dict, source: str) -> Converted:
 
 def _resnet_name(state: dict) -> str | None:
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"^base_model\.layer3\.(\d+)\.", k))}
-    bottleneck = any(re.match(r"^base_model\.layer1\.0\.conv3\.", k) for k in state)
+    # TAM wraps every block as ``net`` (``layer1.0.net.conv3``); TSM wraps only its convs
+    bottleneck = any(re.match(r"^base_model\.layer1\.0\.(?:net\.)?conv3\.", k) for k in state)
     return {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50",
             (23, True): "resnet101"}.get((len(blocks), bottleneck))
 

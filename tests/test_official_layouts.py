@@ -1,6 +1,6 @@
 """Fidelity to the official video code: TDN's L-TDM, the official TDN and TSM-MobileNetV2
 checkpoint layouts (key lists in tests/data, read off the official repositories), and the
-options a checkpoint fixes."""
+options a checkpoint fixes; TAM-R50 from the official TAM layout."""
 
 import json
 import re
@@ -255,3 +255,35 @@ def test_tsm_file_name_gives_defaults_an_option_may_override(tmp_path):
     assert result.returncode == 0, result.stderr
     options = json.loads((out / "manifest.json").read_text())["model"]["options"]
     assert (options["segments"], options["shift_div"], options["num_classes"]) == (3, 4, 4)
+
+
+# ---- TAM (TANet): every block wrapped as ``net`` -------------------------------------------------
+def test_tam_official_resnet50_checkpoint_exports_with_only_a_size(tmp_path):
+    """The official TAM wraps each Bottleneck (``layer1.0.net.conv3``): read as a ResNet-50, not
+    a ResNet-34 with 102 unexpected keys; nothing but the input size given."""
+    state = official_state("tam_resnet50_official_keys.txt")
+    path = tmp_path / "ckpt.best.pth.tar"
+    torch.save({"epoch": 50, "arch": "resnet50", "state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    found = {k: f.value for k, f in detector("tam").checkpoint_options(str(path)).items()}
+    assert found == {"backbone": "resnet50", "num_classes": 174}
+    out = tmp_path / "b"
+    result = edgert("export", "tam", "--out", out, "--checkpoint", path, "--opt", "size=32")
+    assert result.returncode == 0, result.stderr
+    options = json.loads((out / "manifest.json").read_text())["model"]["options"]
+    assert (options["backbone"], options["num_classes"]) == ("resnet50", 174)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_tam_state_dict_saved_by_edgert_reloads(tmp_path, backbone):
+    tam = detector("tam")
+    opts = tam.resolve_options({"backbone": backbone, "num_classes": "6", "segments": "4", "size": "32"})
+    saved = tam.build(opts, None).eval()
+    path = tmp_path / "tam.pth"
+    torch.save(saved.state_dict(), path)
+    found = {k: f.value for k, f in tam.checkpoint_options(str(path)).items()}
+    assert found == {"backbone": backbone, "num_classes": 6}
+    loaded = tam.build(tam.resolve_options({"segments": "4", "size": "32", **{k: str(v) for k, v in found.items()}}),
+                       str(path)).eval()
+    video = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), saved(video), rtol=0, atol=0)
