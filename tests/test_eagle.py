@@ -1,6 +1,7 @@
 """EAGLE-3 (plugins/eagle): the head plugin's dynamic tree on fixed draft probabilities, the
-official checkpoint layout, training-time-test training, lossless greedy decoding (50 prompts x
-128 tokens against ar), the multi-candidate sampling rule, and the bad requests."""
+official checkpoint layout and its RoPE (the head's config.json), training-time-test training,
+lossless greedy decoding (50 prompts x 128 tokens against ar), the multi-candidate sampling
+rule, and the bad requests."""
 
 from __future__ import annotations
 
@@ -233,3 +234,86 @@ def test_bad_requests_are_one_line(eagle, tmp_path):
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "shallow", "--out", tmp_path / "b", "--opt",
                              f"eagle={eagle / 'eagle.safetensors'}"), "this model has 4 layers", "needs at least 7")
     assert not (tmp_path / "b").exists()
+
+
+def _released_head(directory, cfg, **config):
+    """A head in the released layout: model.safetensors + the head's config.json (SafeAILab's
+    keys; no rope_theta, as the Llama-3.1 heads)."""
+    from safetensors.torch import save_file
+
+    from edgert.plugins.eagle.model import EagleDraft
+
+    directory.mkdir()
+    torch.manual_seed(1)
+    save_file({k: v.contiguous() for k, v in EagleDraft(cfg).state_dict().items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": cfg.hidden_size, "num_hidden_layers": 1,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "vocab_size": cfg.vocab_size,
+        "draft_vocab_size": cfg.vocab_size, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **config}))
+    return directory
+
+
+def _official_inv_freq(base, dim):
+    """cnets.py's LlamaRotaryEmbedding."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+
+
+def test_a_released_head_rotates_with_its_own_config(eagle, tmp_path):
+    """Against a Llama-3.1-style target (θ 500000, llama3 scaling): a released head with no
+    rope_theta rotates at the official 10000 unscaled, one with rope_theta at that θ, one with
+    linear scaling at 10000 over factor; the draft graph reads exactly that table; the manifest
+    says which; a head edgert trained keeps the target's table."""
+    from edgert.exporters.llm.llama import DecoderConfig, load_decoder
+    from edgert.plugins.eagle.model import DraftGraph, load_eagle
+
+    target = tmp_path / "target31"
+    target.mkdir()
+    for f in (eagle / "target").iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "rope_theta": 500000.0}))
+    cfg = DecoderConfig.from_dir(target)
+    assert cfg.rope_scaling["rope_type"] == "llama3"
+    model = load_decoder(target).eval()
+    dim = cfg.head_dim
+
+    released = _released_head(tmp_path / "released", cfg)
+    draft = load_eagle(released, cfg)
+    assert draft.rope == {"theta": 10000.0, "scaling": None, "from": "config.json"}
+    torch.testing.assert_close(draft.inv_freq, _official_inv_freq(10000.0, dim), rtol=1e-6, atol=0)
+    from edgert.exporters.llm.attention import attention
+    from edgert.exporters.llm.llama import causal_mask
+
+    ids, positions, hidden = torch.randint(0, cfg.vocab_size, (1, 6)), torch.arange(40, 46)[None], torch.randn(1, 6, 64)
+    empty = torch.zeros(1, cfg.num_kv_heads, 0, dim)
+
+    def draft_logits(inv_freq):
+        draft.inv_freq = inv_freq
+        with torch.no_grad():
+            return DraftGraph(model, draft).run(ids, positions, torch.tensor([[5]]), hidden, lambda q, k, v: attention(
+                q, k, v, causal_mask(1, 6, 0), empty, empty))[0]
+
+    loaded = draft_logits(draft.inv_freq)
+    official = draft_logits(_official_inv_freq(10000.0, dim))
+    torch.testing.assert_close(loaded, official, rtol=0, atol=1e-5)
+    spread = float(official.max() - official.min())
+    assert float((draft_logits(model.inv_freq) - official).abs().max()) > 1e-3 * spread  # the target's table is not it
+
+    with_theta = _released_head(tmp_path / "theta", cfg, rope_theta=500000.0)
+    torch.testing.assert_close(load_eagle(with_theta, cfg).inv_freq, _official_inv_freq(500000.0, dim), rtol=1e-6, atol=0)
+    linear = _released_head(tmp_path / "linear", cfg, rope_theta=500000.0, rope_scaling={"type": "linear", "factor": 4.0})
+    draft = load_eagle(linear / "model.safetensors", cfg)  # the weights file, its config.json beside it
+    assert draft.rope["theta"] == 10000.0 and draft.rope["scaling"] == {"type": "linear", "factor": 4.0}
+    torch.testing.assert_close(draft.inv_freq, _official_inv_freq(10000.0, dim) / 4, rtol=1e-6, atol=0)
+    for scaling, fragment in [({"type": "dynamic", "factor": 2.0}, "dynamic NTK"),
+                              ({"rope_type": "llama3", "factor": 8.0}, "unscaled or with 'type': 'linear'")]:
+        bad = _released_head(tmp_path / scaling.get("type", "llama3"), cfg, rope_scaling=scaling)
+        result = edgert("export", "llama", "--checkpoint", target, "--out", tmp_path / "b", "--opt", f"eagle={bad}")
+        assert_user_error(result, f"{bad / 'config.json'}: rope_scaling", fragment)
+    assert not (tmp_path / "b").exists()
+
+    export("llama", tmp_path / "bundle", {"eagle": str(released)}, checkpoint=str(target))
+    entry = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["decoder"]["heads"]["eagle"]
+    assert entry["rope"] == {"theta": 10000.0, "scaling": None, "from": "config.json"}
+    trained = json.loads((eagle / "bundle" / "manifest.json").read_text())["decoder"]["heads"]["eagle"]["rope"]
+    assert trained["from"].startswith("the target's own table") and trained["scaling"]["rope_type"] == "llama3"

@@ -36,7 +36,8 @@ class EagleHead:
     description = "EAGLE-3 draft head: one layer over the target's fused low/middle/high hidden states"
     paper = ("Li et al., EAGLE-3: Scaling up Inference Acceleration of Large Language Models via Training-Time Test, "
              "NeurIPS 2025; EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees, EMNLP 2024")
-    file_help = "EAGLE-3 head (.safetensors: the released EAGLE3 heads' layout, or edgert train eagle), for --strategy eagle"
+    file_help = ("EAGLE-3 head: a released head's directory (config.json + weights) or weights file, or the .safetensors "
+                 "edgert train eagle writes; for --strategy eagle")
     flavours = ("onnx", "trt")
     # 5 unrolled steps: one per level of the strategy's default tree (depth 4 after the first level),
     # so that no level it drafts is one the head never trained for
@@ -79,8 +80,11 @@ class EagleHead:
                              lambda path, s: trt_flavour.check_math(cached, reference, spec, s, cases, ctx.tolerance,
                                                                     ctx.rng),
                              translations=ctx.translations, finish=lambda path: trt_flavour.finish_decoder(path, GRAPH))
-        entry = {"graph": GRAPH, "fc_graph": FC_GRAPH, "taps": list(self.taps(ctx.config)),
-                 "draft_vocab": draft.draft_vocab}
+        cfg = ctx.config
+        rope = draft.rope or {"theta": cfg.rope_theta, "scaling": cfg.rope_scaling,
+                              "from": "the target's own table (edgert train eagle)"}
+        entry = {"graph": GRAPH, "fc_graph": FC_GRAPH, "taps": list(self.taps(cfg)),
+                 "draft_vocab": draft.draft_vocab, "rope": rope}
         if draft.draft_vocab != g.vocab_size or bool(draft.d2t.any()):
             entry["d2t"] = [int(v) for v in draft.d2t]
         return [fuse, layer], entry
