@@ -178,6 +178,17 @@ def test_fp16_export_close_to_fp32_and_same_greedy_text(model, tmp_path):
     manifest = json.loads((tmp_path / "fp16" / "manifest.json").read_text())
     assert manifest["decoder"]["kv_dtype"] == "float16"
     assert manifest["parity"]["graphs"]["decoder"]["outputs"]["logits"]["max_rel"] <= 1e-2
+    # the rotary inverse frequencies stay fp32, as in transformers' fp16 model: rounded to fp16
+    # they would turn position 2048 by up to 0.3 rad
+    import onnx
+    from onnx import numpy_helper
+
+    from edgert.exporters.llm.llama import load_decoder
+
+    inv_freq = load_decoder(ckpt).inv_freq.numpy()
+    graph = onnx.load(tmp_path / "fp16" / "decoder.onnx", load_external_data=False).graph
+    tables = [numpy_helper.to_array(t).ravel() for t in graph.initializer if np.prod(t.dims) == inv_freq.size]
+    assert any(t.dtype == np.float32 and np.array_equal(t, inv_freq) for t in tables), [t.dtype for t in tables]
     fp16, fp32 = Generator(tmp_path / "fp16"), Generator(bundle)
     for prompt in PROMPTS:
         ids = fp32.tokenizer.encode(prompt)

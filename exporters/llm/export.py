@@ -166,7 +166,7 @@ def export_decoder(registered, out: str | Path, request: ExportRequest) -> Path:
 def _export(registered, out: str | Path, request: ExportRequest, directory: Path | None, gguf) -> Path:
     import torch
 
-    from .llama import DecoderConfig, load_decoder
+    from .llama import DecoderConfig, exported_copy, load_decoder
 
     plugin, r = registered.obj, request
     precision, flavour, quantization = r.precision, r.flavour, r.quantization
@@ -222,7 +222,7 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
         reference = load_decoder(directory)
     module, kv_dtype = reference, "float32"
     if precision == "fp16":  # norms' statistics, RoPE angles, scores and softmax stay fp32 inside the module
-        module, kv_dtype = copy.deepcopy(reference).half().eval(), "float16"
+        module, kv_dtype = exported_copy(reference, torch.float16), "float16"
     torch.manual_seed(r.seed)
     if flavour == "onnx":
         from .attention import translations

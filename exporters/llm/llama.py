@@ -214,6 +214,20 @@ def rope_inverse_frequencies(cfg: DecoderConfig, scaling: dict | None = None, th
     return torch.where(medium, smoothed, scaled).float()
 
 
+def exported_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``module`` in ``dtype``, in eval mode, its rotary inverse frequencies (every
+    ``*inv_freq`` buffer) left fp32 as transformers leaves them in an fp16 model: rounded to
+    fp16 they turn a position in the thousands by up to 0.3 rad."""
+    import copy
+
+    out = copy.deepcopy(module).to(dtype).eval()
+    for name, buffer in module.named_buffers():
+        if name.endswith("inv_freq"):
+            owner, _, leaf = name.rpartition(".")
+            setattr(out.get_submodule(owner), leaf, buffer.clone())
+    return out
+
+
 def rope_tables(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):
     """cos and sin of each new token's rotary angles, (B, S, rotated dims / 2): what ``rotary``
     reads, times ``scale`` (LongRoPE's attention factor). The angles in fp32 whatever the

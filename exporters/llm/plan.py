@@ -11,7 +11,6 @@ the contract (:func:`contract_feeds`, :func:`parity_cases`) and the parity check
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -205,7 +204,9 @@ class ExportContext:
 
     def as_exported(self, module):
         """A copy of ``module`` in the exported dtype, in eval mode (the original stays fp32)."""
-        return copy.deepcopy(module).to(self.dtype).eval()
+        from .llama import exported_copy
+
+        return exported_copy(module, self.dtype)
 
     def parity(self, reference, cases: dict, proposal: bool = False) -> Check:
         """The check of a job: ONNX Runtime against ``reference`` (fp32) on ``cases``; for a
