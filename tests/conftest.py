@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 import sys
@@ -15,6 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # A developer's own trust store must not decide which test bundles load (runtime/signing.py).
 os.environ.pop("EDGERT_TRUSTED_KEYS", None)
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgert-test-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)  # one per test process
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
