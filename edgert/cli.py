@@ -65,11 +65,20 @@ def cmd_export(args) -> int:
     for gname, report in bundle.manifest["parity"]["graphs"].items():
         for oname, r in report["outputs"].items():
             print(f"parity {gname}/{oname}: max_abs {r['max_abs']:.3g}, max_rel {r['max_rel']:.3g} "
-                  f"(tolerance {report['tolerance']:g}) ok")
+                  f"({_parity_bound(report, r)}) ok")
     for line in _quantization_lines(bundle.manifest):
         print(line)
     print(f"wrote {out}")
     return 0
+
+
+def _parity_bound(report: dict, row: dict) -> str:
+    """What one output's max_rel was held to: the tolerance, or a multiple of fp32's own rounding."""
+    tolerance = report["tolerance"]
+    if row.get("allowed", tolerance) > tolerance:
+        return (f"allowed {row['allowed']:.3g}, a multiple of fp32's own rounding against fp64 "
+                f"({row.get('rounding', float('nan')):.3g}); tolerance {tolerance:g}")
+    return f"tolerance {tolerance:g}" + (" against fp64" if "rounding" in row else "")
 
 
 def _quantization_lines(m) -> list[str]:
@@ -273,7 +282,7 @@ def cmd_info(args) -> int:
     for gname, report in m["parity"]["graphs"].items():
         for oname, r in report["outputs"].items():
             print(f"parity     {shown(gname)}/{shown(oname)}: max_rel {r['max_rel']:.3g}, max_abs {r['max_abs']:.3g} "
-                  f"(tolerance {report['tolerance']:g}, {shown(report['backend'])})")
+                  f"({_parity_bound(report, r)}, {shown(report['backend'])})")
     for rel in m["files"]:
         print(f"file       {shown(rel)} ({(bundle.root / rel).stat().st_size / 1e6:.1f} MB, sha256 verified)")
     from edgert.runtime.signing import SIGNATURE
@@ -625,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a speculative head for a checkpoint (needs edgert[export])")
     p.add_argument("what", metavar="HEAD", help="the head to train: medusa (Medusa heads), mtp (a DeepSeek-style MTP "
-                   "module), or another registered head that can be trained (see 'edgert plugins')")
-    p.add_argument("--checkpoint", required=True, help="Hugging Face checkpoint directory of the base model")
+                   "module), eagle (an EAGLE-3 draft layer), or another registered head that can be trained (see "
+                   "'edgert plugins')")
+    p.add_argument("--checkpoint", required=True, help="the base model: a Hugging Face checkpoint directory or a GGUF file")
     p.add_argument("--data", nargs="+", required=True, help="UTF-8 text files the prompts are cut from")
     p.add_argument("--out", required=True, help="file to write (.safetensors), in the head's own layout")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="head option (repeatable)")

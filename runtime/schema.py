@@ -190,7 +190,8 @@ DECODER = Obj({
     required=("graph", "tokenizer", "context", "kv_dtype", "num_layers", "num_kv_heads", "head_dim", "vocab_size",
               "eos_token_ids"))
 REPORT = Obj({"passed": Bool(), "tolerance": Num(0, 1e6), "backend": Str(max_len=1024),
-              "outputs": Map(Obj({"max_rel": Num(), "max_abs": Num(), "passed": Bool()}, required=("max_rel", "max_abs")))},
+              "outputs": Map(Obj({"max_rel": Num(), "max_abs": Num(), "passed": Bool(), "allowed": Num(),
+                                 "rounding": Num(), "max_rel_fp32": Num()}, required=("max_rel", "max_abs")))},
              required=("tolerance", "backend", "outputs"))
 QUANTIZATION = Map(Obj({"method": Str(max_len=1024), "format": Str(max_len=256), "weights": Str(max_len=1024),
                         "activations": Str(max_len=1024), "params": Map(Anything(), max_len=64),

@@ -287,3 +287,48 @@ def test_tam_state_dict_saved_by_edgert_reloads(tmp_path, backbone):
     video = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(video), saved(video), rtol=0, atol=0)
+
+
+def test_tdn_with_large_statistics_exports_and_a_perturbed_weight_still_fails(tmp_path, monkeypatch):
+    """A TDN-R50 in the official layout whose BatchNorm variances are small (0.0015-0.015: logits
+    ~1e7, fp32 itself 8e-3 from fp64 in PyTorch) exports at the default tolerance: parity is
+    measured against the module in fp64, within four times PyTorch's own fp32 rounding. The
+    same graph with its class head 10 % off is refused."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgert.exporters import driver
+    from edgert.exporters.driver import export
+
+    state = official_state("tdn_resnet50_official_keys.txt")
+    g = torch.Generator().manual_seed(5)
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=g) * 0.015 + 0.0015
+        elif key.endswith("running_mean"):
+            state[key] = torch.randn(value.shape, generator=g) * 0.2
+        elif key.endswith("weight") and value.dim() == 4:
+            state[key] = torch.randn(value.shape, generator=g) * 0.1
+    path = tmp_path / "tdn.pth"
+    torch.save(state, path)
+    opts = {"segments": "3", "size": "64"}
+    export("tdn", tmp_path / "b", opts, checkpoint=str(path))
+    row = json.loads((tmp_path / "b" / "manifest.json").read_text())["parity"]["graphs"]["main"]["outputs"]["scores"]
+    assert row["passed"] and row["rounding"] > 1e-3 and row["allowed"] == 4 * row["rounding"]
+    assert row["max_rel"] <= row["allowed"] and row["max_rel_fp32"] > 1e-4  # PyTorch fp32 as the reference: refused
+
+    exported = driver.export_graph
+
+    def perturbed(module, graph, feeds, out, translations):
+        opset = exported(module, graph, feeds, out, translations)
+        model = onnx.load(out)
+        head = next(t for t in model.graph.initializer if t.dims == [10, 2048])  # new_fc.weight
+        head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 1.1, head.name))
+        onnx.save(model, out)
+        return opset
+
+    monkeypatch.setattr(driver, "export_graph", perturbed)
+    with pytest.raises(EdgertError, match=r"parity check failed for tdn, graph 'main', output 'scores': max relative "
+                                          r"error .* > .*, 4 times PyTorch's own fp32 rounding against fp64"):
+        export("tdn", tmp_path / "c", opts, checkpoint=str(path))
+    assert not (tmp_path / "c").exists()
