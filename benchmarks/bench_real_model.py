@@ -33,12 +33,17 @@ llama.cpp's tokenizer gives the same ids (it did: 7,639 of 7,639 on the GPL-3 te
 
 ``--speculation``: on 20 grounded prompts (rewrite or summarise a given GPL-3 paragraph, edit a
 given standard-library function) and 20 open chat questions, through the chat template, on each
-edgert side of ``--sides`` (``--rounds 0`` skips the speed rounds): every strategy the bundle can run (no trained heads: ``lookup``) against ``ar``,
-``--new-tokens`` greedy tokens each, interleaved per prompt: tokens per pass, acceptance by depth,
-speed-up over ``ar``, and whether every output equals ``ar``'s.
+edgert side of ``--sides`` (``--rounds 0`` skips the speed rounds): every strategy the bundle can
+run against ``ar``, ``--new-tokens`` greedy tokens each, interleaved per prompt: tokens per pass,
+acceptance by depth, speed-up over ``ar``, and whether every output equals ``ar``'s. Without
+heads that is ``lookup``; ``--heads STEPS`` first trains Medusa, MTP and EAGLE-3 heads on the
+GGUF (``edgert train``, STEPS steps each on the GPL-3 text, cached) and exports each side again
+with all three, adding ``medusa``, ``mtp``, ``eagle`` and ``draft`` (the int4 side's bundle as
+the draft model). A short budget gives weak heads: it proves the verify pass lossless at every
+strategy, not the speed trained heads reach.
 
     python benchmarks/bench_real_model.py [--llama-python PY] [--genai-python PY] [--rounds 3] [--out FILE]
-                                          [--sides stored,fp32,...] [--speculation] [--text FILE]
+                                          [--sides stored,fp32,...] [--speculation [--heads STEPS]] [--text FILE]
 """
 
 from __future__ import annotations
@@ -149,6 +154,37 @@ def export_side(gguf: Path, side: str) -> tuple[Path, float | None]:
     record.write_text(json.dumps({"seconds": seconds}))
     print(f"export {side}: {seconds:.0f} s", file=sys.stderr)
     return out, seconds
+
+
+HEADS = ("medusa", "mtp", "eagle")
+
+
+def train_heads(gguf: Path, text: Path, steps: int) -> dict[str, Path]:
+    """Each head trained for ``steps`` steps on ``text`` (cached: the file and its step count)."""
+    heads = {}
+    for kind in HEADS:
+        out = ROOT / f"{kind}-{steps}.safetensors"
+        if not out.is_file():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "edgert", "train", kind, "--checkpoint", str(gguf), "--data", str(text),
+                            "--out", str(out), "--steps", str(steps)], check=True)
+            print(f"train {kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        heads[kind] = out
+    return heads
+
+
+def export_with_heads(gguf: Path, side: str, heads: dict[str, Path]) -> Path:
+    out = ROOT / f"{side}+heads"
+    record = out / "heads.json"
+    wanted = {k: str(v) for k, v in heads.items()}
+    if (out / "manifest.json").is_file() and record.is_file() and json.loads(record.read_text()) == wanted:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "edgert", "export", "llama", "--checkpoint", str(gguf), "--out", str(out),
+                    "--opt", f"context={CONTEXT}", *EDGERT_SIDES[side],
+                    *[a for k, v in heads.items() for a in ("--opt", f"{k}={v}")]], check=True)
+    record.write_text(json.dumps(wanted))
+    return out
 
 
 def genai_side(gguf: Path, python: str, threads: int) -> tuple[Path, float]:
@@ -286,7 +322,8 @@ def grounded_prompts(text: Path) -> list[str]:
     return out
 
 
-def speculation(bundles: dict[str, Path], text: Path, new: int, threads: int) -> dict:
+def speculation(bundles: dict[str, Path], text: Path, new: int, threads: int, draft: Path | None = None) -> dict:
+    """``draft``: a bundle for the ``draft`` strategy (with heads trained, bundles hold all three)."""
     from edgert.runtime.llm.generator import Generator, SamplingParams
 
     sets = {"grounded": grounded_prompts(text), "chat": CHAT}
@@ -294,9 +331,11 @@ def speculation(bundles: dict[str, Path], text: Path, new: int, threads: int) ->
     for side, bundle in bundles.items():
         gen = Generator(bundle, threads=threads)
         gen.eos = set()  # every prompt runs the full length
-        strategies = ["ar", "lookup"]
+        heads = json.loads((bundle / "manifest.json").read_text())["decoder"].get("heads", {})
+        strategies = ["ar", "lookup", *[h for h in HEADS if h in heads], *(["draft"] if draft else [])]
+        options = {"draft": {"model": str(draft)}}
         for name in strategies:
-            gen.generate([1, 2, 3, 4], SamplingParams(max_new_tokens=8), strategy=name)
+            gen.generate([1, 2, 3, 4], SamplingParams(max_new_tokens=8), strategy=name, strategy_options=options.get(name))
         for kind, texts in sets.items():
             totals = {s: {"seconds": 0.0, "tokens": 0, "passes": 0, "by_depth": [], "same_as_ar": 0} for s in strategies}
             for question in texts:
@@ -304,7 +343,8 @@ def speculation(bundles: dict[str, Path], text: Path, new: int, threads: int) ->
                 reference = None
                 for name in strategies:
                     t0 = time.perf_counter()
-                    result = gen.generate(ids, SamplingParams(max_new_tokens=new), strategy=name)
+                    result = gen.generate(ids, SamplingParams(max_new_tokens=new), strategy=name,
+                                          strategy_options=options.get(name))
                     total = totals[name]
                     total["seconds"] += time.perf_counter() - t0
                     total["tokens"] += len(result.tokens)
@@ -319,7 +359,7 @@ def speculation(bundles: dict[str, Path], text: Path, new: int, threads: int) ->
                        "speedup": speed / base, "same_as_ar": f"{total['same_as_ar']}/{len(texts)}",
                        "acceptance_by_depth": [round(float(a), 3) for a in np.mean(total["by_depth"], axis=0)]}
                 report[f"{side} {kind} {name}"] = row
-                print(f"{side:<7} {kind:<9} {name:<7} tokens/pass {row['tokens_per_pass']:.2f}  "
+                print(f"{side:<12} {kind:<9} {name:<7} tokens/pass {row['tokens_per_pass']:.2f}  "
                       f"{speed:6.1f} tokens/s  {row['speedup']:.2f}x  equal to ar {row['same_as_ar']}", file=sys.stderr)
     return report
 
@@ -338,6 +378,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--speculation", action="store_true", help="also time lookup against ar (see above)")
     parser.add_argument("--new-tokens", type=int, default=128, help="--speculation: greedy tokens per prompt")
+    parser.add_argument("--heads", type=int, default=0, metavar="STEPS",
+                        help="--speculation: train Medusa, MTP and EAGLE-3 heads for STEPS steps and run every strategy")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -421,8 +463,13 @@ def main() -> None:
         if a in sides and b in sides:
             report[f"perplexity {a} / {b}"] = sides[a]["perplexity"] / sides[b]["perplexity"]
     if args.speculation:
-        report["speculation"] = speculation({s: p for s, p in bundles.items() if s in args.sides}, text,
-                                            args.new_tokens, args.threads)
+        chosen, draft = {s: p for s, p in bundles.items() if s in args.sides}, None
+        if args.heads:
+            heads = train_heads(gguf, text, args.heads)
+            chosen = {f"{s}+heads": export_with_heads(gguf, s, heads) for s in chosen}
+            draft = export_side(gguf, "int4")[0]
+            report["speculation_heads"] = {"steps": args.heads, "draft": "int4"}
+        report["speculation"] = speculation(chosen, text, args.new_tokens, args.threads, draft)
     write_report(report, args.out)
 
 
