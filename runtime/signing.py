@@ -55,15 +55,23 @@ def generate_key(private_path: str | os.PathLike) -> tuple[Path, Path, str]:
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
     for path in (private_path, public_path):
-        if path.exists():
+        if os.path.lexists(path):  # a dangling symlink too: it would be written through
             raise EdgertError(f"{path}: already exists; refusing to overwrite a key")
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    written = []
+    try:
+        for path, data, mode in ((private_path, pem, 0o600), (public_path, public, 0o644)):
+            # O_EXCL: never through a link planted since the check, never over a file
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+            written.append(path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except OSError as err:
+        for path in written:  # only what this call created
+            path.unlink(missing_ok=True)
+        raise EdgertError(f"{err.filename}: cannot write the key ({err.strerror})") from None
     return private_path, public_path, key_id(key.public_key())
 
 

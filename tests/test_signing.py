@@ -138,3 +138,16 @@ def test_a_signed_bundle_can_be_re_exported_with_force(signed):
     bundle, public, _, _ = signed
     assert edgert("export", "tsn", "--out", bundle, *TINY_TSN, "--force").returncode == 0
     assert not (bundle / "manifest.sig").exists()  # the new manifest is not the one that was signed
+
+
+def test_keygen_never_writes_through_a_planted_link(tmp_path):
+    """A dangling symlink where KEY.pub goes: refused in one line, the link's target never
+    created, no private key left behind."""
+    target = tmp_path / "elsewhere" / "owned"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "key.pub").symlink_to(target)
+    assert_user_error(edgert("keygen", "--out", tmp_path / "key"), "key.pub: already exists; refusing to overwrite a key")
+    assert not target.exists() and not (tmp_path / "key").exists()
+    done = edgert("keygen", "--out", tmp_path / "fresh")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o600 and (tmp_path / "fresh.pub").is_file()
