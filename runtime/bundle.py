@@ -157,6 +157,7 @@ class Bundle:
         self.manifest = manifest
         self.manifest_bytes: bytes | None = None
         self.signer: str | None = None  # the trusted key id that signed it, when one was checked
+        self.trusted_keys: list | None = None  # the keys it was held to (None: not loaded through load())
         self.graphs = {
             name: GraphSpec(name, g["file"], tuple(map(TensorSpec.from_json, g["inputs"])),
                             tuple(map(TensorSpec.from_json, g["outputs"])), g.get("engine"),
@@ -194,7 +195,8 @@ class Bundle:
             raise BundleError(f"{manifest_path}: not valid JSON ({first_line(err)})") from None
         validate_manifest(data, manifest_path)
         bundle = cls(root, data)
-        bundle.manifest_bytes, bundle.signer = raw, signer
+        # ``trusted_keys``: the policy it was opened under, which any bundle it names (a draft) is held to
+        bundle.manifest_bytes, bundle.signer, bundle.trusted_keys = raw, signer, keys
         for rel in data["files"]:
             bundle.path(rel)  # confined: no symlink on the way, a regular file
             if verify and sha256_file(root / rel) != data["files"][rel]:

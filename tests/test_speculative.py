@@ -155,6 +155,28 @@ def test_draft_with_another_tokenizer_is_refused(bundles, tmp_path):
     assert json.loads((target / "manifest.json").read_text())["decoder"]["verify"]
 
 
+def test_a_draft_is_held_to_the_targets_signature_policy(bundles, tmp_path):
+    """A target opened with trusted keys opens its draft with the same keys: an unsigned draft
+    (or one another key signed) is refused, whoever names it (Python API or CLI)."""
+    import shutil
+
+    pytest.importorskip("cryptography", reason="signing needs cryptography (sign extra)")
+    from edgert.runtime.bundle import BundleError
+    from edgert.runtime.signing import generate_key, sign
+
+    target, draft, _ = bundles
+    shutil.copytree(target, tmp_path / "target")
+    shutil.copytree(draft, tmp_path / "draft")
+    private, public, _ = generate_key(tmp_path / "key")
+    sign(tmp_path / "target", private)
+    gen = Generator(tmp_path / "target", trusted_keys=[public])
+    assert gen.session.bundle.signer
+    with pytest.raises(BundleError, match=r"draft.*not signed"):
+        gen.generate("hi", strategy="draft", strategy_options={"model": str(tmp_path / "draft")})
+    sign(tmp_path / "draft", private)
+    assert gen.generate("hi", strategy="draft", strategy_options={"model": str(tmp_path / "draft")}).tokens
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--strategy", "draft"], ["--strategy-opt model=DRAFT_BUNDLE"]),
     (["--strategy", "lookup", "--strategy-opt", "depth=3"], ["strategy 'lookup': unknown option 'depth'"]),

@@ -77,8 +77,9 @@ class GenerationResult:
 
 
 def open_same_vocabulary(path: str | os.PathLike, target: DecoderSession) -> DecoderSession:
-    """``path``'s decoder session, after checking that it speaks ``target``'s vocabulary."""
-    bundle = Bundle.load(path)
+    """``path``'s decoder session, after checking that it speaks ``target``'s vocabulary; held to
+    the signature policy the target was opened under."""
+    bundle = Bundle.load(path, trusted_keys=target.bundle.trusted_keys)
     info = bundle.manifest.get("decoder")
     if bundle.kind != "decoder" or not info:
         raise BundleError(f"{path}: the draft must be a decoder bundle, this is a {bundle.kind} bundle")
