@@ -155,11 +155,17 @@ def cmd_serve(args) -> int:
         if not count.isdigit() or int(count) < 1 or (sep and not name):
             raise EdgertError(f"--replicas {text!r}: expected N or NAME=N, N a positive integer")
         counts[name] = int(count)
+    drafts = {}
+    for text in args.draft:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise EdgertError(f"--draft {text!r}: expected NAME=BUNDLE")
+        drafts[name] = os.path.abspath(path)
     options = ServeOptions(replicas=counts.pop(""), replicas_of=counts, cpus_per_replica=args.cpus_per_replica, api_key=api_key,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                            max_upload_bytes=int(args.max_upload_mb * (1 << 20)), session_ttl_s=args.session_ttl,
                            strategy=args.strategy, strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"),
-                           backend=args.backend, device=args.device,
+                           drafts=drafts, backend=args.backend, device=args.device,
                            trusted_keys=tuple(str(p) for p in trusted_key_files()))
     run(args.bundle, options, address=None if args.address == "local" else args.address, host=args.host, port=args.port)
     return 0
@@ -628,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streams idle this many seconds are closed (default 300)")
     p.add_argument("--strategy", default="ar", help="decoding strategy of requests that name none (default ar)")
     p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE", help="its options (repeatable)")
+    p.add_argument("--draft", action="append", default=[], metavar="NAME=BUNDLE",
+                   help="a draft model requests may pick by NAME (strategy draft, strategy_options.model); a request "
+                        "names nothing else on this machine (repeatable)")
     p.add_argument("--backend", default="onnxruntime", help="backend plugin the graphs run on (default onnxruntime)")
     p.add_argument("--device", default="cpu", choices=DEVICES, type=_device)
     p.set_defaults(func=cmd_serve)

@@ -29,7 +29,8 @@ from edgert.runtime.llm.verify import softmax
 class DraftModel:
     name = "draft"
     description = "speculative decoding with a smaller draft bundle (same tokenizer), lossless"
-    options = {"model": Option(None, "the draft bundle (required)", str),
+    options = {"model": Option(None, "the draft bundle (required; served: a draft's name, edgert serve --draft)", str,
+                               names="bundle"),
                "gamma": Option(4, "draft tokens per step (the start value when adaptive)", positive_int),
                "adaptive": Option(True, "adapt gamma to the acceptance", boolean),
                "confidence": Option(0.4, "end a draft at a token the draft gives less probability (0: never)", probability)}

@@ -22,12 +22,17 @@ from .errors import EdgertError
 
 @dataclass(frozen=True)
 class Option:
-    """An ``--opt key=value`` export option: default, parser, help, allowed values."""
+    """An ``--opt key=value`` export option (or a strategy's): default, parser, help, allowed
+    values. ``names``: what a value names on the machine it runs on — ``"bundle"`` (a bundle
+    folder) or ``"file"`` (a file it may read; ``builtin`` lists the values that read none).
+    A served request never gives such a value itself (edgert/serve/decoder.py)."""
 
     default: Any
     help: str
     parse: Callable[[str], Any] = str
     choices: tuple = ()
+    names: str = ""
+    builtin: tuple = ()
 
     def convert(self, key: str, raw: Any, flag: str = "--opt") -> Any:
         try:

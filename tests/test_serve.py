@@ -65,7 +65,8 @@ def server(bundles):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         options = ServeOptions(replicas=1, replicas_of={"tsm": 2}, cpus_per_replica=0.5, api_key=KEY, max_batch=8,
-                               batch_wait_ms=100, max_upload_bytes=2 << 20, session_ttl_s=TTL)
+                               batch_wait_ms=100, max_upload_bytes=2 << 20, session_ttl_s=TTL,
+                               drafts={"itself": str(bundles["llama"])})
         serve.run(app([str(p) for p in bundles.values()], options), name="edgert", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -101,6 +102,25 @@ def error_of(status_body, status: int, *fragments: str) -> None:
     assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
     for fragment in fragments:
         assert fragment in body["error"]["message"], body
+
+
+def test_a_request_names_no_file_on_the_server(server, tmp_path):
+    """A draft model is picked by the name the server gave it (--draft NAME=BUNDLE); a path, an
+    existing folder or not, gets the same answer; a Medusa tree is a built-in name or inline
+    JSON, never a file."""
+    post = lambda options, strategy="draft": call(server, "POST", "/v1/completions", {  # noqa: E731
+        "model": "llama", "prompt": "hi there", "max_tokens": 6, "temperature": 0, "strategy": strategy,
+        "strategy_options": options})
+    status, body = post({"model": "itself"})
+    assert status == 200, body
+    assert body["choices"][0]["text"] == post(None, "ar")[1]["choices"][0]["text"]
+    answers = []
+    for path in ("/etc", str(tmp_path / "nonexistent"), str(tmp_path)):
+        status, body = post({"model": path})
+        error_of((status, body), 400, "is not a draft model this server offers", "itself")
+        answers.append(body["error"]["message"].replace(path[:64], "PATH"))
+    assert len(set(answers)) == 1  # nothing tells a client which folders exist
+    error_of(post({"tree": "/etc/passwd"}, "medusa"), 400, "strategy_options.tree", "never a file on the server")
 
 
 # ---- decoders: the official openai client --------------------------------------------------

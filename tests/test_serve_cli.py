@@ -37,6 +37,10 @@ def test_serve_arguments_are_checked_before_anything_starts(tiny_bundle, tmp_pat
     assert_user_error(edgert("serve", f"bad/name={tiny_bundle}"), "not a bundle directory")  # a path, not NAME=PATH
     assert_user_error(edgert("serve", f"b@d={tiny_bundle}"), "model name 'b@d'")
     assert_user_error(edgert("serve", tiny_bundle, "--replicas", "other=2"), "'other', which is not served")
+    assert_user_error(edgert("serve", tiny_bundle, "--draft", "small"), "--draft 'small': expected NAME=BUNDLE")
+    assert_user_error(edgert("serve", tiny_bundle, "--draft", f"small={tmp_path / 'missing'}"), "not a bundle directory")
+    assert_user_error(edgert("serve", tiny_bundle, "--draft", f"small={tiny_bundle}"),
+                      "a draft model must be a decoder bundle, this is a detector bundle")
 
 
 def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):

@@ -17,7 +17,7 @@ import time
 
 from edgert.runtime.errors import EdgertError
 
-from .catalogue import ServedModel, catalogue
+from .catalogue import ServedModel, catalogue, check_drafts
 from .options import ServeOptions
 
 APP_NAME = "edgert"
@@ -45,6 +45,7 @@ def app(bundles, options: ServeOptions | None = None, *, models: dict[str, Serve
 
     options = options or ServeOptions()
     models = models or catalogue(bundles)
+    check_drafts(options.drafts, options.keys)
     # a streaming session of a feature-based model may chain a served feature extractor
     extractors = {name: model.path for name, model in models.items() if model.extractor}
     check_replicas(models, options)
@@ -87,6 +88,7 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
     ray, serve = _ray()
     models = catalogue(bundles)
     check_replicas(models, options)
+    check_drafts(options.drafts, options.keys)
     if address is None:
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed(models, options) + 0.999)),
                  include_dashboard=False, log_to_driver=False)

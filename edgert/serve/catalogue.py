@@ -70,3 +70,16 @@ def catalogue(specs) -> dict[str, ServedModel]:
     if not models:
         raise EdgertError("serve: give at least one bundle")
     return models
+
+
+def check_drafts(drafts: dict[str, str], trusted_keys) -> None:
+    """Each served draft model (``edgert serve --draft NAME=BUNDLE``) verified at start, under the
+    server's signature policy, and a decoder bundle; a request then picks one by name."""
+    for name, path in drafts.items():
+        if not NAME.match(name):
+            raise EdgertError(f"serve: --draft {name}=...: a draft name uses letters, digits, '.', '_' and '-' "
+                              "(at most 64)")
+        bundle = Bundle.load(path, trusted_keys=trusted_keys)
+        if bundle.kind != "decoder":
+            raise EdgertError(f"serve: --draft {name}={path}: a draft model must be a decoder bundle, this is a "
+                              f"{bundle.kind} bundle")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, InputError
 from edgert.runtime.llm.generator import Generator
 
 from .completions import CompletionRequest
@@ -20,6 +20,30 @@ from .errors import Failure, user_errors
 from .options import ServeOptions
 
 _END = object()
+
+
+def served_options(strategy: str, options: dict, drafts: dict) -> dict:
+    """A client's ``strategy_options`` with nothing in them that names a file on the server: an
+    option that takes a bundle (the draft model) takes a name among the server's ``drafts``,
+    one that may read a file (a Medusa tree) only its built-in values or inline JSON."""
+    from edgert.runtime.host import get_host
+
+    declared = getattr(get_host().get("strategy", strategy).obj, "options", None) or {}
+    out = dict(options)
+    for key, value in options.items():
+        option = declared.get(key)
+        if option is None or not option.names:
+            continue
+        if option.names == "bundle":
+            if value not in drafts:
+                offered = ", ".join(sorted(drafts)) or "none (edgert serve --draft NAME=BUNDLE)"
+                raise InputError(f"strategy_options.{key}: {str(value)[:64]!r} is not a draft model this server "
+                                 f"offers; a request names one of: {offered}")
+            out[key] = drafts[value]
+        elif value not in option.builtin and not str(value).lstrip().startswith(("[", "{")):
+            raise InputError(f"strategy_options.{key}: a served request gives it as one of "
+                             f"{', '.join(option.builtin)} or as inline JSON, never a file on the server")
+    return out
 
 
 class DecoderReplica:
@@ -34,9 +58,12 @@ class DecoderReplica:
         unknown strategy, a bad option, a prompt longer than the context)."""
         gen = self.generator
         prompt = gen.encode_messages(request.messages) if request.chat else request.prompt
-        options = request.strategy_options if request.strategy is not None else self.options.strategy_options
-        return gen.stream(prompt, request.sampling(gen.context), strategy=request.strategy or self.options.strategy,
-                          strategy_options=options or {})
+        if request.strategy is None:  # the server's own decoding: the operator's options, paths and all
+            strategy, options = self.options.strategy, self.options.strategy_options
+        else:
+            strategy, options = request.strategy, served_options(request.strategy, request.strategy_options or {},
+                                                                 self.options.drafts)
+        return gen.stream(prompt, request.sampling(gen.context), strategy=strategy, strategy_options=options or {})
 
     @user_errors
     async def complete(self, request: CompletionRequest) -> dict:

@@ -18,9 +18,11 @@ class ServeOptions:
     threads (rounded up). ``max_batch`` / ``batch_wait_ms``: detection requests batched on a
     replica into one graph run (1: off). ``max_upload_bytes``: the largest request body.
     ``session_ttl_s``: a stream idle this long is closed. ``strategy`` / ``strategy_options``:
-    the decoding a request gets when it names none. ``api_key``: when set, every request needs
-    ``Authorization: Bearer <key>``. ``trusted_keys``: public key files every bundle must be
-    signed by (empty: the trust store configured on each node)."""
+    the decoding a request gets when it names none. ``drafts``: draft-model bundles by name, the
+    only ones a request's ``strategy_options`` may pick (a served client names nothing on the
+    server's disk). ``api_key``: when set, every request needs ``Authorization: Bearer <key>``.
+    ``trusted_keys``: public key files every bundle must be signed by, drafts included (empty:
+    the trust store configured on each node)."""
 
     replicas: int = 1
     replicas_of: dict = field(default_factory=dict)
@@ -32,6 +34,7 @@ class ServeOptions:
     session_ttl_s: float = 300.0
     strategy: str = "ar"
     strategy_options: dict = field(default_factory=dict)
+    drafts: dict = field(default_factory=dict)
     backend: str = "onnxruntime"
     device: str = "cpu"
     trusted_keys: tuple[str, ...] = ()
@@ -57,6 +60,9 @@ class ServeOptions:
             bad(f"session_ttl_s must be > 0, got {self.session_ttl_s!r}")
         if self.api_key is not None and not self.api_key.strip():
             bad("the API key is empty")
+        for name, path in self.drafts.items():
+            if not (isinstance(name, str) and name and "/" not in name and isinstance(path, str) and path):
+                bad(f"draft {name!r}={path!r}: expected NAME=BUNDLE, a name without '/' and a bundle folder")
 
     def replicas_for(self, name: str) -> int:
         return self.replicas_of.get(name, self.replicas)

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
-from edgert.runtime.llm.medusa_trees import load_choices
+from edgert.runtime.llm.medusa_trees import TREES, load_choices
 from edgert.runtime.llm.tree import medusa_buffers
 
 
@@ -35,7 +35,8 @@ _mode.__name__ = "auto, greedy, typical or sampling"
 class Medusa:
     name = "medusa"
     description = "Medusa heads propose a token tree, verified in one pass (greedy: lossless; typical: faster)"
-    options = {"tree": Option("mc_sim_7", "medusa_choices: a shipped tree name, a JSON file or a JSON list"),
+    options = {"tree": Option("mc_sim_7", "medusa_choices: a shipped tree name, a JSON file or a JSON list",
+                              names="file", builtin=tuple(TREES)),
                "top_k": Option(10, "candidates per head (Medusa's TOPK)", positive_int),
                "verify": Option("auto", "greedy, typical or sampling (auto: greedy at temperature 0, else typical)", _mode)}
 
