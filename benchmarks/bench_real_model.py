@@ -37,7 +37,8 @@ edgert side of ``--sides`` (``--rounds 0`` skips the speed rounds): every strate
 run against ``ar``, ``--new-tokens`` greedy tokens each, interleaved per prompt: tokens per pass,
 acceptance by depth, speed-up over ``ar``, and whether every output equals ``ar``'s. Without
 heads that is ``lookup``; ``--heads STEPS`` first trains Medusa, MTP and EAGLE-3 heads on the
-GGUF (``edgert train``, STEPS steps each on the GPL-3 text, cached) and exports each side again
+GGUF (``edgert train``, STEPS steps each on the GPL-3 text, at most 8 x STEPS continuations,
+cached) and exports each side again
 with all three, adding ``medusa``, ``mtp``, ``eagle`` and ``draft`` (the int4 side's bundle as
 the draft model). A short budget gives weak heads: it proves the verify pass lossless at every
 strategy, not the speed trained heads reach.
@@ -166,8 +167,9 @@ def train_heads(gguf: Path, text: Path, steps: int) -> dict[str, Path]:
         out = ROOT / f"{kind}-{steps}.safetensors"
         if not out.is_file():
             t0 = time.perf_counter()
+            # a batch of 8 draws from the continuations: more of them than 8 per step would go unseen
             subprocess.run([sys.executable, "-m", "edgert", "train", kind, "--checkpoint", str(gguf), "--data", str(text),
-                            "--out", str(out), "--steps", str(steps)], check=True)
+                            "--out", str(out), "--steps", str(steps), "--samples", str(min(256, 8 * steps))], check=True)
             print(f"train {kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         heads[kind] = out
     return heads
