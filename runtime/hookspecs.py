@@ -89,8 +89,9 @@ def edgert_register_strategies():
     ``edgert generate --strategy <name>``).
 
     A strategy has a unique ``name``, a ``description``, optionally ``options`` (a dict of
-    :class:`edgert.runtime.detector.Option`, set with ``--strategy-opt key=value``) and
-    ``decode(d)``: a Python generator that proposes and verifies tokens and yields each list of
+    :class:`edgert.runtime.detector.Option`, set with ``--strategy-opt key=value``; an option
+    whose value names a bundle or a file says so with ``names="bundle"`` / ``names="file"``,
+    since ``edgert serve`` never lets a client give such a value itself) and ``decode(d)``: a Python generator that proposes and verifies tokens and yields each list of
     tokens it has decided, in order. ``d`` is a :class:`edgert.runtime.llm.generator.Decoding`,
     the whole surface a strategy needs:
 
