@@ -167,6 +167,10 @@ def cmd_serve(args) -> int:
                            strategy=args.strategy, strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"),
                            drafts=drafts, backend=args.backend, device=args.device,
                            trusted_keys=tuple(str(p) for p in trusted_key_files()))
+    if args.address != "local":
+        print(f"edgert: warning: joining the Ray cluster at {args.address}: Ray runs any code a caller sends to its ports; "
+              "keep the cluster on a network only its nodes reach, with RAY_AUTH_MODE=token on every node "
+              "(docs/serving.md, What Ray exposes)", file=sys.stderr)
     run(args.bundle, options, address=None if args.address == "local" else args.address, host=args.host, port=args.port)
     return 0
 

@@ -30,6 +30,59 @@ def _outward_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+# A method of each Ray service that listens (GCS, raylet, core worker, agents): a server that has
+# it answers UNAUTHENTICATED without Ray's token, one that has none of them UNIMPLEMENTED.
+RAY_METHODS = ("/ray.rpc.NodeInfoGcsService/GetAllNodeInfo", "/ray.rpc.NodeManagerService/GetNodeStats",
+               "/ray.rpc.CoreWorkerService/GetCoreWorkerStats", "/ray.rpc.ReporterService/ReportOCMetrics",
+               "/ray.rpc.LogService/ListLogs")
+
+
+def _ray_listeners_answer_nobody(pid: int) -> list[str]:
+    """Every TCP socket the process tree of ``pid`` listens on beyond loopback, probed without
+    Ray's token: a gRPC call to each Ray method, and an HTTP request (a job submission, then
+    GET /). Returns what answered: a gRPC method that succeeded, an HTTP route that did anything
+    but 401, except Prometheus text (Ray's autoscaler and dashboard metrics, read-only)."""
+    import http.client
+    import urllib.error
+
+    grpc = pytest.importorskip("grpc")
+    psutil = pytest.importorskip("psutil")
+    root = psutil.Process(pid)
+    answered, probed = [], 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            sockets = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        for sock in sockets:
+            ip = sock.laddr.ip
+            if sock.status != psutil.CONN_LISTEN or ip.startswith("127.") or ip == "::1":
+                continue
+            probed += 1
+            host = (_outward_address() or "127.0.0.1") if ip in ("0.0.0.0", "::") else ip
+            where = f"{process.name()} {ip}:{sock.laddr.port}"
+            with grpc.insecure_channel(f"{host}:{sock.laddr.port}") as channel:
+                for method in RAY_METHODS:
+                    try:
+                        channel.unary_unary(method)(b"", timeout=5)
+                        answered.append(f"{where} gRPC {method}")
+                    except grpc.RpcError:
+                        pass
+            for path, body in (("/api/job_agent/jobs/", b"{}"), ("/", None)):
+                try:
+                    with urllib.request.urlopen(f"http://{host}:{sock.laddr.port}{path}", data=body, timeout=5) as r:
+                        text = r.read(64)
+                        if not text.startswith(b"# HELP"):
+                            answered.append(f"{where} HTTP {path} {r.status}")
+                except urllib.error.HTTPError as err:
+                    if err.code not in (401, 405):
+                        answered.append(f"{where} HTTP {path} {err.code}")
+                except (OSError, ValueError, http.client.HTTPException):  # not HTTP: a gRPC server
+                    pass
+    assert probed, "found no listening socket to probe"
+    return answered
+
+
 def test_serve_arguments_are_checked_before_anything_starts(tiny_bundle, tmp_path):
     assert_user_error(edgert("serve", tmp_path / "missing"), "missing")
     assert_user_error(edgert("serve", tiny_bundle, "--replicas", "tsn-tiny=0"), "--replicas", "NAME=N")
@@ -72,6 +125,9 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
         if outward is not None:  # bound to 127.0.0.1: the machine's network address does not answer
             with pytest.raises(OSError), socket.create_connection((outward, port), timeout=5):
                 pass
+        # Ray's own servers listen beyond loopback (Ray cannot bind them to it): none serves a caller
+        # without the session's token
+        assert _ray_listeners_answer_nobody(process.pid) == []
     finally:
         process.send_signal(signal.SIGINT)
         try:

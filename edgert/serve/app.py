@@ -85,13 +85,23 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
     """Serve until interrupted: ``address`` None starts a Ray instance in this process (sized so
     that every replica fits; ``auto`` or ``ray://HOST:PORT`` joins a running cluster, whose
     nodes must hold the bundles at the same paths)."""
+    if address is None:
+        # Ray's own servers listen beyond loopback and Ray cannot bind them there (it turns a
+        # loopback node address into the machine's network one); its token authentication makes
+        # every one of them refuse a caller without the token Ray generates for this session
+        # (docs/serving.md, "What Ray exposes"). Read when Ray is imported: set before.
+        if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+            print(f"edgert: warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} overridden: the local Ray asks every "
+                  "caller for its token", file=sys.stderr)
+        os.environ["RAY_AUTH_MODE"] = "token"
     ray, serve = _ray()
     models = catalogue(bundles)
     check_replicas(models, options)
     check_drafts(options.drafts, options.keys)
     if address is None:
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed(models, options) + 0.999)),
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False,
+                 _system_config={"enable_metrics_collection": False})  # no metrics agent on every interface
     else:
         try:
             ray.init(address=address, log_to_driver=False)
