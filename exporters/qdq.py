@@ -60,6 +60,9 @@ def calibration_sources(data: str | os.PathLike) -> tuple[Path, list[Path], list
     files = []
     for source in sources:
         files += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if source.is_dir() else [source]
+    for path in files:  # a FIFO or a device would block the digest, or the decoder, for ever
+        if not path.is_file():
+            raise EdgertError(f"--calibration {path}: not a regular file; calibration reads files and frame folders only")
     return root, sources, files
 
 

@@ -5,6 +5,7 @@ operators, are smaller, and every bad request gets one line and leaves no bundle
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,12 @@ def test_bad_calibration_requests(trained, tmp_path):
                       f"--calibration {empty}: holds no clips")
     assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration",
                              tmp_path / "missing"), "not a folder")
+    fifo = tmp_path / "fifo"
+    (fifo / "frames").mkdir(parents=True)
+    np.save(fifo / "ok.npy", render_clip(0, np.random.default_rng(0), frames=6))
+    os.mkfifo(fifo / "frames" / "0001.png")  # opened, it would block the export for ever
+    assert_user_error(edgert("export", "tsn", "--out", out, *TINY, "--precision", "int8", "--calibration", fifo),
+                      f"--calibration {fifo / 'frames' / '0001.png'}: not a regular file")
     broken = tmp_path / "broken"
     broken.mkdir()
     for i in range(4):
