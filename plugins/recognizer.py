@@ -15,8 +15,8 @@ import numpy as np
 
 from edgert.runtime.bundle import Bundle, GraphSpec, TensorSpec
 from edgert.runtime.detector import Detector, Option, Prediction, positive_int
-from edgert.runtime.errors import EdgertError
-from edgert.runtime.video import Clip, clip_segments, open_clip, preprocess
+from edgert.runtime.errors import EdgertError, InputError
+from edgert.runtime.video import Clip, as_rgb, clip_segments, open_clip, preprocess
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -147,4 +147,9 @@ class SegmentRecognizer(Detector):
         return {"video": clip_segments(clip, bundle.preprocessing)}
 
     def prepare_step(self, bundle: Bundle, frame: np.ndarray) -> dict[str, np.ndarray]:
-        return {"frame": preprocess(frame[None], bundle.preprocessing)}
+        # the same frames a file gives: floats in 0..1 would pass as near-black pixel values
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4) or 0 in frame.shape:
+            raise InputError(f"a streamed frame must be an H x W x 3 uint8 RGB array (or grayscale / RGBA), given "
+                             f"{frame.dtype} {list(frame.shape)}")
+        return {"frame": preprocess(as_rgb(frame[None]), bundle.preprocessing)}

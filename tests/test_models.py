@@ -2,6 +2,7 @@
 CLI, and handles the awkward clips users have."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,6 +59,17 @@ def test_online_tsm_fp16_streams(videos, tmp_path):
     ran = edgert("run", out, "--input", videos / "clip.mp4", "--stream", "--json")
     assert ran.returncode == 0, ran.stderr
     assert len(ran.stdout.splitlines()) == 20
+    # StreamSession.push takes what a file gives: uint8 RGB (grayscale / RGBA too), nothing else
+    from edgert.runtime import load
+    from edgert.runtime.errors import InputError
+
+    session = load(out).stream()
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    assert session.push(frame).top and session.push(frame[..., :1]).top
+    for bad, words in [(frame / 255.0, "float64 [48, 64, 3]"), (frame[:, :0], "uint8 [48, 0, 3]"),
+                       (frame[None], "uint8 [1, 48, 64, 3]")]:
+        with pytest.raises(InputError, match=r"a streamed frame must be an H x W x 3 uint8 RGB array .*" + re.escape(words)):
+            session.push(bad)
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
