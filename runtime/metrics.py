@@ -79,8 +79,12 @@ def perframe_metrics(scores: np.ndarray, labels: np.ndarray, background: int = 0
         raise InputError("scores: contain NaN or inf")
     if len(labels) != len(scores):
         raise InputError(f"labels have {len(labels)} frames but scores have {len(scores)}")
+    if not len(scores):
+        raise InputError("scores: no frames to evaluate (an mAP over nothing is undefined)")
     target = to_multi_hot(labels, scores.shape[1])
     keep = ~target[:, ambiguous] if ambiguous >= 0 else np.ones(len(target), bool)
+    if not keep.any():
+        raise InputError(f"every one of the {len(keep)} frames is ambiguous (class {ambiguous}): nothing left to evaluate")
     scores, target = scores[keep], target[keep]
     per_class = []
     for c in range(scores.shape[1]):

@@ -123,6 +123,13 @@ def test_bad_stream_inputs(checkpoints, tmp_path):
     np.save(tmp_path / "scores.npy", np.zeros((5, C), np.float32))
     assert_user_error(edgert("eval", "--scores", tmp_path / "scores.npy", "--labels", tmp_path / "labels4.npy"),
                       "labels have 4 frames but scores have 5")
+    np.save(tmp_path / "none.npy", np.zeros((0, C), np.float32))
+    np.save(tmp_path / "labels0.npy", np.zeros(0, np.int64))
+    assert_user_error(edgert("eval", "--scores", tmp_path / "none.npy", "--labels", tmp_path / "labels0.npy"),
+                      "scores: no frames to evaluate")
+    np.save(tmp_path / "ambiguous.npy", np.full(5, C - 1, np.int64))
+    assert_user_error(edgert("eval", "--scores", tmp_path / "scores.npy", "--labels", tmp_path / "ambiguous.npy",
+                             "--ambiguous", str(C - 1)), "every one of the 5 frames is ambiguous")
     ran = edgert("run", out, "--input", tmp_path / "ok.npy", "--stream", "--json")
     assert ran.returncode == 0 and len(ran.stdout.splitlines()) == 5
 
