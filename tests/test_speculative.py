@@ -5,6 +5,7 @@ logits), seeded sampling reproducible, and the errors a user can make."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -284,6 +285,59 @@ def test_medusa_training_resumes(bundles, tmp_path, monkeypatch):
     train_medusa(str(target), args[1], str(tmp_path / "straight.safetensors"), **kwargs)
     resumed, straight = load_file(tmp_path / "heads.safetensors"), load_file(tmp_path / "straight.safetensors")
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
+
+
+def test_a_crafted_resume_file_is_refused_or_kept_to_the_command_line(tmp_path):
+    """NaN weights, a step past --steps, ids outside the vocabulary, an optimizer state of
+    another shape: each refused (training starts over); its own learning rate never replaces
+    the command line's."""
+    import json as jsonlib
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from edgert.exporters.llm.train import ResumeError, load_resume_state, save_resume_state
+
+    def fresh():
+        torch.manual_seed(0)
+        heads = torch.nn.Linear(4, 3)
+        return heads, torch.optim.AdamW(heads.parameters(), lr=1e-3)
+
+    heads, optimizer = fresh()
+    heads(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    setup = {"kind": "medusa"}
+    path = tmp_path / "partial.safetensors"
+    save_resume_state(path, setup, 5, heads, optimizer, torch.randint(0, 50, (8, 12)))
+    step, seqs = load_resume_state(path, setup, *fresh(), steps=10, vocab_size=50)
+    assert step == 5 and seqs.shape == (8, 12)
+
+    def crafted(change_tensors=None, change_meta=None):
+        from safetensors import safe_open
+
+        crafted.count = getattr(crafted, "count", 0) + 1
+        tensors = load_file(path)
+        with safe_open(str(path), "pt") as f:
+            meta = jsonlib.loads(f.metadata()["edgert_resume"])
+        (change_tensors or (lambda t: None))(tensors)
+        (change_meta or (lambda m: None))(meta)
+        bad = tmp_path / f"bad{crafted.count}.safetensors"
+        save_file(tensors, str(bad), metadata={"edgert_resume": jsonlib.dumps(meta)})
+        return bad
+
+    cases = [
+        (crafted(lambda t: t["heads.weight"].fill_(float("nan"))), "holds NaN or inf (heads.weight)"),
+        (crafted(change_meta=lambda m: m.update(step=10 ** 9)), "at step 1000000000, past --steps 10"),
+        (crafted(lambda t: t.update(seqs=torch.full((8, 12), 999))), "not ids of this vocabulary (50)"),
+        (crafted(lambda t: t.update({"optimizer.0.exp_avg": torch.zeros(7)})), "optimizer state optimizer.0.exp_avg is [7]"),
+    ]
+    for bad, words in cases:
+        with pytest.raises(ResumeError, match=re.escape(words)):
+            load_resume_state(bad, setup, *fresh(), steps=10, vocab_size=50)
+    fast = crafted(change_meta=lambda m: [g.update(lr=1e30) for g in m["param_groups"]])
+    heads, optimizer = fresh()
+    load_resume_state(fast, setup, heads, optimizer, steps=10, vocab_size=50)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3]
 
 
 def test_tune_tree_picks_a_tree_that_runs(bundles, tmp_path):

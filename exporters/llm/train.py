@@ -173,8 +173,10 @@ def save_resume_state(path: Path, setup: dict, step: int, heads, optimizer, seqs
     save_file(tensors, str(path), metadata={"edgert_resume": json.dumps(meta)})
 
 
-def load_resume_state(path: Path, setup: dict, heads, optimizer) -> tuple[int, torch.Tensor]:
-    """Weights and optimiser state from ``path`` (safetensors: tensors and JSON only, no code)."""
+def load_resume_state(path: Path, setup: dict, heads, optimizer, steps: int, vocab_size: int) -> tuple[int, torch.Tensor]:
+    """Weights and optimiser state from ``path`` (safetensors: tensors and JSON only, no code),
+    each checked: finite, the shapes of these heads, token ids in the vocabulary, a step within
+    ``steps``. The command line's hyperparameters (learning rate...) stay: only the state comes back."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -188,17 +190,35 @@ def load_resume_state(path: Path, setup: dict, heads, optimizer) -> tuple[int, t
     step, groups = meta.get("step"), meta.get("param_groups")
     if not isinstance(step, int) or step < 0 or not isinstance(groups, list) or "seqs" not in tensors:
         raise ResumeError("incomplete")
+    if step > steps:
+        raise ResumeError(f"at step {step}, past --steps {steps}")
+    seqs = tensors["seqs"]
+    if seqs.dtype not in (torch.int32, torch.int64) or seqs.dim() != 2 or not seqs.numel() \
+            or int(seqs.min()) < 0 or int(seqs.max()) >= vocab_size:
+        raise ResumeError(f"its token sequences are not ids of this vocabulary ({vocab_size})")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ResumeError(f"holds NaN or inf ({', '.join(bad[:3])})")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, slot = key.split(".", 2)
+            if not index.isdigit() or int(index) >= len(params):
+                raise ResumeError(f"optimizer state {key} names no parameter of these heads")
+            if slot != "step" and value.shape != params[int(index)].shape:
+                raise ResumeError(f"optimizer state {key} is {list(value.shape)}, its parameter "
+                                  f"{list(params[int(index)].shape)}")
             state.setdefault(int(index), {})[slot] = value
+    given = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         heads.load_state_dict({k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")})
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ResumeError(f"does not fit these heads ({first_line(err)})") from None
-    return step, tensors["seqs"]
+    for group, settings in zip(optimizer.param_groups, given):  # the file's lr never replaces --lr
+        group.update(settings)
+    return step, seqs
 
 
 def train(kind: str, checkpoint: str, data: list[str], out: str, options: dict[str, Any] | None = None, steps: int = 500,
@@ -253,7 +273,7 @@ def _train(directory: Path, source: Path, kind: str, data: list[str], out: str, 
     start, seqs = 0, None
     if resume and partial.is_file():
         try:
-            start, seqs = load_resume_state(partial, setup, heads, optimizer)
+            start, seqs = load_resume_state(partial, setup, heads, optimizer, steps, model.cfg.vocab_size)
         except ResumeError as err:
             print(f"  {partial}: {err}; starting over", flush=True)
         else:
