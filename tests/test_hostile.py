@@ -604,3 +604,15 @@ def test_external_weights_are_checked_and_given_from_memory(tmp_path, monkeypatc
     monkeypatch.setattr(Bundle, "read", real_read)
     edit(tmp_path / "b", lambda m: m["graphs"]["main"].update(external_data=["../w.data"]))
     assert_user_error(edgert("info", tmp_path / "b"), "graphs.main.external_data '../w.data' is not a relative path")
+
+
+def test_train_out_is_checked_before_training(llama_checkpoint, tmp_path):
+    from llm_checkpoints import CORPUS
+
+    (tmp_path / "text.txt").write_text("\n".join(CORPUS[:3]))
+    for out, words in [(tmp_path / "missing" / "heads.safetensors", f"the folder {tmp_path / 'missing'} does not exist"),
+                       (tmp_path, "a folder; --out names the .safetensors file to write")]:
+        done = edgert("train", "medusa", "--checkpoint", llama_checkpoint, "--data", tmp_path / "text.txt", "--out", out,
+                      "--steps", "2")
+        assert_user_error(done, words)
+        assert "self-distillation" not in done.stdout + done.stderr  # refused before any training work

@@ -256,6 +256,10 @@ def _train(directory: Path, source: Path, kind: str, data: list[str], out: str, 
         if value < 1:
             raise EdgertError(f"--{name} must be at least 1, got {value}")
     out_path = Path(out)
+    if not out_path.parent.is_dir():  # found now, not after the minutes of training
+        raise EdgertError(f"--out {out_path}: the folder {out_path.parent} does not exist")
+    if out_path.is_dir():
+        raise EdgertError(f"--out {out_path}: a folder; --out names the .safetensors file to write")
     partial = out_path.with_name(out_path.name + ".partial.safetensors")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
