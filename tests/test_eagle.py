@@ -230,6 +230,14 @@ def test_bad_requests_are_one_line(eagle, tmp_path):
     assert_user_error(edgert("export", "llama", "--checkpoint", target, "--out", tmp_path / "b", "--opt",
                              f"eagle={tmp_path / 'wide.safetensors'}"), "an EAGLE head for hidden size 96",
                       "this model's hidden size is 64")
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "lying")
+    manifest = json.loads((tmp_path / "lying" / "manifest.json").read_text())
+    manifest["decoder"]["heads"]["eagle"]["draft_vocab"] = -1
+    (tmp_path / "lying" / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(edgert("generate", tmp_path / "lying", "--prompt", "hi", "--strategy", "eagle"),
+                      "decoder.heads.eagle.draft_vocab -1 does not match the draft graph's logits (320)")
     make_llama(tmp_path / "shallow", layers=4)
     assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "shallow", "--out", tmp_path / "b", "--opt",
                              f"eagle={eagle / 'eagle.safetensors'}"), "this model has 4 layers", "needs at least 7")

@@ -24,6 +24,9 @@ class EagleSession:
         self.draft = target.open_graph(entry["graph"])
         self.fc = target.open_backend(entry["fc_graph"])
         self.vocab_size = target.vocab_size
+        if entry.get("draft_vocab") != self.draft.vocab_size:  # the manifest says what the graph computes
+            raise BundleError(f"{bundle.root}: decoder.heads.eagle.draft_vocab {entry.get('draft_vocab')!r} does not "
+                              f"match the draft graph's logits ({self.draft.vocab_size})")
         d2t = entry.get("d2t")
         self.ids = None if d2t is None else np.arange(len(d2t)) + np.asarray(d2t, np.int64)  # draft id -> target id
         if self.ids is not None and (len(self.ids) != self.draft.vocab_size or self.ids.min() < 0
