@@ -43,6 +43,9 @@ class SamplingParams:
             bad(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop strings must be non-empty")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**63):
+            bad(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")  # numpy's generator takes no other
 
     @property
     def greedy(self) -> bool:
