@@ -319,6 +319,15 @@ def test_generate_bad_values(model, args, fragments):
     assert_user_error(edgert("generate", bundle, "--prompt", "hi", *args), *fragments)
 
 
+def test_a_lone_surrogate_is_refused_in_one_line(model):
+    from edgert.runtime.errors import InputError
+
+    _, _, bundle = model
+    gen = Generator(bundle)
+    with pytest.raises(InputError, match=r"lone surrogate \(U\+D800 at character 2\)"):
+        gen.generate("hi\ud800", SamplingParams(max_new_tokens=2))
+
+
 def test_prompt_longer_than_context(model, tmp_path):
     _, ckpt, _ = model
     result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "short", "--opt", "context=16")

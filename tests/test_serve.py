@@ -169,6 +169,9 @@ def test_decoder_bad_requests_are_4xx_and_the_server_keeps_serving(server):
     error_of(post({"model": "llama", "prompt": "x", "temperature": 7}), 400, "temperature")
     error_of(post({"model": "llama", "prompt": "x", "top_p": 0}), 400, "top_p")
     error_of(post({"model": "llama", "prompt": "x", "seed": -1}), 400, "seed must be an integer from 0")
+    error_of(post({"model": "llama", "prompt": "a\ud800b"}), 400, "lone surrogate (U+D800 at character 1)")
+    error_of(call(server, "POST", "/v1/chat/completions", {"model": "llama", "messages": [
+        {"role": "user", "content": "\udfff"}]}), 400, "lone surrogate")
     error_of(post({"model": "nope", "prompt": "x"}), 404, "'nope' is not served")
     error_of(post({"model": "tsn", "prompt": "x"}), 400, "detector model")
     error_of(post({"model": "llama", "prompt": list(range(3, 303))}), 400, "context")

@@ -125,6 +125,11 @@ class TextTokenizer:
         self.info = decoder
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate (JSON's "\ud800"): no text a tokenizer can read
+            raise InputError(f"the text holds a lone surrogate (U+{ord(text[err.start]):04X} at character "
+                             f"{err.start}), which is not Unicode text") from None
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         bos = self.info.get("bos_token_id")
         # Some checkpoints ask for BOS in tokenizer_config.json rather than in the post-processor.
