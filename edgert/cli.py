@@ -72,6 +72,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _stdin_text(what: str) -> str:
+    """Standard input as UTF-8 text, strictly (Python's own reading would let bad bytes through
+    as surrogates)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EdgertError(f"{what}: standard input is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start})") from None
+
+
 def _parity_bound(report: dict, row: dict) -> str:
     """What one output's max_rel was held to: the tolerance, or a multiple of fp32's own rounding."""
     tolerance = report["tolerance"]
@@ -104,7 +115,7 @@ def cmd_generate(args) -> int:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                             stop=tuple(args.stop))
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = _stdin_text("--prompt -") if args.prompt == "-" else args.prompt
     generator = Generator(args.bundle, device=args.device, threads=args.threads, backend=args.backend)
     stream = args.stream and not args.json
     on_text = (lambda piece: print(piece, end="", flush=True)) if stream else None

@@ -28,7 +28,12 @@ def read_labels(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise EdgertError(f"{file}: labels file not found")
-    labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise EdgertError(f"{file}: labels file is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start})") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise EdgertError(f"{file}: labels file is empty")
     return labels

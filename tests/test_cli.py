@@ -170,3 +170,11 @@ def test_the_previous_releases_spellings_still_work_and_warn(tiny_bundle, clip_n
     assert result.returncode == 0, result.stderr  # no TensorRT EP here: a warning and the CPU
     assert "--device trt is deprecated, use --device tensorrt-ep" in result.stderr
     assert "TensorrtExecutionProvider" in result.stderr and "falling back to CPUExecutionProvider" in result.stderr
+
+
+def test_a_labels_file_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "labels.txt").write_bytes(b"walk\nr\xffun\n")
+    assert_user_error(edgert("export", "tsn", "--out", tmp_path / "b", *TINY_TSN[:-2], "--opt", "num_classes=2",
+                             "--opt", f"labels={tmp_path / 'labels.txt'}"),
+                      "labels.txt: labels file is not UTF-8 text (byte 0xff at offset 6)")
+    assert not (tmp_path / "b").exists()

@@ -328,6 +328,15 @@ def test_a_lone_surrogate_is_refused_in_one_line(model):
         gen.generate("hi\ud800", SamplingParams(max_new_tokens=2))
 
 
+def test_a_prompt_on_stdin_must_be_utf8(model):
+    _, _, bundle = model
+    result = subprocess.run([sys.executable, "-m", "edgert", "generate", str(bundle), "--prompt", "-"],
+                            input=b"hi \xff", capture_output=True, timeout=600)
+    assert_user_error(subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(),
+                                                  result.stderr.decode()),
+                      "--prompt -: standard input is not UTF-8 text (byte 0xff at offset 3)")
+
+
 def test_prompt_longer_than_context(model, tmp_path):
     _, ckpt, _ = model
     result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "short", "--opt", "context=16")
