@@ -187,6 +187,9 @@ def open_clip(source: str | os.PathLike) -> Clip:
                              f"given {array.dtype} {list(array.shape)}")
         if len(array) == 0:
             raise InputError(f"{path}: array holds no frames")
+        if 0 in array.shape[1:3]:  # (a video's or an image's frames, once decoded, have pixels)
+            raise InputError(f"{path}: frames of {array.shape[2]}x{array.shape[1]}; a frame has at least one pixel "
+                             "on a side")
         _check_size(path, *array.shape[1:3])
         return ArrayClip(path, as_rgb(array))
     return VideoClip(path)

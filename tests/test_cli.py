@@ -95,6 +95,9 @@ def test_run_errors(tiny_bundle, tmp_path):
     floats = tmp_path / "floats.npy"
     np.save(floats, np.zeros((4, 32, 32, 3), np.float32))
     assert_user_error(edgert("run", tiny_bundle, "--input", floats), "expected a T x H x W x 3 uint8 RGB array", "given float32 [4, 32, 32, 3]")
+    np.save(tmp_path / "narrow.npy", np.zeros((4, 32, 0, 3), np.uint8))
+    assert_user_error(edgert("run", tiny_bundle, "--input", tmp_path / "narrow.npy"),
+                      "narrow.npy: frames of 0x32; a frame has at least one pixel on a side")
     assert_user_error(edgert("run", tiny_bundle, "--input", floats, "--backend", "tensorrt"),
                       "the tensorrt backend needs the 'tensorrt' and 'polygraphy' packages")
 
