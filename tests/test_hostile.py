@@ -467,13 +467,25 @@ def test_frames_too_large_are_refused(copy, tmp_path):
 
 @pytest.mark.parametrize("template, words", [
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than 2 s"),
-    ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "renders more than 1048576 characters"),
+    # 2,000 lines, not 100,000: the character bound, not the clock, must be what stops it on a loaded machine
+    ("{% for i in range(2000) %}{{ 'y' * 1000 }}{% endfor %}", "renders more than 1048576 characters"),
     ("{{ 'y' * 1000000000 }}", "builds a value over 1048576 characters"),
     ("{{ 9 ** (9 ** 9) }}", "raises to the power 387420489"),
     ("{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
      "used more than 256 MB"),
     ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "fails to render"),
     ("{{ cycler.__init__.__globals__.os.system('touch /tmp/edgert-pwned') }}", "fails to render"),
+    # bounds inside one expression, where no line check can stop it
+    ("{{ lipsum(1000000) }}", "'lipsum' is undefined"),
+    ("{{ '%0999999999d' % 1 }}", "formats a field wider than 1048576 characters"),
+    ("{{ '%.999999999f' % 1.5 }}", "formats a field wider than 1048576 characters"),
+    ("{{ 'ab'" + ".replace('a', 'aaaa')" * 12 + " }}", "builds a value over 1048576 characters"),
+    ("{{ (range(3000) | list) * 3000 }}", "builds a value over 1048576 characters"),
+    ("{{ (((9 ** 64) ** 64) ** 64) ** 64 }}", "computes a power over 1048576 bits"),
+    # the template's own failures, named
+    ("{{ 1 / 0 }}", "fails to render: ZeroDivisionError: division by zero"),
+    ("{% include 'other.jinja' %}", "fails to render: TypeError: no loader for this environment specified"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "fails to render: RecursionError"),
 ])
 def test_a_hostile_chat_template_is_stopped(template, words):
     from edgert.runtime.errors import BundleError

@@ -4,6 +4,7 @@ incremental detokenizer that streams text correctly across multi-byte characters
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +82,9 @@ def _limited(pieces) -> str:
         sys.settrace(previous)
 
 
+_FORMAT_WIDTH = re.compile(r"%[-+ #0]*(?:\(\w*\))?(\d+)|%[-+ #0]*\d*\.(\d+)")
+
+
 def _repeated_length(sequence, times) -> int:
     """The length ``sequence * times`` would have (0 when it is not a repetition)."""
     if isinstance(sequence, (str, list)) and isinstance(times, int):
@@ -95,19 +99,36 @@ def _template_environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Bounded(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "%"])
 
         def call_binop(self, context, operator, left, right):
             if operator == "**" and isinstance(right, int) and abs(right) > 64:
                 raise BundleError(f"chat template of this bundle raises to the power {right}; refusing it")
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) \
+                    and left.bit_length() * right > TEMPLATE_CHARS:  # ((9 ** 64) ** 64) ** 64 ...
+                raise BundleError(f"chat template of this bundle computes a power over {TEMPLATE_CHARS} bits; refusing it")
             if operator == "*" and max(_repeated_length(left, right), _repeated_length(right, left)) > TEMPLATE_CHARS:
                 raise BundleError(f"chat template of this bundle builds a value over {TEMPLATE_CHARS} characters")
+            if operator == "%" and isinstance(left, str) and any(int(n or 0) > TEMPLATE_CHARS for pair in
+                                                                  _FORMAT_WIDTH.findall(left) for n in pair):
+                raise BundleError(f"chat template of this bundle formats a field wider than {TEMPLATE_CHARS} characters")
             return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's own signature)
+            # str.replace multiplies a string in one call no line check can interrupt
+            if getattr(__obj, "__name__", None) == "replace" and isinstance(getattr(__obj, "__self__", None), str) \
+                    and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+                text, old, new = __obj.__self__, args[0], args[1]
+                grown = len(text) + (text.count(old) if old else len(text) + 1) * (len(new) - len(old))
+                if grown > TEMPLATE_CHARS:
+                    raise BundleError(f"chat template of this bundle builds a value over {TEMPLATE_CHARS} characters")
+            return super().call(__context, __obj, *args, **kwargs)
 
     def raise_exception(message):
         raise InputError(f"chat template: {message}")
 
     env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.pop("lipsum", None)  # lipsum(1000000): seconds of text in one call; no chat template needs it
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
@@ -153,6 +174,11 @@ class TextTokenizer:
             return _limited(pieces)
         except jinja2.TemplateError as err:
             raise BundleError(f"chat template of this bundle fails to render: {err}") from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError, MemoryError) as err:
+            # the template's own code failing ({{ 1/0 }}, an include with no loader, a recursive
+            # macro): the template is at fault, whatever Python error it raised
+            raise BundleError(f"chat template of this bundle fails to render: {type(err).__name__}: "
+                              f"{first_line(err)}") from None
 
 
 def check_chat_template(info: dict) -> None:
