@@ -628,3 +628,26 @@ def test_train_out_is_checked_before_training(llama_checkpoint, tmp_path):
                       "--steps", "2")
         assert_user_error(done, words)
         assert "self-distillation" not in done.stdout + done.stderr  # refused before any training work
+
+
+def test_a_hostile_tokenizer_is_one_line(llama_checkpoint, tmp_path):
+    """A normalizer chain that multiplies text (six Replace a -> 100 x a: 10**12 times) aborted
+    the process; a pre-tokenizer regex that backtracks ends in a Rust panic, a BaseException.
+    The first is refused when the tokenizer loads, the second when it meets such a text."""
+    def planted(name: str, change) -> Path:
+        shutil.copytree(llama_checkpoint, tmp_path / name)
+        data = json.loads((tmp_path / name / "tokenizer.json").read_text())
+        change(data)
+        (tmp_path / name / "tokenizer.json").write_text(json.dumps(data))
+        return tmp_path / name
+
+    grow = planted("grow", lambda t: t.update(normalizer={"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"String": "a"}, "content": "a" * 100}] * 6}))
+    assert_user_error(edgert("export", "llama", "--checkpoint", grow, "--out", tmp_path / "b"),
+                      "its normalizers can make a text 1e+12 times longer; edgert refuses more than 8")
+    assert not (tmp_path / "b").exists()
+    regex = planted("regex", lambda t: t.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a+)+$"},
+                                                               "behavior": "Isolated", "invert": False}))
+    assert edgert("export", "llama", "--checkpoint", regex, "--out", tmp_path / "b").returncode == 0
+    done = edgert("generate", tmp_path / "b", "--prompt", "a" * 40 + "b", "--max-new-tokens", "2")
+    assert_user_error(done, "the bundle's tokenizer failed on this text", "retry-limit-in-match")

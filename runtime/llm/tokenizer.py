@@ -12,15 +12,50 @@ from pathlib import Path
 from ..errors import BundleError, InputError, first_line
 
 
+MAX_NORMALIZER_GROWTH = 8  # how many times longer the normalizers may make a text (real ones: 1-2)
+
+
 def _load(path: Path, data: bytes | None = None):
     from tokenizers import Tokenizer
 
     try:
-        return Tokenizer.from_file(str(path)) if data is None else Tokenizer.from_str(data.decode("utf-8"))
+        text = path.read_bytes().decode("utf-8") if data is None else data.decode("utf-8")
+        tokenizer = Tokenizer.from_str(text)
     except UnicodeDecodeError as err:
         raise BundleError(f"{path}: not a readable tokenizer.json (not UTF-8: {err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read the tokenizer ({err.strerror})") from None
     except Exception as err:  # tokenizers raises a bare Exception with serde's message
         raise BundleError(f"{path}: not a readable tokenizer.json ({first_line(err)})") from None
+    import json
+
+    growth = _growth(json.loads(text).get("normalizer"))
+    if growth > MAX_NORMALIZER_GROWTH:
+        # six Replace("a" -> 100 x "a") make a 10-character prompt 10**12 long: the process aborts
+        raise BundleError(f"{path}: its normalizers can make a text {growth:.3g} times longer; edgert refuses more "
+                          f"than {MAX_NORMALIZER_GROWTH}")
+    return tokenizer
+
+
+def _growth(normalizer) -> float:
+    """How many times longer ``normalizer`` (tokenizer.json's) can make a text, at most."""
+    if not isinstance(normalizer, dict):
+        return 1.0
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        total = 1.0
+        for part in normalizer.get("normalizers") or []:
+            total *= _growth(part)
+        return total
+    if kind == "Replace":
+        pattern, content = normalizer.get("pattern") or {}, normalizer.get("content") or ""
+        if not isinstance(content, str) or not isinstance(pattern, dict):
+            return 1.0
+        if isinstance(pattern.get("String"), str) and pattern["String"]:
+            return max(1.0, len(content) / len(pattern["String"]))
+        return len(content) + 1.0  # a regex may match an empty string: the content between any two characters
+    # Unicode normal forms and the rest grow a text by a bounded amount, not by a factor a chain multiplies
+    return 1.0
 
 
 def check_vocab(path: Path, vocab_size: int) -> None:
@@ -151,7 +186,14 @@ class TextTokenizer:
         except UnicodeEncodeError as err:  # a lone surrogate (JSON's "\ud800"): no text a tokenizer can read
             raise InputError(f"the text holds a lone surrogate (U+{ord(text[err.start]):04X} at character "
                              f"{err.start}), which is not Unicode text") from None
-        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        except BaseException as err:
+            # a Rust panic (a regex past Oniguruma's retry limit: backtracking bounded, then a panic)
+            # arrives as pyo3's PanicException, a BaseException no "except Exception" stops
+            if type(err).__name__ != "PanicException":
+                raise
+            raise BundleError(f"{self.path}: the bundle's tokenizer failed on this text ({first_line(err)})") from None
         bos = self.info.get("bos_token_id")
         # Some checkpoints ask for BOS in tokenizer_config.json rather than in the post-processor.
         if add_special_tokens and self.info.get("add_bos_token") and bos is not None and (not ids or ids[0] != bos):
