@@ -164,6 +164,8 @@ def test_openai_client_completions_and_chat(server, bundles):
 def test_decoder_bad_requests_are_4xx_and_the_server_keeps_serving(server):
     post = lambda body: call(server, "POST", "/v1/completions", body)  # noqa: E731
     error_of(call(server, "POST", "/v1/completions", data=b"{not json"), 400, "malformed JSON")
+    error_of(call(server, "POST", "/v1/completions", data=b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), 400,
+             "nested too deeply")
     error_of(post({"model": "llama", "prompt": "x", "max_tokens": -3}), 400, "max_tokens", "-3")
     error_of(post({"model": "llama", "prompt": "x", "stream": True, "n": 2}), 400, "n: only 1")
     error_of(post({"model": "llama", "prompt": "x", "temperature": 7}), 400, "temperature")

@@ -88,6 +88,8 @@ def test_features():
         read_features(b'{"features": [[NaN, 1, 2]]}', 3)
     with pytest.raises(UnsupportedMedia):
         read_features(b"\x00\x01binary", 3)
+    with pytest.raises(InputError, match="features: JSON nested too deeply"):
+        read_features(b"[" * 100_000 + b"]" * 100_000, 3)
 
 
 async def _raises(error):

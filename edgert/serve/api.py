@@ -113,6 +113,8 @@ class Api:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as err:
             raise InputError(f"malformed JSON body: {err}") from None
+        except RecursionError:  # [[[[... 100,000 levels: Python's parser gives up
+            raise InputError("malformed JSON body: nested too deeply") from None
         if not isinstance(body, dict):
             raise InputError(f"JSON body: expected an object, given {type(body).__name__}")
         return body

@@ -139,6 +139,8 @@ def read_features(data: bytes, feature_dim: int) -> np.ndarray:
     else:
         try:
             body = json.loads(data)
+        except RecursionError:
+            raise InputError("features: JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError):
             raise UnsupportedMedia("features: expected an .npy array or JSON {\"features\": [[...], ...]}") from None
         body = body.get("features") if isinstance(body, dict) else body
