@@ -28,16 +28,30 @@ from edgert.runtime.errors import EdgertError
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 
-def torch_outputs(module, graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def torch_outputs(module, graph: GraphSpec, feeds: dict[str, np.ndarray], wide: bool = False) -> dict[str, np.ndarray]:
+    """The module's outputs on ``feeds``, as fp32 arrays; ``wide``: run it in float64 (float inputs
+    widened, outputs kept float64). In place, and back to fp32 after (exact): a deep copy would
+    break modules that key their blocks by ``id`` (online TSM)."""
     import torch
 
-    with torch.inference_mode():
-        result = module(*[torch.from_numpy(feeds[t.name]) for t in graph.inputs])
+    if wide and any(t.dtype != torch.float32 for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()):
+        raise EdgertError(f"graph {graph.name!r}: the parity reference expects an fp32 module")
+    inputs = [feeds[t.name].astype(np.float64) if wide and feeds[t.name].dtype == np.float32 else feeds[t.name]
+              for t in graph.inputs]
+    try:
+        if wide:
+            module.double()
+        with torch.inference_mode():
+            result = module(*[torch.from_numpy(x) for x in inputs])
+    finally:
+        if wide:
+            module.float()
     if isinstance(result, torch.Tensor):
         result = (result,)
     if len(result) != len(graph.outputs):
         raise EdgertError(f"graph {graph.name!r}: model returned {len(result)} outputs, spec declares {len(graph.outputs)}")
-    return {spec.name: value.detach().float().numpy() for spec, value in zip(graph.outputs, result)}
+    return {spec.name: (value.detach().double() if wide else value.detach().float()).numpy()
+            for spec, value in zip(graph.outputs, result)}
 
 
 # How far past PyTorch's own fp32 rounding an fp32 graph may sit from fp64. Measured on 12
@@ -50,27 +64,6 @@ def _max_rel(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     max_abs = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     return max_abs, (max_abs / scale if scale > 0 else max_abs), scale
-
-
-def fp64_outputs(module, graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The outputs of ``module`` run in float64 on the same inputs (float ones widened). In
-    place, and back to fp32 after (exact): a deep copy would break modules that key their
-    blocks by ``id`` (online TSM)."""
-    import torch
-
-    floating = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
-    if any(t.dtype != torch.float32 for t in floating):
-        raise EdgertError(f"graph {graph.name!r}: the parity reference expects an fp32 module")
-    try:
-        module.double()
-        with torch.inference_mode():
-            result = module(*[torch.from_numpy(feeds[t.name].astype(np.float64) if feeds[t.name].dtype == np.float32
-                                               else feeds[t.name]) for t in graph.inputs])
-    finally:
-        module.float()
-    if isinstance(result, torch.Tensor):
-        result = (result,)
-    return {spec.name: value.detach().double().numpy() for spec, value in zip(graph.outputs, result)}
 
 
 def output_error(ref: np.ndarray, got: np.ndarray, tolerance: float, fp32: np.ndarray | None = None,
@@ -122,7 +115,7 @@ def compare(onnx_path: Path, module, graph: GraphSpec, feeds: dict[str, np.ndarr
     import onnxruntime as ort
 
     reference = torch_outputs(module, graph, feeds)
-    exact = fp64_outputs(module, graph, feeds)
+    exact = torch_outputs(module, graph, feeds, wide=True)
     session = cpu_session(onnx_path)
     names = [t.name for t in graph.outputs]
     actual = dict(zip(names, session.run(names, feeds)))
