@@ -105,7 +105,9 @@ def edgert_register_strategies():
       is the next token, already chosen; a linear draft is ``Tree.chain(n)``) in one pass,
       applies the verification op (greedy, typical or speculative sampling), compacts the KV
       cache to the accepted path and returns it with the bonus token — the one way to verify,
-      so that every strategy is lossless where the op is;
+      so that every strategy is lossless where the op is (it puts a node's children in the
+      order you rank them: the first child of each node, your best guess, runs as an exact
+      causal prefix; a path off it may be run again as a chain on int8 bundles);
     * ``d.head(name)`` opens a speculative head of the bundle (see ``edgert_register_heads``)
       once per generator, or says in one line that the bundle has none; ``d.session.open_graph(name)``
       opens any contract graph of the bundle as a :class:`DecoderSession`;

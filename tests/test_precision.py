@@ -414,3 +414,56 @@ def test_a_step_computes_what_a_verify_pass_computes(wide, tmp_path, precision):
     gen.eos = set()
     params = SamplingParams(max_new_tokens=48)
     assert gen.generate(ids[:20], params, strategy="lookup").tokens == gen.generate(ids[:20], params).tokens
+    _a_tree_verify_computes_what_steps_compute(session, ids[:40])
+
+
+def _a_tree_verify_computes_what_steps_compute(session, prompt):
+    """A greedy tree verify accepts, keeps in the cache and hands on exactly what single steps
+    compute, for a path off the tree's first chain too (whose rows saw a masked-out sibling
+    among their keys: 4e-3 off here in one pass, 0.77 on SmolLM2-135M at int4), and for a tree
+    of the root alone (one row)."""
+    from edgert.runtime.llm.generator import Decoding, GenerationStats
+    from edgert.runtime.llm.sampling import Sampler, SamplingParams
+    from edgert.runtime.llm.tree import Tree
+
+    def steps(tokens):
+        cache = session.new_cache(128)
+        session.extend(cache, prompt)
+        outs = [session.extend(cache, [t]) for t in tokens]
+        kv = {name: np.array(value[:, :, :cache.length]) for name, value in cache.past().items()}
+        return np.array([o.logits[-1] for o in outs]), np.concatenate([o.hidden for o in outs]), kv
+
+    def verify(tree, tokens, params=SamplingParams()):
+        d = Decoding(session, prompt, Sampler(params), 128, GenerationStats())
+        d.prefill()
+        verdict = d.verify(tree, tokens)
+        kv = {name: np.array(value[:, :, :d.cache.length]) for name, value in d.cache.past().items()}
+        return verdict, d.hidden, kv
+
+    root = 50
+    logits, _, _ = steps([root])
+    second, best = np.argsort(logits[0])[-2:]
+    logits, hidden, kv = steps([root, best])
+    grand = int(logits[1].argmax())
+    logits, hidden, kv = steps([root, best, grand])
+    # node order: the root, a rejected sibling (the first child), the accepted child, its child
+    verdict, d_hidden, d_kv = verify(Tree(np.array([-1, 0, 0, 2])), [root, second, best, grand])
+    assert verdict.path == [0, 2, 3] and verdict.bonus == int(logits[2].argmax())
+    np.testing.assert_array_equal(d_hidden, hidden)
+    for name in kv:
+        np.testing.assert_array_equal(d_kv[name], kv[name])
+    # sampling (the op walks the same way): whatever path a seed accepts is kept as steps make it
+    walked = set()
+    for seed in range(12):
+        verdict, d_hidden, d_kv = verify(Tree(np.array([-1, 0, 0, 2])), [root, second, best, grand],
+                                         SamplingParams(temperature=0.1, seed=seed))
+        walked.add(tuple(verdict.path))
+        _, hidden, kv = steps([[root, second, best, grand][i] for i in verdict.path])
+        np.testing.assert_array_equal(d_hidden, hidden)
+        for name in kv:
+            np.testing.assert_array_equal(d_kv[name], kv[name])
+    assert (0, 2) in walked or (0, 2, 3) in walked, walked
+    verdict, d_hidden, d_kv = verify(Tree.chain(1), [root])
+    logits, hidden, kv = steps([root])
+    assert verdict.path == [0] and verdict.bonus == int(logits[0].argmax())
+    np.testing.assert_array_equal(d_hidden, hidden)

@@ -44,6 +44,20 @@ def test_packed_mask_layout():
     assert (unpack_mask(pack_mask(m), 70) == m).all()
 
 
+def test_depth_first_layout():
+    """The pass's row order: each node's first child's subtree before its next child, so the first
+    chain is a causal prefix; the reordered tree is the same tree."""
+    b = medusa_buffers(MEDUSA_EXAMPLE, top_k=10)  # slots: root, [0], [1], [0,0], [0,1], [0,2], [1,0], ...
+    ran, row = b.tree.depth_first()
+    order = np.argsort(row)
+    assert order.tolist() == [0, 1, 3, 4, 5, 2, 6, 7, 8]
+    assert ran.parents.tolist() == [-1, 0, 1, 1, 1, 0, 5, 5, 5]
+    assert (ran.ancestor_mask() == b.tree.ancestor_mask()[np.ix_(order, order)]).all()
+    assert (ran.depths() == b.tree.depths()[order]).all()
+    chain = Tree.chain(5)
+    assert chain.depth_first()[0] is chain and chain.depth_first()[1].tolist() == [0, 1, 2, 3, 4]
+
+
 def test_greedy_hand_tree():
     # root 0 -> {1: token 5, 2: token 6}; 2 -> {3: token 7}; 1 -> {4: token 9}
     parents = [-1, 0, 0, 2, 1]

@@ -219,13 +219,49 @@ class Decoding:
     def verify(self, tree: Tree, tokens, mode: str | None = None, draft_probs: np.ndarray | None = None) -> Verdict:
         """Run a speculation tree (node 0: the next token, already chosen) in one pass, accept a
         path by the verification op, keep only that path in the cache. ``mode`` defaults to
-        greedy for greedy decoding and to speculative sampling otherwise (lossless both ways)."""
-        params = self.sampler.params
-        mode = mode or ("greedy" if params.greedy else "sampling")
+        greedy for greedy decoding and to speculative sampling otherwise (lossless both ways).
+
+        The pass runs the nodes depth first (:meth:`Tree.depth_first`), so that the tree's first
+        chain (each node's first, best-ranked child) sees its keys as a causal prefix, as steps
+        do. A row with a masked-out sibling among its keys sums attention in another order, by
+        1e-7 in fp32, which a bundle whose activations are int8 (``step_rows`` 2) turns into
+        another token. There, a path accepted off the first chain runs again as a causal chain,
+        which is exact, and the op decides again with those rows; the op reads only the rows of
+        the nodes it walks through (greedy and sampling), so this ends once the path it picks
+        is the chain just run (docs/precision.md, "What lossless means")."""
+        mode = mode or ("greedy" if self.sampler.params.greedy else "sampling")
+        tokens = np.asarray(tokens, np.int64)
         start = self.cache.length
+        ran, row = tree.depth_first()
         self.stats.forward_calls += 1
-        out = self.forward(tokens, mask=tree.ancestor_mask(), positions=start + tree.depths(), logits_at=range(tree.size))
-        logits = out.logits
+        out = self.forward(tokens[np.argsort(row)], mask=ran.ancestor_mask(), positions=start + ran.depths(),
+                           logits_at=range(tree.size))
+        logits = out.logits[row]
+        seed = int(self.sampler.rng.integers(2**63))
+        verdict = self._judge(tree, tokens, logits, mode, draft_probs, seed)
+        if self.session.step_rows == 2 and mode != "typical":  # node -> its row in `out`, where that row is exact
+            exact = {n: int(row[n]) for n in range(tree.size) if row[n] == tree.depths()[n]}
+            while not all(n in exact for n in verdict.path):
+                path = verdict.path
+                self.cache.truncate(start)
+                self.stats.forward_calls += 1
+                out = self.forward(tokens[path], logits_at=range(len(path)))
+                logits[path] = out.logits
+                exact = {n: i for i, n in enumerate(path)}
+                verdict = self._judge(tree, tokens, logits, mode, draft_probs, seed)
+            rows = np.asarray([exact[n] for n in verdict.path])
+        else:
+            rows = row[verdict.path]
+        self.cache.keep(np.concatenate([np.arange(start), start + rows]))
+        self.hidden = out.hidden[rows]
+        self.extra = {name: value[rows] for name, value in out.extra.items()}
+        self.stats.accepted.append(verdict.length)
+        return verdict
+
+    def _judge(self, tree: Tree, tokens: np.ndarray, logits: np.ndarray, mode: str, draft_probs, seed: int) -> Verdict:
+        """The verification op on a pass's logits (T, vocab), in the tree's node order: each
+        node's row processed as the sampler would at that node's own context first."""
+        params = self.sampler.params
         temperature = params.temperature if mode == "typical" and params.temperature > 0 else 1.0
         if mode == "sampling" or params.repetition_penalty != 1.0:
             rows = []
@@ -237,14 +273,7 @@ class Decoding:
                 else:
                     rows.append(self.sampler.adjust(logits[node], context))
             logits = np.stack(rows)
-        seed = int(self.sampler.rng.integers(2**63))
-        verdict = self.verifier(np.asarray(tokens, np.int64), tree, logits, mode, temperature=temperature,
-                                draft_probs=draft_probs, seed=seed)
-        self.cache.keep(np.concatenate([np.arange(start), start + np.asarray(verdict.path)]))
-        self.hidden = out.hidden[verdict.path]
-        self.extra = {name: value[verdict.path] for name, value in out.extra.items()}
-        self.stats.accepted.append(verdict.length)
-        return verdict
+        return self.verifier(tokens, tree, logits, mode, temperature=temperature, draft_probs=draft_probs, seed=seed)
 
 
 class Completion:

@@ -146,10 +146,12 @@ class DecoderSession:
         With ``step_rows`` 2, one token runs as two rows, itself and a copy at the same position
         that sees only the cache and itself, and the copy's cache row is dropped after: ONNX
         Runtime's CPU kernels take another path for one row than for several, and only the
-        several-row path gives a token the numbers it gets inside a verify pass."""
-        if len(tokens) == 1 and self.step_rows == 2 and mask is None and positions is None and logits_at is None:
+        several-row path gives a token the numbers it gets inside a verify pass. That holds for
+        every one-token call, a verify pass of a lone root included."""
+        if len(tokens) == 1 and self.step_rows == 2:
+            where = cache.length if positions is None else int(np.asarray(positions).reshape(-1)[0])
             copies = {k: np.repeat(np.asarray(v, np.float32).reshape(1, -1), 2, axis=0) for k, v in extra_inputs.items()}
-            out = self.extend(cache, [tokens[0]] * 2, np.eye(2, dtype=bool), [cache.length] * 2, [0], **copies)
+            out = self.extend(cache, [tokens[0]] * 2, np.eye(2, dtype=bool), [where] * 2, [0], **copies)
             cache.truncate(cache.length - 1)
             return Outputs(out.logits, out.hidden[:1], {k: v[:1] for k, v in out.extra.items()})
         tokens = np.asarray(tokens, dtype=np.int64)[None]

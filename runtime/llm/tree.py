@@ -88,6 +88,25 @@ class Tree:
             return tuple(map(tuple, kids))
         return self._once("children", make)
 
+    def depth_first(self) -> tuple["Tree", np.ndarray]:
+        """This tree with its nodes depth first, each node's children in node order, and each
+        node's index in it: the first chain (the root, its first child, that child's first
+        child, ...) comes first, a causal prefix. A chain is its own depth-first order."""
+        def make():
+            kids, order, stack = self.children(), [], [0]
+            while stack:
+                node = stack.pop()
+                order.append(node)
+                stack.extend(reversed(kids[node]))
+            order = np.asarray(order, np.int64)
+            row = np.empty_like(order)
+            row[order] = np.arange(order.size)
+            row.flags.writeable = False
+            if np.array_equal(order, np.arange(order.size)):
+                return self, row
+            return Tree(np.concatenate([[-1], row[self.parents[order[1:]]]])), row
+        return self._once("depth_first", make)
+
     def path(self, node: int) -> list[int]:
         """Root ... node."""
         out = [int(node)]
