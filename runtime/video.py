@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import budget
 from .errors import DecodeError, InputError
 from .inputs import load_npy
 
@@ -93,19 +94,44 @@ def _open_video(path: Path):
             os.close(fd)
     if not capture.isOpened():
         raise DecodeError(f"{path}: cannot decode video (not a video file, or a codec OpenCV lacks)")
-    _check_size(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    height, width = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    _check_size(path, height, width)
+    if budget.bounded() and not height * width:
+        capture.release()
+        raise DecodeError(f"{path}: the video states no frame size, which a bounded decode needs")
     return capture
 
 
+def _next_frame(capture, path: Path, retrieve: bool = True):
+    """Decode the next frame, charged to the decode budget first: ``(ok, frame)`` as OpenCV
+    gives it (``grab`` only, with ``retrieve`` False: a skipped frame is decoded all the same)."""
+    import cv2
+
+    budget.charge(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    return capture.read() if retrieve else (capture.grab(), None)
+
+
 def _read_image(path: Path):
-    """A frame file, read by Python (any name) and decoded by OpenCV from memory."""
+    """A frame file, read by Python (any name) and decoded by OpenCV from memory; its size,
+    where the header states it, checked and charged to the decode budget before decoding."""
     import cv2
 
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    size = budget.image_size(data[:1 << 16].tobytes())
+    if size is None and budget.bounded():
+        raise InputError(f"{path}: cannot read the image's size from its header (JPEG, PNG, BMP or WebP), "
+                         "which a bounded decode needs")
+    if size is not None:
+        _check_size(path, *size)
+        budget.charge(path, *size)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is not None and size is not None and image.shape[0] * image.shape[1] != size[0] * size[1]:
+        raise InputError(f"{path}: the header says {size[1]}x{size[0]}, the image decodes to "
+                         f"{image.shape[1]}x{image.shape[0]}")
+    return image
 
 
 class FolderClip(Clip):
@@ -133,7 +159,7 @@ class VideoClip(Clip):
         capture = _open_video(path)
         # The container's frame count is often wrong (VFR, truncated files): count by grabbing.
         count = 0
-        while capture.grab():
+        while _next_frame(capture, path, retrieve=False)[0]:
             count += 1
         capture.release()
         if count == 0:
@@ -149,7 +175,7 @@ class VideoClip(Clip):
         index = 0
         for target in wanted:
             while index <= target:
-                if not capture.grab():
+                if not _next_frame(capture, self.path, retrieve=False)[0]:
                     raise InputError(f"{self.path}: video ended at frame {index} while reading frame {target}")
                 index += 1
             ok, frame = capture.retrieve()
@@ -205,7 +231,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
         capture = _open_video(path)
         count = 0
         while True:
-            ok, frame = capture.read()
+            ok, frame = _next_frame(capture, path)
             if not ok:
                 break
             count += 1

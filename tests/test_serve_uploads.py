@@ -107,3 +107,64 @@ def test_user_errors_travel_as_values_and_become_openai_errors():
     assert status == 500 and "secret" not in body["error"]["message"]
     with pytest.raises(RuntimeError):  # a bug is not turned into a user error
         asyncio.run(user_errors(_raises)(RuntimeError("bug")))
+
+
+def test_image_sizes_are_read_from_headers():
+    from edgert.runtime.budget import image_size
+
+    frame = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    for ext, params in ((".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".bmp", []),
+                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])):
+        data = cv2.imencode(ext, frame, params)[1].tobytes()
+        assert image_size(data) == (37, 53), (ext, params)
+    assert image_size(b"GIF89a....") is None and image_size(b"\x89PNG\r\n\x1a\n") is None  # cut short
+
+
+def test_uploads_are_bounded_by_what_they_decode_to():
+    """A few KiB of PNGs or video that decode to far more pixels than the upload limit allows
+    as an .npy are refused (413) from their headers, before the frames past the bound decode;
+    a local clip, without a bound, decodes whole."""
+    big = cv2.imencode(".png", np.zeros((4096, 4096, 3), np.uint8))[1].tobytes()  # 48 MiB of pixels in ~50 KiB
+    def zipped(count):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for i in range(count):
+                archive.writestr(f"{i:03d}.png", big)
+        return buffer.getvalue()
+
+    data = zipped(40)
+    assert len(data) < 1 << 20
+    decoded = []
+    with pytest.raises(PayloadTooLarge, match=r"upload: decodes to more than \d+ pixels .* at frames/000000.png, a 4096x4096"):
+        with clip_source(data, 8 << 20) as source:  # 8 MiB upload limit: 32 MiB of pixels
+            for frame in iter_frames(source):
+                decoded.append(frame.shape)
+    assert len(decoded) <= 1  # 4096 x 4096 x 3 = 48 MiB: at most one frame before the bound
+    with clip_source(zipped(2), 64 << 20) as source:  # the default limit: 85 MiB of pixels, both frames
+        assert sum(1 for _ in iter_frames(source)) == 2
+    # a video: its container states the frame size, each frame is charged before it is decoded
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "clip.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 240))
+        for i in range(120):
+            writer.write(np.full((240, 320, 3), i, np.uint8))
+        writer.release()
+        video = path.read_bytes()
+        assert sum(1 for _ in iter_frames(path)) == 120  # the CLI's path: no bound
+    with pytest.raises(PayloadTooLarge, match="a 320x240 frame"):
+        with clip_source(video, 1 << 20) as source:  # 1 MiB: 4 MiB of pixels, 18 frames of 320x240
+            list(iter_frames(source))
+    with pytest.raises(PayloadTooLarge, match="a 320x240 frame"):
+        with clip_source(video, 1 << 20) as source:
+            from edgert.runtime.video import open_clip
+            open_clip(source)  # counting the frames decodes them too
+    with clip_source(video, 8 << 20) as source:
+        assert sum(1 for _ in iter_frames(source)) == 120
+    # under a bound, an image whose size no header states is refused before it decodes
+    tiff = cv2.imencode(".tiff", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("a.png", tiff)
+    with pytest.raises(InputError, match="cannot read the image's size from its header"):
+        with clip_source(zipped.getvalue(), 1 << 20) as source:
+            list(iter_frames(source))

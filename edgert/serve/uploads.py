@@ -10,6 +10,10 @@ A clip upload is one of:
   unpacked size are bounded before anything is unpacked;
 * one image (JPEG, PNG, BMP, WebP): a clip of one frame;
 * anything else is tried as a video, and refused (415) when OpenCV cannot decode it.
+
+What an upload decodes to is bounded too, as an ``.npy`` is by its bytes: its frames may add
+up to ``UNPACKED_FACTOR`` times the upload limit in RGB pixels, counted from the container's or
+each image's header before each frame is decoded (413 past it; :mod:`edgert.runtime.budget`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgert.runtime.errors import DecodeError, InputError
+from edgert.runtime.budget import OverBudget, decode_budget
+from edgert.runtime.errors import DecodeError, InputError, first_line
 from edgert.runtime.inputs import load_npy
 from edgert.runtime.video import IMAGE_EXTENSIONS
 
@@ -119,9 +124,12 @@ def clip_source(data: bytes, limit: int):
     try:
         path = write_clip(data, folder, limit)
         try:
-            yield path
+            with decode_budget(limit * UNPACKED_FACTOR // 3, "upload"):
+                yield path
         except DecodeError:
             raise UnsupportedMedia(f"upload ({len(data)} bytes): not {WHAT}") from None
+        except OverBudget as err:
+            raise PayloadTooLarge(first_line(err).replace(str(folder) + "/", "")) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
