@@ -345,6 +345,19 @@ def test_prompt_longer_than_context(model, tmp_path):
                       "prompt has", "tokens; the bundle's context is 16")
     capped = Generator(tmp_path / "short").generate("The quick", SamplingParams(max_new_tokens=100))
     assert capped.stop_reason in ("context", "eos") and len(capped.tokens) <= 16
+    # the graph records the positions it was exported for; a manifest that claims more is refused
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "short" / "decoder.onnx"), load_external_data=False)
+    assert {p.key: p.value for p in graph.metadata_props}["edgert.context"] == "16"
+    manifest = json.loads((tmp_path / "short" / "manifest.json").read_text())
+    manifest["decoder"]["context"] = 10**7
+    (tmp_path / "short" / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(edgert("generate", tmp_path / "short", "--prompt", "The quick"),
+                      "the manifest's decoder.context is 10000000 positions, but its graph decoder.onnx was exported for 16")
+    manifest["decoder"]["context"] = 12  # less than exported: a smaller cache, allowed
+    (tmp_path / "short" / "manifest.json").write_text(json.dumps(manifest))
+    assert Generator(tmp_path / "short").session.context == 12
 
 
 def test_export_bad_checkpoints(tmp_path):

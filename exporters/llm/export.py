@@ -28,7 +28,7 @@ import numpy as np
 from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import BundleError, EdgertError
 from edgert.runtime.host import get_host
-from edgert.runtime.llm.contract import GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
+from edgert.runtime.llm.contract import CONTEXT_KEY, GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
 from edgert.runtime.llm.tokenizer import check_chat_template, check_vocab
 from edgert.runtime.progress import step
 from edgert.runtime.staging import staged_bundle
@@ -282,8 +282,21 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
                                    checkpoint=_checkpoint_record(directory, gguf), graphs=[job.spec for job in jobs],
                                    precision=precision, opset=opset, parity=reports, decoder=decoder,
                                    quantization=quantized)
+        _stamp(stage / jobs[0].spec.file, {CONTEXT_KEY: str(context)})
         write(stage, manifest)
     return Path(out)
+
+
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Record ``props`` in the graph file's own metadata (its weights stay where they are): what
+    the runtime checks the manifest's fields against."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept + [onnx.StringStringEntryProto(key=k, value=v) for k, v in props.items()])
+    onnx.save(model, str(path))
 
 
 def _step_rows(option: str, quantization: dict[str, Any] | None) -> int:

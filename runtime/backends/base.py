@@ -59,6 +59,11 @@ class Backend:
         """A short line for logs and ``bench``: backend, device/provider, threads."""
         return self.name
 
+    def metadata(self) -> dict[str, str]:
+        """The graph file's own key-value metadata (ONNX ``metadata_props``), where the format
+        has any: what the exporter recorded in the graph, to check the manifest against."""
+        return {}
+
 
 class Binding:
     """Named inputs and output buffers kept between runs; binding a name again replaces it.

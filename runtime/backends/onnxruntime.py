@@ -89,6 +89,9 @@ class OnnxRuntimeBackend(Backend):
         binding.bind(feeds, outputs)
         binding.run()
 
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def binding(self) -> "IOBinding":
         return IOBinding(self)
 

@@ -47,6 +47,9 @@ from ..bundle import GraphSpec, TensorSpec
 GRAPH = "decoder"          # the decoder graph's name in the manifest
 TOTAL = "total_sequence_length"
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+# The decoder graph's metadata_props key holding the positions it was exported for; the
+# manifest's decoder.context may not exceed it (a hand-edited context ran past the model's).
+CONTEXT_KEY = "edgert.context"
 FLAVOURS = ("onnx", "trt")  # the manifest's spelling of the graph flavour (decoder.backend)
 CORE_INPUTS = ("input_ids", "position_ids", "attention_mask", "logit_positions")
 PAST, PRESENT = "past_key_values", "present"

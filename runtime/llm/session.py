@@ -18,7 +18,7 @@ from ..bundle import Bundle
 from ..errors import BundleError, EdgertError
 from ..host import get_host
 from ..model import open_backend
-from .contract import KV_DTYPES, layout
+from .contract import CONTEXT_KEY, KV_DTYPES, layout
 from .kvcache import InPlaceKVCache, KVCache
 
 
@@ -63,6 +63,10 @@ class DecoderSession:
         self.num_layers = self.layout.num_layers
         self.vocab_size, self.hidden_size = self.layout.vocab_size, self.layout.hidden_size
         self.context = int(self.info["context"])
+        exported = self.backend.metadata().get(CONTEXT_KEY) if graph in (None, self.info["graph"]) else None
+        if exported is not None and (not exported.isdigit() or self.context > int(exported)):
+            raise BundleError(f"{bundle.root}: the manifest's decoder.context is {self.context} positions, but its graph "
+                              f"{self.graph.file} was exported for {exported}")
         self.kv_dtype = KV_DTYPES[self.info["kv_dtype"]]
         self._extra_shapes = {t.name: t.dims[-1] for t in self.graph.outputs if t.name in self.layout.extra_outputs}
         self._extra_inputs = set(self.layout.extra_inputs)
