@@ -73,3 +73,44 @@ def load_npy(path, what: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.
         raise InputError(f"{path}: no such file ({what})") from None
     except (ValueError, OSError, EOFError) as err:
         raise InputError(f"{path}: not a readable .npy array ({what}: {first_line(err)})") from None
+
+
+MAX_TEXT_BYTES = 64 << 20  # a configuration, template or tree file the user names is far smaller
+
+
+def read_text(path, what: str = "", max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """A small text file the user named (a checkpoint's config, a template, a tree): a regular
+    file, at most ``max_bytes``, UTF-8; otherwise one line naming the file (``what``: how the
+    user named it, e.g. ``--opt tree``)."""
+    import os
+    import stat
+
+    name = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(f"{name}: not a regular file")
+            if info.st_size > max_bytes:
+                raise InputError(f"{name}: {info.st_size} bytes; at most {max_bytes} expected for this file")
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise InputError(f"{name}: cannot read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{name}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+
+
+def read_json(path, what: str = "", max_bytes: int = MAX_TEXT_BYTES):
+    """:func:`read_text`, parsed as JSON; a file that is not JSON is one line too."""
+    import json
+
+    text = read_text(path, what, max_bytes)
+    name = f"{what} {path}" if what else str(path)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InputError(f"{name}: JSON nested too deeply") from None
+    except ValueError as err:
+        raise InputError(f"{name}: not valid JSON ({first_line(err)})") from None

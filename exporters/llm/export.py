@@ -28,6 +28,7 @@ import numpy as np
 from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import BundleError, EdgertError
 from edgert.runtime.host import get_host
+from edgert.runtime.inputs import read_json, read_text
 from edgert.runtime.llm.contract import CONTEXT_KEY, GRAPH, Geometry, decoder_graph, decoder_section, tap_outputs
 from edgert.runtime.llm.tokenizer import check_chat_template, check_vocab
 from edgert.runtime.progress import step
@@ -61,10 +62,10 @@ def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
         path = directory / name
         if not path.is_file():
             return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EdgertError(f"{path}: not valid JSON ({err})") from None
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise EdgertError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return data
 
     config, generation, tok_config = load("config.json"), load("generation_config.json"), load("tokenizer_config.json")
 
@@ -74,7 +75,7 @@ def read_generation_info(directory: Path, cfg) -> dict[str, Any]:
 
     template = tok_config.get("chat_template")
     if (directory / "chat_template.jinja").is_file():  # transformers >= 4.47 writes it as its own file
-        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        template = read_text(directory / "chat_template.jinja")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
 

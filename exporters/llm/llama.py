@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from edgert.runtime.bundle import safe_relative
 from edgert.runtime.errors import EdgertError, first_line
+from edgert.runtime.inputs import read_json
 from edgert.runtime.schema import Bool, Int, List, Num, Obj, Opt, SchemaError, Str
 
 from ..checkpoints import check_keys
@@ -97,10 +98,7 @@ class DecoderConfig:
         path = Path(directory) / "config.json"
         if not path.is_file():
             raise EdgertError(f"{path}: missing; a checkpoint directory needs config.json")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EdgertError(f"{path}: not valid JSON ({err})") from None
+        cfg = read_json(path)
         if not isinstance(cfg, dict):
             raise EdgertError(f"{path}: expected a JSON object")
         if cfg.get("model_type") == "gemma3" and isinstance(cfg.get("text_config"), dict):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..inputs import read_text
 
 TREES: dict[str, list[list[int]]] = {
     "mc_sim_7b_63": [
@@ -41,7 +42,7 @@ def load_choices(spec: str) -> list[list[int]]:
         path = Path(spec)
         if not path.is_file():
             raise InputError(f"medusa tree {spec!r}: not a known tree ({', '.join(TREES)}), a JSON file or a JSON list")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "medusa tree")
     try:
         choices = json.loads(text)
     except json.JSONDecodeError as err:
