@@ -7,6 +7,7 @@ argparse's usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -780,6 +781,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgert: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal(err)
+        where = err.filename or getattr(args, "out", None)  # torch.onnx's writer does not say which file
+        print(f"edgert: error: no space left on the device{f' writing {where}' if where else ''} "
+              f"({err.strerror})", file=sys.stderr)
+        return 1
     except Exception as err:  # a bug (ours or a backend's): still one line, the traceback on request
         return _internal(err)
 

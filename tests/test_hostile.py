@@ -547,6 +547,42 @@ def test_a_hostile_config_json_is_one_line(llama_checkpoint, tmp_path, change, w
                       "config.json", words)
 
 
+@pytest.mark.parametrize("name, content, words", [
+    ("config.json", b'{"model_type": "llama", "x": "\xff"}', "config.json: not UTF-8 text (byte 0xff at offset 30)"),
+    ("tokenizer_config.json", b'{"chat_template": "\xfe"}', "tokenizer_config.json: not UTF-8 text (byte 0xfe"),
+    ("tokenizer_config.json", b"[1, 2]", "tokenizer_config.json: expected a JSON object, got list"),
+    ("generation_config.json", b"[" * 100_000, "generation_config.json: JSON nested too deeply"),
+    ("chat_template.jinja", b"{{ '\xff' }}", "chat_template.jinja: not UTF-8 text"),
+])
+def test_a_checkpoint_file_that_is_not_utf8_json_is_one_line(llama_checkpoint, tmp_path, name, content, words):
+    shutil.copytree(llama_checkpoint, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / name).write_bytes(content)
+    assert_user_error(edgert("export", "llama", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "b"), words)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_full_disk_is_one_line(monkeypatch, capsys, tmp_path):
+    """No space left (ENOSPC, a quota) is the machine's state, not a bug: one line naming what was
+    being written, exit 1. (A real full disk needs a mount the test cannot make everywhere.)"""
+    import errno
+
+    import edgert.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "b" / "model.onnx"))
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices["export"].set_defaults(func=full)
+    assert cli.main(["export", "tsn", "--out", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == (f"edgert: error: no space left on the device writing {tmp_path / 'b' / 'model.onnx'} "
+                                       "(No space left on device)\n")
+    sub.choices["export"].set_defaults(func=lambda args: (_ for _ in ()).throw(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    assert cli.main(["export", "tsn", "--out", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == f"edgert: error: no space left on the device writing {tmp_path / 'b'} (Disk quota exceeded)\n"
+
+
 def test_an_out_under_a_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     assert_user_error(export(tmp_path / "notes.txt" / "b"), "notes.txt: cannot create it")
