@@ -34,52 +34,60 @@ def _outward_address() -> str | None:
 # it answers UNAUTHENTICATED without Ray's token, one that has none of them UNIMPLEMENTED.
 RAY_METHODS = ("/ray.rpc.NodeInfoGcsService/GetAllNodeInfo", "/ray.rpc.NodeManagerService/GetNodeStats",
                "/ray.rpc.CoreWorkerService/GetCoreWorkerStats", "/ray.rpc.ReporterService/ReportOCMetrics",
-               "/ray.rpc.LogService/ListLogs")
+               "/ray.rpc.LogService/ListLogs", "/ray.serve.ASGIService/HandleRequest")
+# what a server says without the token, or where it has no such method or is no gRPC server
+REFUSED = ("UNAUTHENTICATED", "UNIMPLEMENTED", "UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
-def _ray_listeners_answer_nobody(pid: int) -> list[str]:
-    """Every TCP socket the process tree of ``pid`` listens on beyond loopback, probed without
-    Ray's token: a gRPC call to each Ray method, and an HTTP request (a job submission, then
-    GET /). Returns what answered: a gRPC method that succeeded, an HTTP route that did anything
-    but 401, except Prometheus text (Ray's autoscaler and dashboard metrics, read-only)."""
+def _listening(pid: int) -> list[tuple[str, str, int]]:
+    """(process, address, port) of every TCP socket the process tree of ``pid`` listens on."""
+    psutil = pytest.importorskip("psutil")
+    root, found = psutil.Process(pid), []
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            found += [(process.name(), s.laddr.ip, s.laddr.port) for s in process.net_connections(kind="tcp")
+                      if s.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1") or ip.startswith("::ffff:127.")
+
+
+def _answer_without_token(sockets: list[tuple[str, str, int]]) -> list[str]:
+    """Probe each socket without Ray's token: a gRPC call to each Ray method, and an HTTP request
+    (a job submission, then GET /). Returns what answered: a gRPC method that succeeded, an HTTP
+    route that did anything but 401, except Prometheus text (Ray's autoscaler and dashboard
+    metrics, read-only)."""
     import http.client
     import urllib.error
 
     grpc = pytest.importorskip("grpc")
-    psutil = pytest.importorskip("psutil")
-    root = psutil.Process(pid)
-    answered, probed = [], 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            sockets = process.net_connections(kind="tcp")
-        except psutil.Error:
-            continue
-        for sock in sockets:
-            ip = sock.laddr.ip
-            if sock.status != psutil.CONN_LISTEN or ip.startswith("127.") or ip == "::1":
-                continue
-            probed += 1
-            host = (_outward_address() or "127.0.0.1") if ip in ("0.0.0.0", "::") else ip
-            where = f"{process.name()} {ip}:{sock.laddr.port}"
-            with grpc.insecure_channel(f"{host}:{sock.laddr.port}") as channel:
-                for method in RAY_METHODS:
-                    try:
-                        channel.unary_unary(method)(b"", timeout=5)
-                        answered.append(f"{where} gRPC {method}")
-                    except grpc.RpcError:
-                        pass
-            for path, body in (("/api/job_agent/jobs/", b"{}"), ("/", None)):
+    answered = []
+    for name, ip, port in sockets:
+        host = "127.0.0.1" if ip in ("0.0.0.0", "::") or _loopback(ip) else ip
+        where = f"{name} {ip}:{port}"
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            for method in RAY_METHODS:
                 try:
-                    with urllib.request.urlopen(f"http://{host}:{sock.laddr.port}{path}", data=body, timeout=5) as r:
-                        text = r.read(64)
-                        if not text.startswith(b"# HELP"):
-                            answered.append(f"{where} HTTP {path} {r.status}")
-                except urllib.error.HTTPError as err:
-                    if err.code not in (401, 405):
-                        answered.append(f"{where} HTTP {path} {err.code}")
-                except (OSError, ValueError, http.client.HTTPException):  # not HTTP: a gRPC server
-                    pass
-    assert probed, "found no listening socket to probe"
+                    channel.unary_unary(method)(b"", timeout=5)
+                    answered.append(f"{where} gRPC {method}")
+                except grpc.RpcError as err:  # any other code: the method ran on our empty request
+                    if err.code().name not in REFUSED:
+                        answered.append(f"{where} gRPC {method} {err.code().name}")
+        for path, body in (("/api/job_agent/jobs/", b"{}"), ("/", None)):
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", data=body, timeout=5) as r:
+                    text = r.read(64)
+                    if not text.startswith(b"# HELP"):
+                        answered.append(f"{where} HTTP {path} {r.status}")
+            except urllib.error.HTTPError as err:
+                if err.code not in (401, 405):
+                    answered.append(f"{where} HTTP {path} {err.code}")
+            except (OSError, ValueError, http.client.HTTPException):  # not HTTP: a gRPC server
+                pass
     return answered
 
 
@@ -125,9 +133,13 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
         if outward is not None:  # bound to 127.0.0.1: the machine's network address does not answer
             with pytest.raises(OSError), socket.create_connection((outward, port), timeout=5):
                 pass
-        # Ray's own servers listen beyond loopback (Ray cannot bind them to it): none serves a caller
-        # without the session's token
-        assert _ray_listeners_answer_nobody(process.pid) == []
+        # every port of Ray's is on loopback; Serve's replicas bind their inter-deployment gRPC
+        # server to [::] (hard-coded in Ray Serve 2.60); none but ours serves a caller without the
+        # session's token
+        sockets = _listening(process.pid)
+        assert len(sockets) > 5, sockets
+        assert [s for s in sockets if not _loopback(s[1]) and not s[0].startswith("ray::ServeReplica")] == [], sockets
+        assert _answer_without_token([s for s in sockets if s[2] != port]) == []
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -86,10 +86,13 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
     that every replica fits; ``auto`` or ``ray://HOST:PORT`` joins a running cluster, whose
     nodes must hold the bundles at the same paths)."""
     if address is None:
-        # Ray's own servers listen beyond loopback and Ray cannot bind them there (it turns a
-        # loopback node address into the machine's network one); its token authentication makes
-        # every one of them refuse a caller without the token Ray generates for this session
-        # (docs/serving.md, "What Ray exposes"). Read when Ray is imported: set before.
+        # Ray's servers listen where its node address is, and on Linux Ray turns a loopback node
+        # address into the machine's network one, unless it is told it runs no cluster (the switch
+        # is named for Windows and macOS, where that is the default): then every port of Ray's and
+        # Serve's binds 127.0.0.1. Its token authentication also makes every one of them refuse a
+        # local caller without the token Ray generates for this session (docs/serving.md, "What
+        # Ray exposes"). Both are read when Ray is imported: set before.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         if os.environ.get("RAY_AUTH_MODE", "token") != "token":
             print(f"edgert: warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} overridden: the local Ray asks every "
                   "caller for its token", file=sys.stderr)
