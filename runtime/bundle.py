@@ -166,9 +166,14 @@ class Bundle:
         }
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True, trusted_keys=None) -> "Bundle":
+    def load(cls, path: str | os.PathLike, verify: bool | str = True, trusted_keys=None) -> "Bundle":
         """Verify and open ``path``. ``trusted_keys``: public key files the bundle must be signed
-        by (None: the configured trust store, :mod:`.signing`; an empty list: no signature check)."""
+        by (None: the configured trust store, :mod:`.signing`; an empty list: no signature check).
+
+        ``verify``: True hashes every file now (``edgert info``, ``sign``); ``"used"`` hashes each
+        file as it is used instead, on the bytes used (:meth:`read`, :meth:`checked_path`), so
+        that opening a model hashes each byte once rather than twice and never hashes what it
+        does not use (what the runtime's loaders do); False hashes nothing."""
         from . import signing
 
         root = Path(path)
@@ -199,9 +204,20 @@ class Bundle:
         bundle.manifest_bytes, bundle.signer, bundle.trusted_keys = raw, signer, keys
         for rel in data["files"]:
             bundle.path(rel)  # confined: no symlink on the way, a regular file
-            if verify and sha256_file(root / rel) != data["files"][rel]:
-                raise BundleError(f"{root / rel}: sha256 does not match the manifest (the file is corrupt or was modified)")
+            if verify is True:
+                bundle._check(rel, sha256_file(root / rel))
         return bundle
+
+    def _check(self, rel: str, digest: str) -> None:
+        if digest != self.manifest["files"][rel]:
+            raise BundleError(f"{self.root / rel}: sha256 does not match the manifest (the file is corrupt or was modified)")
+
+    def checked_path(self, rel: str) -> Path:
+        """:meth:`path`, its file hashed first: for a consumer that can only open a path (a
+        TensorRT parser reading external weights), where :meth:`read` cannot hand it the bytes."""
+        path = self.path(rel)
+        self._check(rel, sha256_file(path))
+        return path
 
     def path(self, rel: str) -> Path:
         """The file ``rel`` of the bundle: listed in ``files``, a regular file, reached through
@@ -241,8 +257,7 @@ class Bundle:
         """The bytes of ``rel``, read once and checked against the manifest's sha256 (no file can
         be swapped between the check and the use)."""
         data = self.path(rel).read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.manifest["files"][rel]:
-            raise BundleError(f"{self.root / rel}: sha256 does not match the manifest (the file is corrupt or was modified)")
+        self._check(rel, hashlib.sha256(data).hexdigest())
         return data
 
     @property

@@ -1,7 +1,7 @@
 """Loading a bundle and running it: the entry point for apps embedding edgert.
 
     from edgert.runtime import load
-    model = load("tsn-bundle")               # verifies the manifest and every file hash
+    model = load("tsn-bundle")               # verifies the manifest, and each file it uses as it reads it
     prediction = model.predict("clip.mp4")   # decode, sample, preprocess, run, rank
     outputs = model.run({"video": array})    # or feed arrays yourself (checked first)
 
@@ -95,7 +95,7 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", device: str = "c
          threads: int | None = None, verify: bool = True, trusted_keys=None) -> Model:
     """Verify and open a bundle on a backend. ``threads``: intra-op threads (None: backend default).
     ``trusted_keys``: public key files it must be signed by (None: the configured trust store)."""
-    bundle = Bundle.load(path, verify=verify, trusted_keys=trusted_keys)
+    bundle = Bundle.load(path, verify="used" if verify else False, trusted_keys=trusted_keys)
     host = get_host()
     backend_cls = host.get("backend", backend).obj
     backend_cls.check_available()
@@ -120,4 +120,5 @@ def open_backend(bundle: Bundle, spec: GraphSpec, backend_cls: type[Backend], de
         extra = bundle.onnx_sources(spec) if backend_cls.file_key == "file" else {"model": bundle.read(rel)}
     if interleaved and "interleaved" in inspect.signature(backend_cls).parameters:
         extra["interleaved"] = True
-    return backend_cls(bundle.path(rel), device=device, threads=threads, **extra)
+    return backend_cls(bundle.path(rel) if extra.get("model") is not None else bundle.checked_path(rel), device=device,
+                       threads=threads, **extra)

@@ -45,6 +45,44 @@ def test_tampered_file(bundle_copy):
         Bundle.load(bundle_copy)
 
 
+def test_a_model_hashes_each_byte_it_uses_once(bundle_copy, monkeypatch):
+    """Opening a model checks every file it uses on the bytes it uses, once (it hashed each file
+    twice, at load and at read); a file changed on disk is refused all the same, and ``Bundle.load``
+    with the default still checks every file at once (``edgert info``, ``sign``)."""
+    import hashlib
+
+    import edgert.runtime.bundle as bundle_module
+    from edgert.runtime import load
+
+    hashed, real = [], hashlib.sha256
+
+    class Counting:
+        def __init__(self, data=b""):
+            self.inner = real(data)
+            hashed.append(len(data))
+
+        def update(self, data):
+            hashed.append(len(data))
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(bundle_module.hashlib, "sha256", Counting)
+    model = load(bundle_copy)
+    used = sum((bundle_copy / spec.file).stat().st_size for spec in model.bundle.graphs.values())
+    assert sum(hashed) == used
+    hashed.clear()
+    Bundle.load(bundle_copy)
+    assert sum(hashed) == sum((bundle_copy / rel).stat().st_size for rel in model.bundle.manifest["files"])
+    with open(bundle_copy / "model.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x01\x02\x03")
+    assert Bundle.load(bundle_copy, verify="used").kind  # nothing read yet
+    with pytest.raises(BundleError, match=r"model.onnx: sha256 does not match"):
+        load(bundle_copy)
+
+
 def test_missing_file(bundle_copy):
     (bundle_copy / "model.onnx").unlink()
     with pytest.raises(BundleError, match=r"model.onnx: listed in the manifest but missing"):

@@ -46,7 +46,7 @@ def served_model(spec: str | os.PathLike) -> ServedModel:
     if not NAME.match(name):
         raise EdgertError(f"serve: model name {name!r}: use letters, digits, '.', '_' and '-' (at most 64), "
                           "or give one as NAME=PATH")
-    bundle = Bundle.load(path)
+    bundle = Bundle.load(path, verify="used")  # classified here; each replica checks the bytes it uses
     plugin = bundle.plugin_name
     if bundle.kind == "decoder":
         return ServedModel(name, str(bundle.root.resolve()), "decoder", plugin=plugin)
@@ -79,7 +79,7 @@ def check_drafts(drafts: dict[str, str], trusted_keys) -> None:
         if not NAME.match(name):
             raise EdgertError(f"serve: --draft {name}=...: a draft name uses letters, digits, '.', '_' and '-' "
                               "(at most 64)")
-        bundle = Bundle.load(path, trusted_keys=trusted_keys)
+        bundle = Bundle.load(path, verify="used", trusted_keys=trusted_keys)
         if bundle.kind != "decoder":
             raise EdgertError(f"serve: --draft {name}={path}: a draft model must be a decoder bundle, this is a "
                               f"{bundle.kind} bundle")

@@ -79,7 +79,7 @@ class GenerationResult:
 def open_same_vocabulary(path: str | os.PathLike, target: DecoderSession) -> DecoderSession:
     """``path``'s decoder session, after checking that it speaks ``target``'s vocabulary; held to
     the signature policy the target was opened under."""
-    bundle = Bundle.load(path, trusted_keys=target.bundle.trusted_keys)
+    bundle = Bundle.load(path, verify="used", trusted_keys=target.bundle.trusted_keys)
     info = bundle.manifest.get("decoder")
     if bundle.kind != "decoder" or not info:
         raise BundleError(f"{path}: the draft must be a decoder bundle, this is a {bundle.kind} bundle")
@@ -358,7 +358,7 @@ class Generator:
         bundle's verify graphs on ONNX Runtime) for the speculative strategies' verification op.
         ``trusted_keys``: public key files the bundle must be signed by (None: the configured
         trust store)."""
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, trusted_keys=trusted_keys)
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verify="used", trusted_keys=trusted_keys)
         info = self.bundle.manifest.get("decoder")
         if self.bundle.kind != "decoder" or not isinstance(info, dict):
             raise BundleError(f"{self.bundle.root}: a {self.bundle.kind} bundle, not a decoder; use 'edgert run'")

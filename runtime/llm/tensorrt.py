@@ -65,7 +65,7 @@ def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int
     """Build the ICudaEngine of ``bundle``'s decoder graph with the plugins of ``library``."""
     from ..bundle import Bundle
 
-    bundle = Bundle.load(bundle)  # confined and checked like any bundle; the parser gets the checked bytes
+    bundle = Bundle.load(bundle, verify="used")  # confined like any bundle; the parser gets checked bytes or files
     info = bundle.manifest.get("decoder") or {}
     if info.get("backend") != "trt":
         raise EdgertError(f"{bundle.root}: not the TensorRT flavour of a decoder (export with --flavour trt)")
@@ -73,7 +73,12 @@ def build_decoder_engine(bundle: str | Path, library: str | Path, max_batch: int
     trt = load_plugins(library)
     graph = bundle.manifest["graphs"][info["graph"]]
     # With weights in external files the parser must read them beside the graph: the path (checked at load).
-    onnx = bundle.path(graph["file"]) if graph.get("external_data") else bundle.read(graph["file"])
+    if graph.get("external_data"):
+        onnx = bundle.checked_path(graph["file"])
+        for rel in graph["external_data"]:
+            bundle.checked_path(rel)
+    else:
+        onnx = bundle.read(graph["file"])
     serialized = build_serialized(onnx, decoder_profile(graph, max_batch, max_tokens, capacity),
                                   preview_features=(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03,),  # in-place KV cache
                                   name=graph["file"])
