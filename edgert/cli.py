@@ -7,6 +7,7 @@ argparse's usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -781,6 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgert: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edgert info B | head`: the reader left; end quietly, as a SIGPIPE'd tool does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             return _internal(err)

@@ -17,6 +17,25 @@ def test_info(tiny_bundle):
     assert as_json["parity"]["passed"] is True
 
 
+def test_a_reader_that_leaves_ends_the_output_quietly(tiny_bundle):
+    """`edgert info B | head -1`: the reader closes the pipe; edgert stops with the SIGPIPE exit
+    status (128 + 13) and says nothing, as `yes | head` does, not 'internal error: BrokenPipeError'."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        result = subprocess.run([sys.executable, "-m", "edgert", "info", str(tiny_bundle)], stdout=write,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
 def test_run_npy_video_and_frames(tiny_bundle, clip_npy, tmp_path):
     import cv2
 
