@@ -9,6 +9,7 @@ directory that becomes the bundle only when all of it succeeded.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import sha256_file
-from edgert.runtime.staging import staged_bundle, write_manifest
+from edgert.runtime.staging import check_destination, staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
@@ -92,6 +93,7 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
     engine_max_batch = deprecated.get("trt_max_batch", engine_max_batch)
     backend = flavour  # the exporters' internal name for it
     registered = find_exportable(name)
+    check_destination(out, force)  # before the checkpoint is read: an existing --out needs no work to refuse
     if precision is None:
         from .llm.gguf import is_gguf
 
@@ -112,6 +114,9 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                           "it), and --flavour trt --precision int8 writes TensorRT's explicit-quantization QDQ graph")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise EdgertError(f"{checkpoint}: checkpoint file not found")
+    if checkpoint is None:
+        print(f"edgert: warning: no --checkpoint: {name} gets random weights (seed {seed}), so what it predicts "
+              "means nothing; give --checkpoint FILE for a trained model", file=sys.stderr)
     if knobs is not None:  # before minutes of export, not after
         from .qdq import calibration_sources
 

@@ -109,16 +109,23 @@ def _remove_stale(dest: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def check_destination(dest: str | os.PathLike, overwrite: bool = False) -> None:
+    """What :func:`staged_bundle` would refuse about ``dest`` as things stand: an exporter asks
+    first, so that a refusal that needs no work comes before minutes of it."""
+    dest = Path(dest).absolute()
+    if dest.exists() and not overwrite:
+        raise BundleError(f"{dest}: already exists (pass --force to replace it)")
+    if dest.exists():
+        _check_replaceable(dest)
+
+
 @contextmanager
 def staged_bundle(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory; on success it atomically becomes ``dest``."""
     dest = Path(dest).absolute()
 
     def check() -> None:
-        if dest.exists() and not overwrite:
-            raise BundleError(f"{dest}: already exists (pass --force to replace it)")
-        if dest.exists():
-            _check_replaceable(dest)
+        check_destination(dest, overwrite)
 
     check()  # before the parent is created or anything locked
     try:

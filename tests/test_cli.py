@@ -36,6 +36,21 @@ def test_a_reader_that_leaves_ends_the_output_quietly(tiny_bundle):
     assert result.returncode == 141 and result.stderr == "", result.stderr
 
 
+def test_an_existing_out_is_refused_before_any_work(tiny_bundle, tmp_path):
+    """The refusal that needs no work comes first: the checkpoint is never opened (here it is
+    not even there, which would be the error after the --out check) and nothing is built."""
+    for model, checkpoint in (("tsn", tmp_path / "missing.pth"), ("llama", tmp_path / "missing-checkpoint")):
+        result = edgert("export", model, "--out", tiny_bundle, "--checkpoint", checkpoint)
+        assert_user_error(result, f"{tiny_bundle}: already exists (pass --force to replace it)")
+        assert "building" not in result.stderr and "loading" not in result.stderr
+
+
+def test_an_export_without_weights_says_so(tmp_path):
+    result = edgert("export", "tsn", *TINY_TSN, "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "edgert: warning: no --checkpoint: tsn gets random weights (seed 0)" in result.stderr
+
+
 def test_run_npy_video_and_frames(tiny_bundle, clip_npy, tmp_path):
     import cv2
 
