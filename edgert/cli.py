@@ -461,6 +461,11 @@ def cmd_bench(args) -> int:
     if bundle.kind == "decoder":
         return _bench_decoder(bundle, args, threads)
     args.iters = args.iters or 20
+    if args.compare == "torch":  # before the ONNX Runtime half, not after it
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise EdgertError("bench --compare torch needs torch: pip install 'edgert[export]'") from None
     model = load(bundle.root, backend=args.backend, device=args.device, threads=threads)
     graph = model.graph()
     rng = np.random.default_rng(0)

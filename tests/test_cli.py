@@ -45,6 +45,17 @@ def test_an_existing_out_is_refused_before_any_work(tiny_bundle, tmp_path):
         assert "building" not in result.stderr and "loading" not in result.stderr
 
 
+def test_bench_compare_torch_without_torch_is_refused_first(tiny_bundle, monkeypatch, capsys):
+    import sys
+
+    import edgert.cli as cli
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a runtime-only install
+    assert cli.main(["bench", str(tiny_bundle), "--compare", "torch", "--iters", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "edgert: error: bench --compare torch needs torch: pip install 'edgert[export]'\n"
+
+
 def test_an_export_without_weights_says_so(tmp_path):
     result = edgert("export", "tsn", *TINY_TSN, "--out", tmp_path / "b")
     assert result.returncode == 0, result.stderr
