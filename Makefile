@@ -7,11 +7,14 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: demo test venv bench gpu-check clean
 
-$(VENV)/.installed: pyproject.toml tests/example_plugin/pyproject.toml tests/example_head_plugin/pyproject.toml
+# The tests install their example plugins for themselves (tests/conftest.py), never into this
+# environment: a user's `edgert plugins` and bundles must not show them.
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[export,dev,serve]' -e tests/example_plugin -e tests/example_head_plugin
+	$(PY) -m pip install -q -e '.[export,dev,serve]'
+	$(PY) -m pip uninstall -q -y edgert-example-plugin edgert-repeat-head 2>/dev/null || true
 	touch $@
 
 venv: $(VENV)/.installed

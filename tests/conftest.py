@@ -20,6 +20,41 @@ os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="edgert-test-config-")
 atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)  # one per test process
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _test_plugins() -> Path:
+    """The example third-party plugins (tests/example_plugin, tests/example_head_plugin),
+    installed for the tests only: into build/test-plugins, which is put on this process's path and
+    on every subprocess's (PYTHONPATH), never into the environment a user exports from (where
+    their entry points would list `frame-mean` and put the test head's option in every bundle).
+    Installed again when a plugin's files change; one process at a time installs (xdist workers)."""
+    import fcntl
+    import hashlib
+
+    target = ROOT / "build" / "test-plugins"
+    sources = [ROOT / "tests" / "example_plugin", ROOT / "tests" / "example_head_plugin"]
+    digest = hashlib.sha256()
+    for source in sources:
+        for path in sorted(p for p in source.rglob("*") if p.is_file() and ".egg-info" not in str(p)
+                           and "__pycache__" not in str(p)):
+            digest.update(str(path.relative_to(source)).encode() + path.read_bytes())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / "test-plugins.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = target / ".sources-sha256"
+        if not stamp.is_file() or stamp.read_text() != digest.hexdigest():
+            shutil.rmtree(target, ignore_errors=True)
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                                   "--target", str(target), *map(str, sources)], capture_output=True, text=True)
+            assert done.returncode == 0, f"installing the example plugins for the tests failed:\n{done.stderr[-3000:]}"
+            stamp.write_text(digest.hexdigest())
+    return target
+
+
+TEST_PLUGINS = str(_test_plugins())
+if TEST_PLUGINS not in sys.path:
+    sys.path.insert(0, TEST_PLUGINS)
+os.environ["PYTHONPATH"] = os.pathsep.join([TEST_PLUGINS, *filter(None, [os.environ.get("PYTHONPATH")])])
 TINY_TSN = ["--opt", "backbone=resnet18", "--opt", "segments=3", "--opt", "size=32", "--opt", "num_classes=5"]
 
 
