@@ -337,6 +337,19 @@ def test_a_prompt_on_stdin_must_be_utf8(model):
                       "--prompt -: standard input is not UTF-8 text (byte 0xff at offset 3)")
 
 
+def test_the_manifest_records_what_was_built(model):
+    """The options a decoder bundle records are what it was built with: the context it serves,
+    no empty option of a head it does not hold (nor of the tests' own head plugin, registered
+    here), and its family's paper, not all nine."""
+    _, ckpt, bundle = model
+    recorded = json.loads((bundle / "manifest.json").read_text())["model"]
+    assert recorded["options"]["context"] == json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+    assert not {"medusa", "mtp", "eagle", "repeat"} & set(recorded["options"]), recorded["options"]
+    assert recorded["paper"].count(",") <= 4 and ("LLaMA" in recorded["paper"] or "Qwen2" in recorded["paper"])
+    info = edgert("info", bundle).stdout
+    assert "repeat=" not in info and "medusa=" not in info
+
+
 def test_prompt_longer_than_context(model, tmp_path):
     _, ckpt, _ = model
     result = edgert("export", "llama", "--checkpoint", ckpt, "--out", tmp_path / "short", "--opt", "context=16")

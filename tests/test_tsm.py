@@ -13,7 +13,7 @@ from edgert.plugins.tsm.model import TSM, OnlineTSM, shifted_blocks
 from edgert.runtime import load
 from edgert.runtime.errors import EdgertError
 
-from conftest import edgert
+from conftest import assert_user_error, edgert
 
 
 def official_shift(x, n_segment, fold_div=8):
@@ -100,6 +100,10 @@ def test_exported_online_stream_equals_offline(tsm_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "online" / "manifest.json").read_text())
     assert len(manifest["graphs"]["main"]["state"]) == 8 and manifest["preprocessing"]["average_steps"] == 4
+    assert manifest["model"]["options"]["shift"] == "unidirectional"  # what the graph does, as `info` shows it
+    assert "shift=unidirectional" in edgert("info", tmp_path / "online").stdout
+    assert_user_error(edgert("export", "tsm", "--out", tmp_path / "x", "--opt", "online=true", "--opt",
+                             "shift=bidirectional", *opts), "shift=bidirectional with online=true", "past only")
 
     video = np.random.default_rng(0).standard_normal((1, 9, 3, 48, 48)).astype(np.float32)
     reference = TSM(5, 9, "resnet18", shift_mode="unidirectional").eval()

@@ -279,7 +279,11 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
         extra["step_rows"] = _step_rows(opts["step_rows"], quantization)
         decoder = decoder_section(ctx.geometry, context=context, kv_dtype=kv_dtype, flavour=flavour,
                                   generation=generation, verify=verify_files, heads=entries, **extra)
-        manifest = bundle_manifest(registered, options=opts, details=details, seed=r.seed,
+        # what was built: the context it serves, and only the heads it holds (an unset head option
+        # is every registered head's, a test plugin's too)
+        recorded = {k: v for k, v in {**opts, "context": context}.items() if v != ""}
+        manifest = bundle_manifest(registered, options=recorded, details=details, seed=r.seed,
+                                   paper=getattr(plugin, "papers", {}).get(cfg.model_type),
                                    checkpoint=_checkpoint_record(directory, gguf), graphs=[job.spec for job in jobs],
                                    precision=precision, opset=opset, parity=reports, decoder=decoder,
                                    quantization=quantized)

@@ -28,10 +28,14 @@ class LlamaFamily:
     name = "llama"
     description = ("decoder-only LLMs from HF checkpoints, with KV cache: model_type llama, qwen2, mistral, qwen3, "
                    "smollm3, granite, phi3, gemma3_text, gemma3")
-    paper = ("Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024; "
-             "Yang et al., Qwen2 Technical Report, 2024; Jiang et al., Mistral 7B, 2023; Yang et al., Qwen3 Technical "
-             "Report, 2025; Hugging Face, SmolLM3, 2025; IBM, Granite 3.0, 2024; Abdin et al., Phi-3 Technical Report, "
-             "2024; Gemma Team, Gemma 3 Technical Report, 2025")
+    # each model_type's paper: a bundle records its own (``paper`` lists them all)
+    papers = {"llama": "Touvron et al., LLaMA, 2023 / Grattafiori et al., The Llama 3 Herd of Models, 2024",
+              "qwen2": "Yang et al., Qwen2 Technical Report, 2024", "mistral": "Jiang et al., Mistral 7B, 2023",
+              "qwen3": "Yang et al., Qwen3 Technical Report, 2025", "smollm3": "Hugging Face, SmolLM3, 2025",
+              "granite": "IBM, Granite 3.0, 2024", "phi3": "Abdin et al., Phi-3 Technical Report, 2024",
+              "gemma3_text": "Gemma Team, Gemma 3 Technical Report, 2025",
+              "gemma3": "Gemma Team, Gemma 3 Technical Report, 2025"}
+    paper = "; ".join(dict.fromkeys(papers.values()))
 
     base_options = {"context": Option(0, "positions the bundle serves, prompt + generated (0: the model's maximum)",
                                       non_negative_int),

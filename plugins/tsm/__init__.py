@@ -47,6 +47,11 @@ class TSMDetector(SegmentRecognizer):
         opts = super().resolve_options(given)
         if opts["online"] and opts["output"] == "features":
             raise EdgertError("--opt online=true exports per-frame class scores; use output=features offline")
+        if opts["online"]:  # the online graph shifts from the past only: the bundle says what it holds
+            if given.get("shift", "unidirectional") != "unidirectional":
+                raise EdgertError(f"--opt shift={given['shift']} with online=true: the online graph shifts from the "
+                                  "past only (shift=unidirectional)")
+            opts["shift"] = "unidirectional"
         return opts
 
     def checkpoint_options(self, checkpoint):
