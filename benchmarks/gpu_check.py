@@ -99,7 +99,8 @@ def tensorrt_step(out: Path, info: dict) -> dict:
     major, minor = tensorrt.__version__.split(".")[:2]
     root = os.environ.get("TENSORRT_ROOT")
     if not root:  # the pip wheels ship no headers: the public ones of that major, beside the checkout
-        candidates = sorted((ROOT.parent / "shared" / "tensorrt").glob(f"{major}.*"))
+        headers = Path(os.environ.get("EDGERT_TENSORRT_HEADERS") or ROOT.parent / "shared" / "tensorrt")
+        candidates = sorted(headers.glob(f"{major}.*"))
         if not candidates:
             return {"returncode": 1, "tail": f"TensorRT {tensorrt.__version__}: no headers (set TENSORRT_ROOT)"}
         root = str(candidates[-1])

@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="local", help="local (default: start Ray in this process), auto (the cluster "
                    "this machine is in), or ray://HOST:PORT")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_int(1, 65535), default=8000)
+    p.add_argument("--port", type=_int(1, 65535), default=8000, help="port of the HTTP API (default 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request (default: $EDGERT_API_KEY)")
     p.add_argument("--max-batch", type=_int(1, 1024), default=8, help="detection: requests batched into one run "
                    "(1: off; default 8)")

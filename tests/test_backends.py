@@ -35,7 +35,7 @@ def test_threads_setting_gives_the_same_answer(tiny_bundle):
 
 
 @pytest.mark.skipif(not _has_provider("CUDAExecutionProvider"),
-                    reason="needs onnxruntime-gpu and a CUDA GPU (none on CI or dev machines here)")
+                    reason="needs onnxruntime-gpu and a CUDA GPU")
 def test_cuda_provider_matches_cpu(tiny_bundle):
     x = np.random.default_rng(4).standard_normal((2, 3, 3, 32, 32)).astype(np.float32)
     cpu = load(tiny_bundle, device="cpu").run({"video": x})["scores"]
@@ -43,8 +43,8 @@ def test_cuda_provider_matches_cpu(tiny_bundle):
     np.testing.assert_allclose(gpu, cpu, atol=1e-3 * np.abs(cpu).max())
 
 
-@pytest.mark.skipif(not HAVE_TRT, reason="needs the tensorrt package and a GPU; TensorRT wheels come from NVIDIA's "
-                    "index, which this machine cannot reach")
+@pytest.mark.skipif(not HAVE_TRT, reason="needs the tensorrt package (pip install tensorrt, from NVIDIA's "
+                    "index) and a GPU")
 def test_tensorrt_engine_export_and_run(tmp_path, clip_npy):
     out = tmp_path / "trt"
     result = edgert("export", "tsn", "--out", out, "--engine", "--engine-max-batch", "2", *TINY_TSN)

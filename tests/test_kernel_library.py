@@ -21,7 +21,7 @@ LIB = BUILD / "trt_plugins" / "libedgert_kernels.so"
 binding = load_trt_module("binding.py", "trt_plugins_binding")
 torch = pytest.importorskip("torch")
 GPU = torch.cuda.is_available()
-needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and a CUDA build of torch (CI has neither)")
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and a CUDA build of torch")
 
 
 @pytest.fixture(scope="module")

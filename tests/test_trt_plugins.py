@@ -1,5 +1,6 @@
 """The TensorRT plugins compiled and host-tested against TensorRT's real headers, both majors
-(../shared/tensorrt/11.1 and 10.16, no libnvinfer, no GPU): no warnings from edgert's sources,
+(``$EDGERT_TENSORRT_HEADERS/11.1`` and ``/10.16``, default ``../shared/tensorrt`` beside the
+clone; each holds ``include/NvInfer*.h``; no libnvinfer, no GPU needed): no warnings from edgert's sources,
 exactly two exported symbols, the libnvinfer recorded where one is linked, the CMake version floor,
 the load-time major guard (a stand-in libnvinfer of the other major: refused with one line, the
 logger finder never called), and tests/native/plugin_host_test.cpp replaying the ONNX parser's
@@ -8,19 +9,24 @@ plugin fallback on every custom node a TensorRT-flavour export writes."""
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, cmake_build, edgert
 from trt_spec import REJECTS, SYMBOLS, write_spec
 
-SHARED = ROOT.parent / "shared" / "tensorrt"
+# TensorRT's public headers, one folder per major (11.1/include, 10.16/include): where
+# EDGERT_TENSORRT_HEADERS says, else beside the clone (where this project's CI keeps them).
+SHARED = Path(os.environ.get("EDGERT_TENSORRT_HEADERS") or ROOT.parent / "shared" / "tensorrt")
 VERSIONS = {"11.1": "11.1.0", "10.16": "10.16.1"}
-if not SHARED.is_dir():  # CI and every developer have it; a user's clone may not
-    pytest.skip(f"{SHARED} (TensorRT's headers) is not here", allow_module_level=True)
+if not SHARED.is_dir():
+    pytest.skip(f"needs TensorRT's headers (11.1 and 10.16): set EDGERT_TENSORRT_HEADERS to a folder holding "
+                f"11.1/include and 10.16/include ({SHARED} is not there)", allow_module_level=True)
 torch = pytest.importorskip("torch")
 GPU = torch.cuda.is_available()
 STANDINS = ROOT / "build" / "trt-standin"
