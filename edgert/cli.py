@@ -184,7 +184,8 @@ def cmd_serve(args) -> int:
         print(f"edgert: warning: joining the Ray cluster at {args.address}: Ray runs any code a caller sends to its ports; "
               "keep the cluster on a network only its nodes reach, with RAY_AUTH_MODE=token on every node "
               "(docs/serving.md, What Ray exposes)", file=sys.stderr)
-    run(args.bundle, options, address=None if args.address == "local" else args.address, host=args.host, port=args.port)
+    run(args.bundle, options, address=None if args.address == "local" else args.address, host=args.host, port=args.port,
+        verbose=args.verbose)
     return 0
 
 
@@ -645,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "this machine is in), or ray://HOST:PORT")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_int(1, 65535), default=8000, help="port of the HTTP API (default 8000)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and Serve's own INFO lines on the terminal")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request (default: $EDGERT_API_KEY)")
     p.add_argument("--max-batch", type=_int(1, 1024), default=8, help="detection: requests batched into one run "
                    "(1: off; default 8)")

@@ -126,6 +126,7 @@ def test_serve_cli_listens_on_loopback_and_stops_on_ctrl_c(tiny_bundle):
     try:
         assert serving.wait(300) and lines and lines[-1].startswith("edgert: serving tsn (detector) on http://127.0.0.1:"), lines
         assert "API key required" in lines[-1]
+        assert [line for line in lines if "INFO" in line] == []  # Ray's and Serve's chatter only with --verbose
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert [m["id"] for m in json.loads(response.read())["data"]] == ["tsn"]

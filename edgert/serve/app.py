@@ -11,6 +11,7 @@ starts Serve's HTTP proxy on ``host:port`` and runs the application until interr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -81,7 +82,8 @@ def cpus_needed(models: dict[str, ServedModel], options: ServeOptions) -> float:
     return sum(options.replicas_for(name) for name in models) * options.cpus_per_replica
 
 
-def run(bundles, options: ServeOptions, address: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run(bundles, options: ServeOptions, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+        verbose: bool = False) -> None:
     """Serve until interrupted: ``address`` None starts a Ray instance in this process (sized so
     that every replica fits; ``auto`` or ``ray://HOST:PORT`` joins a running cluster, whose
     nodes must hold the bundles at the same paths)."""
@@ -98,20 +100,25 @@ def run(bundles, options: ServeOptions, address: str | None = None, host: str = 
                   "caller for its token", file=sys.stderr)
         os.environ["RAY_AUTH_MODE"] = "token"
     ray, serve = _ray()
+    # Ray's and Serve's INFO lines (a local instance started, Serve's namespace, options "not
+    # applied" that were) are theirs, not the user's: in their logs, on the terminal with --verbose
+    quiet = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("ray.serve").setLevel(quiet)
     models = catalogue(bundles)
     check_replicas(models, options)
     check_drafts(options.drafts, options.keys)
     if address is None:
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed(models, options) + 0.999)),
-                 include_dashboard=False, log_to_driver=False,
+                 include_dashboard=False, log_to_driver=False, logging_level=quiet,
                  _system_config={"enable_metrics_collection": False})  # no metrics agent on every interface
     else:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=quiet)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise EdgertError(f"serve: cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
     try:
         serve.start(http_options={"host": host, "port": port})
+        logging.getLogger("ray.serve").setLevel(quiet)  # Serve sets up its driver logger as it starts
         serve.run(app(bundles, options, models=models), name=APP_NAME, route_prefix="/")
         print(f"edgert: serving {', '.join(f'{m.name} ({m.kind})' for m in models.values())} on http://{host}:{port}/v1 "
               f"({', '.join(f'{n}: {options.replicas_for(n)}' for n in models)} replica(s)"
