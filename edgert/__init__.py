@@ -5,7 +5,13 @@ Public API for apps: :func:`load` (open a bundle), :data:`hookimpl` (for plugin 
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .runtime import EdgertError, load
+try:
+    from .runtime import EdgertError, load
+except ModuleNotFoundError as err:  # the clone's edgert/ folder on the path, edgert itself not installed
+    if err.name != "edgert.runtime":
+        raise
+    raise SystemExit("edgert: error: edgert is not installed in this Python (the clone's edgert/ folder alone is "
+                     "not the package): run `make demo` and use .venv/bin/edgert, or `pip install -e .`") from None
 from .runtime.hookspecs import hookimpl
 
 try:

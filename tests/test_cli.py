@@ -36,6 +36,20 @@ def test_a_reader_that_leaves_ends_the_output_quietly(tiny_bundle):
     assert result.returncode == 141 and result.stderr == "", result.stderr
 
 
+def test_the_clone_without_edgert_installed_says_so():
+    """`python3 -m edgert` in the clone with a Python where edgert is not installed (here: no site
+    packages) finds the clone's edgert/ folder: one line saying what to do, not a traceback."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-S", "-m", "edgert", "plugins"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("edgert: error: edgert is not installed in this Python") and "make demo" in result.stderr
+
+
 def test_an_existing_out_is_refused_before_any_work(tiny_bundle, tmp_path):
     """The refusal that needs no work comes first: the checkpoint is never opened (here it is
     not even there, which would be the error after the --out check) and nothing is built."""
