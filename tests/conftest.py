@@ -115,11 +115,13 @@ def edgert(*args: str, env: dict | None = None, cwd: Path | None = None, input: 
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """A user error: non-zero exit, exactly one 'edgert: error:' line, no traceback."""
+    """A user error: non-zero exit, exactly one 'edgert: error:' line, no traceback, and not the
+    catch-all that a bug gets ('internal error: XError')."""
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("edgert: error:")]
     assert len(errors) == 1, result.stderr
+    assert not errors[0].startswith("edgert: error: internal error:"), errors[0]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
