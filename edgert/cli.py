@@ -16,6 +16,7 @@ import sys
 import threading
 
 from edgert.runtime.errors import EdgertError, one_line
+from edgert.runtime.progress import step
 
 
 def _parse_opts(pairs: list[str], flag: str = "--opt") -> dict[str, str]:
@@ -441,7 +442,8 @@ def _bench_decoder(bundle, args, threads: int) -> int:
     print(f"{bundle.plugin_name} decoder: prompt {prompt_len} tokens, {new} new tokens, greedy; {threads} threads")
     for _ in range(args.warmup and 1):
         gen.generate(prompt[:8], SamplingParams(max_new_tokens=2))
-    runs = [gen.generate(prompt, SamplingParams(max_new_tokens=new)).stats for _ in range(args.iters or 3)]
+    with step(f"generating {args.iters or 3} times"):
+        runs = [gen.generate(prompt, SamplingParams(max_new_tokens=new)).stats for _ in range(args.iters or 3)]
     med = lambda values: float(np.median(values))  # noqa: E731
     print(f"prefill {med([r.prefill_tokens_per_s for r in runs]):.1f} tokens/s, time to first token "
           f"{med([r.ttft_s for r in runs]) * 1e3:.1f} ms, decode {med([r.decode_tokens_per_s for r in runs]):.1f} tokens/s "
@@ -476,13 +478,15 @@ def cmd_bench(args) -> int:
         feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     print(f"{model.bundle.plugin_name} {graph.name}: inputs "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()) + f"; {threads} threads")
-    ours = measure(f"{args.backend} ({args.device})", lambda: model.run(feeds), args.iters, args.warmup, args.batch)
+    with step(f"timing {args.backend} ({args.device}): {args.warmup} warm-up and {args.iters} timed runs"):
+        ours = measure(f"{args.backend} ({args.device})", lambda: model.run(feeds), args.iters, args.warmup, args.batch)
     print(ours.line())
     if args.compare == "torch":
         from edgert.exporters.compare import torch_runner
 
         run_torch, note = torch_runner(model.bundle, graph, feeds, threads)
-        theirs = measure("pytorch eager", run_torch, args.iters, args.warmup, args.batch)
+        with step(f"timing pytorch eager: {args.warmup} warm-up and {args.iters} timed runs"):
+            theirs = measure("pytorch eager", run_torch, args.iters, args.warmup, args.batch)
         print(theirs.line())
         print(f"ratio {args.backend}/pytorch: throughput {ours.throughput / theirs.throughput:.2f}x, "
               f"p50 latency {theirs.p50_ms / ours.p50_ms:.2f}x faster  ({note})")
