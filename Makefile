@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# torch first and pinned: its CPU wheel is on local disk; an unpinned torch pulls a CUDA build.
-TORCH  ?= torch==2.13.0
+# torch first, pinned, and a CPU build: a wheel in pip's local find-links if it has one, else
+# PyTorch's CPU index (TORCH_INDEX); from PyPI a plain torch is a CUDA build of several GB.
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test venv bench gpu-check clean
 
@@ -12,6 +14,8 @@ TORCH  ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-index --no-deps $(TORCH) 2>/dev/null || \
+	  $(PY) -m pip install -q --no-deps $(TORCH) --index-url $(TORCH_INDEX)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[export,dev,serve]'
 	$(PY) -m pip uninstall -q -y edgert-example-plugin edgert-repeat-head 2>/dev/null || true
