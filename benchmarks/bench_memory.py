@@ -62,6 +62,8 @@ options = ort.SessionOptions()
 options.intra_op_num_threads = 2
 if how.endswith("noprepack"):
     options.add_session_config_entry("session.disable_prepacking", "1")
+import os
+options.add_session_config_entry("session.model_external_initializers_file_folder_path", os.path.dirname(path))
 model = open(path, "rb").read() if how == "bytes" else path
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 del model

@@ -23,10 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import BundleError, first_line
 from .schema import MANIFEST as MANIFEST_SCHEMA, SchemaError
@@ -247,11 +250,41 @@ class Bundle:
 
     def external_data(self, graph: GraphSpec) -> dict[str, bytes]:
         """The graph's external weight files, checked, by the name relative to the graph's folder."""
+        return {name: self.read(rel) for name, rel in self._external(graph).items()}
+
+    def _external(self, graph: GraphSpec) -> dict[str, str]:
         base = graph.file.rsplit("/", 1)[0] + "/" if "/" in graph.file else ""
         for rel in graph.external_data:
             if not rel.startswith(base):
                 raise BundleError(f"{self.root}: graph {graph.name!r}: external data {rel!r} is not beside {graph.file!r}")
-        return {rel[len(base):]: self.read(rel) for rel in graph.external_data}
+        return {rel[len(base):]: rel for rel in graph.external_data}
+
+    @contextmanager
+    def external_copies(self, graph: GraphSpec) -> Iterator[Path]:
+        """A folder holding private copies of the graph's external weight files, each hashed as it
+        is copied and checked against the manifest, removed when the block ends. A backend that
+        memory-maps weight files (ONNX Runtime: the pages it does not repack are never copied)
+        maps these, which only this process's user can write, not the bundle's own files, which
+        whoever can write the bundle could change after the check."""
+        folder = Path(tempfile.mkdtemp(prefix="edgert-weights-"))  # 0700
+        try:
+            for name, rel in self._external(graph).items():
+                digest = hashlib.sha256()
+                source = os.open(self.path(rel), os.O_RDONLY | os.O_NOFOLLOW)
+                target = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+                try:
+                    while block := os.read(source, 4 << 20):
+                        digest.update(block)
+                        view = memoryview(block)
+                        while view:
+                            view = view[os.write(target, view):]
+                finally:
+                    os.close(source)
+                    os.close(target)
+                self._check(rel, digest.hexdigest())
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # a mapping keeps its pages until the session goes
 
     def read(self, rel: str) -> bytes:
         """The bytes of ``rel``, read once and checked against the manifest's sha256 (no file can

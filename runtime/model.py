@@ -116,9 +116,19 @@ def open_backend(bundle: Bundle, spec: GraphSpec, backend_cls: type[Backend], de
                           "backend" + (" (export with --engine where TensorRT is installed)"
                                        if backend_cls.file_key == "engine" else ""))
     extra: dict = {}
-    if getattr(backend_cls, "reads_bytes", False):
-        extra = bundle.onnx_sources(spec) if backend_cls.file_key == "file" else {"model": bundle.read(rel)}
-    if interleaved and "interleaved" in inspect.signature(backend_cls).parameters:
+    accepts = inspect.signature(backend_cls).parameters
+    if interleaved and "interleaved" in accepts:
         extra["interleaved"] = True
-    return backend_cls(bundle.path(rel) if extra.get("model") is not None else bundle.checked_path(rel), device=device,
-                       threads=threads, **extra)
+    if not getattr(backend_cls, "reads_bytes", False):
+        return backend_cls(bundle.checked_path(rel), device=device, threads=threads, **extra)
+    if backend_cls.file_key != "file":
+        return backend_cls(bundle.path(rel), device=device, threads=threads, model=bundle.read(rel), **extra)
+    if spec.external_data and "external_folder" in accepts:
+        # external weights: checked private copies the backend maps, not a heap copy it copies again
+        try:
+            with bundle.external_copies(spec) as folder:
+                return backend_cls(bundle.path(rel), device=device, threads=threads, model=bundle.read(rel),
+                                   external_folder=folder, **extra)
+        except OSError:  # no room for the copies (a full or read-only temporary folder): from memory
+            pass
+    return backend_cls(bundle.path(rel), device=device, threads=threads, **bundle.onnx_sources(spec), **extra)

@@ -604,9 +604,11 @@ def test_the_python_api_checks_its_arguments(copy, kwargs, words):
         load(copy, **kwargs)
 
 
-def test_external_weights_are_checked_and_given_from_memory(tmp_path, monkeypatch):
-    """A large model's weights outside its ONNX file (<file>.data) are listed, read once, checked and
-    handed to ONNX Runtime from memory, like the graph."""
+def test_external_weights_are_checked_and_what_runs(tmp_path, monkeypatch):
+    """A model's weights outside its ONNX file (<file>.data) are listed, hashed once as they are
+    copied into a private folder, and ONNX Runtime maps those copies: a weight file swapped in the
+    bundle after its check is not what runs, one swapped before is refused; with no room for the
+    copies they go from memory, checked the same way."""
     import numpy as np
     import onnx
     import onnxruntime
@@ -636,20 +638,29 @@ def test_external_weights_are_checked_and_given_from_memory(tmp_path, monkeypatc
     monkeypatch.setattr(onnxruntime.SessionOptions, "add_external_initializers_from_files_in_memory",
                         lambda self, names, buffers, lengths: (given.append((names, [bytes(b) for b in buffers])),
                                                                real(self, names, buffers, lengths)))
-    out = load(tmp_path / "b").run({"x": np.ones(4, np.float32)})["y"]
-    assert out.tolist() == [1, 2, 3, 4]
-    assert given == [(["model.onnx.data"], [(tmp_path / "b" / "model.onnx.data").read_bytes()])]
+    original = (tmp_path / "b" / "model.onnx.data").read_bytes()
     real_read = Bundle.read
+    import edgert.runtime.bundle as bundle_module
 
-    def swapped(self, rel):
-        if rel.endswith(".data"):
-            (tmp_path / "b" / rel).write_bytes(np.full(4, 100, np.float32).tobytes())
+    made, real_mkdtemp = [], bundle_module.tempfile.mkdtemp
+    monkeypatch.setattr(bundle_module.tempfile, "mkdtemp", lambda prefix: made.append(real_mkdtemp(prefix=prefix)) or made[-1])
+
+    def swap_after_the_copy(self, rel):  # the graph is read after the weights were copied and checked
+        (tmp_path / "b" / "model.onnx.data").write_bytes(np.full(4, 100, np.float32).tobytes())
         return real_read(self, rel)
 
-    monkeypatch.setattr(Bundle, "read", swapped)
-    with pytest.raises(Exception, match="model.onnx.data: sha256 does not match the manifest"):
-        load(tmp_path / "b")
+    monkeypatch.setattr(Bundle, "read", swap_after_the_copy)
+    out = load(tmp_path / "b").run({"x": np.ones(4, np.float32)})["y"]
+    assert out.tolist() == [1, 2, 3, 4] and given == []  # the checked copy ran, not the swapped file
     monkeypatch.setattr(Bundle, "read", real_read)
+    with pytest.raises(Exception, match="model.onnx.data: sha256 does not match the manifest"):
+        load(tmp_path / "b")  # swapped before: refused
+    (tmp_path / "b" / "model.onnx.data").write_bytes(original)
+    assert len(made) == 2 and not any(Path(folder).exists() for folder in made)  # the copies are gone
+    monkeypatch.setattr(bundle_module.tempfile, "mkdtemp", lambda prefix: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    assert load(tmp_path / "b").run({"x": np.ones(4, np.float32)})["y"].tolist() == [1, 2, 3, 4]
+    assert given == [(["model.onnx.data"], [original])]
     edit(tmp_path / "b", lambda m: m["graphs"]["main"].update(external_data=["../w.data"]))
     assert_user_error(edgert("info", tmp_path / "b"), "graphs.main.external_data '../w.data' is not a relative path")
 

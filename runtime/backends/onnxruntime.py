@@ -31,9 +31,12 @@ class OnnxRuntimeBackend(Backend):
     reads_bytes = True  # takes the bundle's verified bytes: nothing can swap the file after its check
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None, interleaved: bool = False,
-                 model: bytes | None = None, external_data: dict[str, bytes] | None = None):
+                 model: bytes | None = None, external_data: dict[str, bytes] | None = None,
+                 external_folder: Path | None = None):
         """``model``: the graph's bytes (read once and checked by the bundle); ``external_data``:
-        its weight files' bytes by the name the graph gives them, likewise. ``interleaved``: this session takes turns with others on the same cores (a generation's
+        its weight files' bytes by the name the graph gives them, likewise; or ``external_folder``:
+        a folder of checked private copies of them, which ONNX Runtime memory-maps instead of
+        copying (see :meth:`Bundle.external_copies`). ``interleaved``: this session takes turns with others on the same cores (a generation's
         decoder, Medusa heads, MTP module, draft). Its threads then stop spinning when a run ends:
         spinning idle threads took the cores from the session that ran next, which made Medusa's
         decoder pass 1.7x and its heads 2x slower on 2 cores (benchmarks/bench_speculative.py)."""
@@ -62,7 +65,8 @@ class OnnxRuntimeBackend(Backend):
         if interleaved:
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if model is not None:  # anything not given resolves in the graph's folder (ONNX Runtime refuses escapes), never the cwd
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent))
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(external_folder or self.path.parent))
         if external_data:
             names = list(external_data)
             options.add_external_initializers_from_files_in_memory(
