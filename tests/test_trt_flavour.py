@@ -119,7 +119,7 @@ def test_bad_requests_get_one_line_errors(bundle, tmp_path):
 
 
 def test_engine_builds_with_the_plugin_library(bundle):
-    trt = pytest.importorskip("tensorrt", reason="needs TensorRT (not installable here) and libedgert_trt_plugins.so")
+    trt = pytest.importorskip("tensorrt", reason="needs TensorRT (the tensorrt package) and libedgert_trt_plugins.so built against it")
     from conftest import ROOT
 
     library = ROOT / "build" / "native" / "trt_plugins" / "libedgert_trt_plugins.so"
