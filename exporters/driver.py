@@ -23,7 +23,7 @@ from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
 from edgert.runtime.progress import step
 
-from .graph import export_graph, to_fp16
+from .graph import export_graph, to_fp16, weights_beside
 from .manifest import bundle_manifest
 from .parity import DEFAULT_TOLERANCE, compare, require_parity
 from .precision import resolve_quantization
@@ -169,7 +169,8 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                     build_engine(stage / graph.file, graph, stage / plan, precision == "fp16", engine_max_batch)
                 graphs[i] = replace(graph, engine=plan)
             manifest["graphs"] = {g.name: g.to_json() for g in graphs}
-        if knobs is not None or engine:
-            write_manifest(stage, manifest)
+        for graph in graphs:  # last: calibration and the engine build read the graphs as they were checked
+            weights_beside(stage / graph.file)
+        write_manifest(stage, manifest)
     return Path(out)
 

@@ -104,3 +104,25 @@ def to_fp16(path: Path) -> None:
     ir_model.graph.sort()
     onnx.save(onnx_ir.to_proto(ir_model), str(path))
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def weights_beside(path: Path, props: dict[str, str] | None = None) -> None:
+    """Keep the graph file's weights in ``<file>.data`` beside it, whatever their size, and record
+    ``props`` in its own metadata (what the runtime checks a manifest's fields against). The
+    runtime hands ONNX Runtime a checked private copy of that file to memory-map, where a graph
+    that holds its weights must be parsed from bytes that are copied twice on the way
+    (docs/benchmarks.md, "Memory and start-up")."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    if props:
+        kept = [p for p in model.metadata_props if p.key not in props]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept + [onnx.StringStringEntryProto(key=k, value=v) for k, v in props.items()])
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    onnx.save(model, str(path), save_as_external_data=not external, all_tensors_to_one_file=True,
+              location=f"{path.name}.data", size_threshold=1024)
+    data = path.with_name(f"{path.name}.data")
+    if data.is_file():  # onnx writes it owner-only; the bundle's files are read by whoever may read the bundle
+        data.chmod(path.stat().st_mode & 0o777)

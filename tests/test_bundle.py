@@ -17,7 +17,8 @@ def test_tiny_bundle_manifest(tiny_bundle):
     graph = bundle.graph()
     assert [(t.name, t.dtype, t.dims) for t in graph.inputs] == [("video", "float32", ("batch", 3, 3, 32, 32))]
     assert [(t.name, t.dims) for t in graph.outputs] == [("scores", ("batch", 5))]
-    assert set(m["files"]) == {"model.onnx"} and len(m["files"]["model.onnx"]) == 64
+    assert set(m["files"]) == {"model.onnx", "model.onnx.data"} and len(m["files"]["model.onnx"]) == 64
+    assert m["graphs"]["main"]["external_data"] == ["model.onnx.data"]  # the weights, memory-mapped at load
     for key in ("torch", "onnx", "onnxruntime", "opset", "edgert"):
         assert key in m["provenance"]
     report = m["parity"]["graphs"]["main"]
@@ -70,7 +71,8 @@ def test_a_model_hashes_each_byte_it_uses_once(bundle_copy, monkeypatch):
 
     monkeypatch.setattr(bundle_module.hashlib, "sha256", Counting)
     model = load(bundle_copy)
-    used = sum((bundle_copy / spec.file).stat().st_size for spec in model.bundle.graphs.values())
+    used = sum((bundle_copy / rel).stat().st_size for spec in model.bundle.graphs.values()
+               for rel in (spec.file, *spec.external_data))
     assert sum(hashed) == used
     hashed.clear()
     Bundle.load(bundle_copy)

@@ -34,6 +34,7 @@ from edgert.runtime.llm.tokenizer import check_chat_template, check_vocab
 from edgert.runtime.progress import step
 from edgert.runtime.staging import staged_bundle
 
+from ..graph import weights_beside
 from ..manifest import bundle_manifest, write
 from ..parity import DEFAULT_TOLERANCE
 from .plan import ExportContext, GraphJob, parity_cases, run_plan, trace_feeds
@@ -287,30 +288,9 @@ def _export(registered, out: str | Path, request: ExportRequest, directory: Path
                                    checkpoint=_checkpoint_record(directory, gguf), graphs=[job.spec for job in jobs],
                                    precision=precision, opset=opset, parity=reports, decoder=decoder,
                                    quantization=quantized)
-        _finish(stage / jobs[0].spec.file, {CONTEXT_KEY: str(context)})
+        weights_beside(stage / jobs[0].spec.file, {CONTEXT_KEY: str(context)})
         write(stage, manifest)
     return Path(out)
-
-
-def _finish(path: Path, props: dict[str, str]) -> None:
-    """Record ``props`` in the graph file's own metadata (what the runtime checks the manifest's
-    fields against), and keep its weights in ``<file>.data`` beside it, whatever their size: the
-    runtime hands ONNX Runtime a checked private copy of that file to memory-map, where a graph
-    holding its weights must be parsed from bytes that are copied twice on the way
-    (docs/benchmarks.md, "Memory and start-up")."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(path), load_external_data=False)
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept + [onnx.StringStringEntryProto(key=k, value=v) for k, v in props.items()])
-    external = any(uses_external_data(t) for t in model.graph.initializer)
-    onnx.save(model, str(path), save_as_external_data=not external, all_tensors_to_one_file=True,
-              location=f"{path.name}.data", size_threshold=1024)
-    data = path.with_name(f"{path.name}.data")
-    if data.is_file():  # onnx writes it owner-only; the bundle's files are read by whoever may read the bundle
-        data.chmod(path.stat().st_mode & 0o777)
 
 
 def _step_rows(option: str, quantization: dict[str, Any] | None) -> int:
