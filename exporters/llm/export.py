@@ -17,7 +17,6 @@ a step over a non-empty cache with a tree-shaped mask.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
