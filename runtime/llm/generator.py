@@ -233,10 +233,11 @@ class Decoding:
         tokens = np.asarray(tokens, np.int64)
         start = self.cache.length
         ran, row = tree.depth_first()
+        reordered = ran is not tree  # a chain, or a tree already depth first, runs as it is
         self.stats.forward_calls += 1
-        out = self.forward(tokens[np.argsort(row)], mask=ran.ancestor_mask(), positions=start + ran.depths(),
-                           logits_at=range(tree.size))
-        logits = out.logits[row]
+        out = self.forward(tokens[np.argsort(row)] if reordered else tokens, mask=ran.ancestor_mask(),
+                           positions=start + ran.depths(), logits_at=range(tree.size))
+        logits = out.logits[row] if reordered else out.logits
         seed = int(self.sampler.rng.integers(2**63))
         verdict = self._judge(tree, tokens, logits, mode, draft_probs, seed)
         if self.session.step_rows == 2 and mode != "typical":  # node -> its row in `out`, where that row is exact
