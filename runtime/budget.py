@@ -57,7 +57,7 @@ def bounded() -> bool:
     return _current.get() is not None
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
+def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """(height, width) from a JPEG, PNG, BMP or WebP header, without decoding; None when the
     format is another or the header is cut short."""
     try:

@@ -107,7 +107,8 @@ def _next_frame(capture, path: Path, retrieve: bool = True):
     gives it (``grab`` only, with ``retrieve`` False: a skipped frame is decoded all the same)."""
     import cv2
 
-    budget.charge(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    if budget.bounded():  # the CLI's decode loop (no bound) asks OpenCV nothing more per frame
+        budget.charge(path, int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
     return capture.read() if retrieve else (capture.grab(), None)
 
 
@@ -120,7 +121,7 @@ def _read_image(path: Path):
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    size = budget.image_size(data[:1 << 16].tobytes())
+    size = budget.image_size(memoryview(data))  # whole: a JPEG's frame header may follow 64 KiB of EXIF and ICC
     if size is None and budget.bounded():
         raise InputError(f"{path}: cannot read the image's size from its header (JPEG, PNG, BMP or WebP), "
                          "which a bounded decode needs")

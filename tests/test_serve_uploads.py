@@ -118,6 +118,13 @@ def test_image_sizes_are_read_from_headers():
         data = cv2.imencode(ext, frame, params)[1].tobytes()
         assert image_size(data) == (37, 53), (ext, params)
     assert image_size(b"GIF89a....") is None and image_size(b"\x89PNG\r\n\x1a\n") is None  # cut short
+    # a JPEG whose frame header follows 80 KB of APP segments (EXIF, ICC) is still read whole
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    app = b"\xff\xe1" + (40002).to_bytes(2, "big") + b"\0" * 40000
+    padded = jpeg[:2] + app + app + jpeg[2:]
+    assert image_size(memoryview(padded)) == (37, 53)
+    with clip_source(padded, 1 << 20) as source:  # under the bound, where a size no header states is refused
+        assert [f.shape for f in iter_frames(source)] == [(37, 53, 3)]
 
 
 def test_uploads_are_bounded_by_what_they_decode_to():
