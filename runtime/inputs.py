@@ -86,8 +86,8 @@ def read_text(path, what: str = "", max_bytes: int = MAX_TEXT_BYTES) -> str:
     import stat
 
     name = f"{what} {path}" if what else str(path)
-    try:
-        with open(path, "rb") as f:
+    try:  # O_NONBLOCK: a FIFO's open would wait for a writer before the check below could refuse it
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise InputError(f"{name}: not a regular file")

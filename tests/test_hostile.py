@@ -561,6 +561,17 @@ def test_a_checkpoint_file_that_is_not_utf8_json_is_one_line(llama_checkpoint, t
     assert not (tmp_path / "b").exists()
 
 
+def test_a_named_text_file_that_is_a_fifo_is_refused_without_waiting(tmp_path):
+    """read_text (configs, templates, tree files) opens without blocking: a FIFO with no writer is
+    refused at once (an open that waited would hang the command)."""
+    from edgert.runtime.errors import InputError
+    from edgert.runtime.inputs import read_json
+
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(InputError, match="config.json: not a regular file"):
+        read_json(tmp_path / "config.json")
+
+
 def test_a_full_disk_is_one_line(monkeypatch, capsys, tmp_path):
     """No space left (ENOSPC, a quota) is the machine's state, not a bug: one line naming what was
     being written, exit 1. (A real full disk needs a mount the test cannot make everywhere.)"""
