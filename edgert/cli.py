@@ -269,7 +269,8 @@ def cmd_info(args) -> int:
           f"{shown(m['plugin']['version'])})")
     if m["model"].get("paper"):
         print(f"paper      {shown(m['model']['paper'])}")
-    print(f"options    {shown(', '.join(f'{k}={v}' for k, v in m['model']['options'].items()))}")
+    training = set(m["model"].get("training_only", ()))  # dropout and the like: not what the graph computes
+    print(f"options    {shown(', '.join(f'{k}={v}' for k, v in m['model']['options'].items() if k not in training))}")
     ckpt = m["model"].get("checkpoint")
     print(f"weights    {shown(ckpt['path']) if ckpt else 'random init (seed %d)' % m['model']['seed']}")
     print(f"precision  {shown(m['precision'])}")

@@ -155,7 +155,8 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                                                              "sha256": sha256_file(Path(checkpoint))}
         manifest = bundle_manifest(registered, options=opts, details=plugin.details(opts), seed=seed,
                                    checkpoint=checkpoint_record, graphs=graphs, precision=precision, opset=opset,
-                                   parity=parity, preprocessing=plugin.preprocessing(opts), labels=plugin.labels(opts))
+                                   parity=parity, preprocessing=plugin.preprocessing(opts), labels=plugin.labels(opts),
+                                   training_only=[k for k, o in plugin.options.items() if o.training])
         write_manifest(stage, manifest)
         if knobs is not None:  # the fp32 bundle in the stage is what calibration runs
             from .qdq import quantize_graph

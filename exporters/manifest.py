@@ -32,17 +32,18 @@ def versions() -> dict[str, str]:
 def bundle_manifest(registered, *, options: dict[str, Any], details: dict[str, Any], seed: int,
                     checkpoint: dict[str, str] | None, graphs: list[GraphSpec], precision: str, opset: int,
                     parity: dict[str, Any], preprocessing: dict | None = None, labels: list[str] | None = None,
-                    paper: str | None = None, **sections: Any) -> dict[str, Any]:
+                    paper: str | None = None, training_only: list[str] | tuple = (), **sections: Any) -> dict[str, Any]:
     """The manifest of a bundle made by ``registered`` (the host's entry for the plugin);
     ``sections``: kind-specific ones (``decoder``, ``quantization``); ``paper``: the model's own
-    where the plugin covers several (default: the plugin's). ``files`` is added by
+    where the plugin covers several (default: the plugin's); ``training_only``: the options
+    that shape training only, not the graph (``Option.training``). ``files`` is added by
     :func:`write` when the bundle's files are final."""
     plugin = registered.obj
     manifest = {
         "schema_version": SCHEMA_VERSION, "kind": registered.kind,
         "plugin": {"name": plugin.name, "package": registered.plugin.package, "version": registered.plugin.version},
         "model": {"name": plugin.name, "paper": paper or plugin.paper, "options": options, "details": details, "seed": seed,
-                  "checkpoint": checkpoint},
+                  "checkpoint": checkpoint, **({"training_only": sorted(training_only)} if training_only else {})},
         "graphs": {g.name: g.to_json() for g in graphs},
         "preprocessing": preprocessing or {}, "labels": labels or [], "precision": precision,
         "provenance": {**versions(), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",

@@ -31,7 +31,7 @@ def oad_options(**defaults) -> dict[str, Option]:
         "ambiguous": Option(-1, "index of the 'ambiguous' class, -1 for none (THUMOS'14: 21)", int),
         "chunk_frames": Option(6, "video frames per chunk (features' stride)", positive_int),
         "fps": Option(24.0, "frame rate the features were extracted at", float),
-        "dropout": Option(0.1, "dropout (training only)", float),
+        "dropout": Option(0.1, "dropout (training only)", float, training=True),
     }
 
 

@@ -61,7 +61,7 @@ def common_options(backbones: tuple[str, ...], default_backbone: str = "resnet50
         "size": Option(224, "crop size; frames are first scaled to size*256/224", positive_int),
         "num_classes": Option(0, "classes (default: from labels, else 400 as Kinetics)", int),
         "labels": Option("", "text file, one label per line", str),
-        "dropout": Option(0.8, "dropout before the class head (training only)", float),
+        "dropout": Option(0.8, "dropout before the class head (training only)", float, training=True),
         "output": Option("scores", "graph output: class scores, or pooled backbone features (a feature "
                          "extractor for online detectors)", str, ("scores", "features")),
     }

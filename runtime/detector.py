@@ -25,7 +25,9 @@ class Option:
     """An ``--opt key=value`` export option (or a strategy's): default, parser, help, allowed
     values. ``names``: what a value names on the machine it runs on — ``"bundle"`` (a bundle
     folder) or ``"file"`` (a file it may read; ``builtin`` lists the values that read none).
-    A served request never gives such a value itself (edgert/serve/decoder.py)."""
+    A served request never gives such a value itself (edgert/serve/decoder.py). ``training``:
+    the option shapes training only; the manifest says so and ``edgert info`` leaves it out of
+    what the bundle was built with."""
 
     default: Any
     help: str
@@ -33,6 +35,7 @@ class Option:
     choices: tuple = ()
     names: str = ""
     builtin: tuple = ()
+    training: bool = False  # used by training only (dropout): the exported graph does not depend on it
 
     def convert(self, key: str, raw: Any, flag: str = "--opt") -> Any:
         try:

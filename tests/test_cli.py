@@ -15,6 +15,11 @@ def test_info(tiny_bundle):
     assert "parity     main/scores: max_rel" in result.stdout and "sha256 verified" in result.stdout
     as_json = json.loads(edgert("info", tiny_bundle, "--json").stdout)
     assert as_json["parity"]["passed"] is True
+    # dropout shapes training only: the manifest keeps it (a rebuild needs it), `info` does not
+    # show it as something the bundle was built with
+    assert "dropout" in as_json["model"]["options"] and as_json["model"]["training_only"] == ["dropout"]
+    options = next(line for line in result.stdout.splitlines() if line.startswith("options"))
+    assert "segments=3" in options and "dropout" not in options
 
 
 def test_a_reader_that_leaves_ends_the_output_quietly(tiny_bundle):
