@@ -1,4 +1,7 @@
 # Two commands on a fresh clone: `make demo` and `make test`.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# (pipefail: a pip that fails inside a pipe still fails the step)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,15 +14,22 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 # The tests install their example plugins for themselves (tests/conftest.py), never into this
 # environment: a user's `edgert plugins` and bundles must not show them.
+# Each step says what it does first (a first install downloads about 1 GB and takes minutes);
+# pip's own progress bars show on the two large downloads.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-index --no-deps $(TORCH) 2>/dev/null || \
-	  $(PY) -m pip install -q --no-deps $(TORCH) --index-url $(TORCH_INDEX)
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[export,dev,serve]'
-	$(PY) -m pip uninstall -q -y edgert-example-plugin edgert-repeat-head 2>/dev/null || true
-	touch $@
+	@echo "[1/4] virtual environment $(VENV) (edgert lives there: $(VENV)/bin/edgert)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "[2/4] $(TORCH), CPU build (local wheel, else $(TORCH_INDEX))"
+	@$(PY) -m pip install -q --no-index --no-deps $(TORCH) 2>/dev/null || \
+	  $(PY) -m pip install --progress-bar on --no-deps $(TORCH) --index-url $(TORCH_INDEX)
+	@$(PY) -m pip install -q $(TORCH)
+	@echo "[3/4] edgert from this clone, with its export, dev and serve extras"
+	@$(PY) -m pip install --progress-bar on -e '.[export,dev,serve]' | sed "/^Requirement already satisfied/d"
+	@test -x $(VENV)/bin/edgert
+	@$(PY) -m pip uninstall -q -y edgert-example-plugin edgert-repeat-head 2>/dev/null || true
+	@echo "[4/4] done: run $(VENV)/bin/edgert, or 'source $(VENV)/bin/activate' first"
+	@touch $@
 
 venv: $(VENV)/.installed
 
