@@ -55,6 +55,8 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import torch  # noqa: F401  (every export needs it: without it, main's one-line refusal comes first)
+
     from edgert.exporters.driver import export
 
     print(f"exporting {args.model} to {args.out}", file=sys.stderr)
