@@ -25,7 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	  $(PY) -m pip install --progress-bar on --no-deps $(TORCH) --index-url $(TORCH_INDEX)
 	@$(PY) -m pip install -q $(TORCH)
 	@echo "[3/4] edgert from this clone, with its export, dev and serve extras"
-	@$(PY) -m pip install --progress-bar on -e '.[export,dev,serve]' | sed "/^Requirement already satisfied/d"
+	@# setuptools' boxed "editable installation" warning (a folder named like the package may be
+	@# imported instead: edgert/ is, from the clone's root, and `python -m edgert` there says so)
+	@PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --progress-bar on -e '.[export,dev,serve]' \
+	  | sed "/^Requirement already satisfied/d"
 	@test -x $(VENV)/bin/edgert
 	@$(PY) -m pip uninstall -q -y edgert-example-plugin edgert-repeat-head 2>/dev/null || true
 	@echo "[4/4] done: run $(VENV)/bin/edgert, or 'source $(VENV)/bin/activate' first"
