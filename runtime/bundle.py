@@ -310,10 +310,14 @@ class Bundle:
         return self.manifest["preprocessing"]
 
     def graph(self, name: str | None = None) -> GraphSpec:
+        """The graph ``name``; by default the bundle's only one, or its ``main`` graph where it has
+        others beside it (an online detector's offline twin: the run-time path uses ``main``)."""
         if name is None:
-            if len(self.graphs) != 1:
+            if len(self.graphs) == 1:
+                return next(iter(self.graphs.values()))
+            if "main" not in self.graphs:
                 raise BundleError(f"{self.root}: bundle has graphs {sorted(self.graphs)}; name one")
-            return next(iter(self.graphs.values()))
+            name = "main"
         if name not in self.graphs:
             raise BundleError(f"{self.root}: no graph {name!r} (graphs: {sorted(self.graphs)})")
         return self.graphs[name]
