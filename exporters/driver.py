@@ -159,9 +159,12 @@ def export(name: str, out: str | Path, options: dict[str, str] | None = None, ch
                                    training_only=[k for k, o in plugin.options.items() if o.training])
         write_manifest(stage, manifest)
         if knobs is not None:  # the fp32 bundle in the stage is what calibration runs
+            from edgert.runtime.model import load
+
             from .qdq import quantize_graph
 
-            manifest["quantization"] = {graph.name: quantize_graph(stage, graph, knobs, calibration, backend)
+            fp32 = load(stage, trusted_keys=[])  # every graph calibrates on the fp32 bundle, as checked
+            manifest["quantization"] = {graph.name: quantize_graph(stage, graph, knobs, calibration, backend, fp32)
                                         for graph in graphs}
         if engine:
             for i, graph in enumerate(graphs):

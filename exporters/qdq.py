@@ -66,14 +66,20 @@ def calibration_sources(data: str | os.PathLike) -> tuple[Path, list[Path], list
     return root, sources, files
 
 
-def model_inputs(model, source: Path) -> Iterator[dict[str, np.ndarray]]:
-    """The graph inputs the runtime makes of ``source``: one per clip, or one per step of a
-    streaming graph, with the state the fp32 graph carries to that step."""
+def model_inputs(model, source: Path, graph: GraphSpec | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The inputs the runtime makes of ``source`` for ``graph`` (default: the main one): one per
+    clip, one per step of a streaming graph (with the state the fp32 graph carries to that step),
+    or the whole source for a graph beside the main one (an online detector's offline twin,
+    ``prepare_graph``)."""
+    spec = graph or model.graph()
     try:
-        if not model.graph().state:
-            yield model.plugin.prepare(model.bundle, str(source))
+        if not spec.state:
+            if spec.name == model.graph().name:
+                yield model.plugin.prepare(model.bundle, str(source))
+            else:
+                yield model.plugin.prepare_graph(model.bundle, spec.name, str(source))
             return
-        session = model.stream(window=1)
+        session = model.stream(graph=spec.name, window=1)
         for item in model.plugin.iter_steps(model.bundle, str(source)):
             feeds = model.plugin.prepare_step(model.bundle, item)
             yield {**feeds, **session.state}
@@ -104,21 +110,22 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def compare(fp32, int8, sources: list[Path], output: str, near_tie: float) -> dict[str, Any]:
+def compare(fp32, int8, sources: list[Path], output: str, near_tie: float, graph: GraphSpec) -> dict[str, Any]:
     """Both graphs on every held-out source, the way the runtime runs them (a streaming graph
-    each with its own state, as deployed)."""
+    each with its own state, as deployed). Outputs with a frames axis (an offline twin's) count
+    each frame as one item."""
     pairs = []
     for source in sources:
-        if fp32.graph().state:
-            a, b = fp32.stream(window=1), int8.stream(window=1)
-            for feeds in model_inputs(fp32, source):
+        if graph.state:
+            a, b = fp32.stream(graph=graph.name, window=1), int8.stream(graph=graph.name, window=1)
+            for feeds in model_inputs(fp32, source, graph):
                 step_feeds = {k: v for k, v in feeds.items() if k not in a.state}
                 pairs.append((a.step(step_feeds)[output], b.step(step_feeds)[output]))
         else:
-            for feeds in model_inputs(fp32, source):
-                pairs.append((fp32.run(feeds)[output], int8.run(feeds)[output]))
-    want = np.concatenate([p[0] for p in pairs]).astype(np.float64)
-    got = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+            for feeds in model_inputs(fp32, source, graph):
+                pairs.append((fp32.run(feeds, graph.name)[output], int8.run(feeds, graph.name)[output]))
+    want = np.concatenate([p[0].reshape(-1, p[0].shape[-1]) for p in pairs]).astype(np.float64)
+    got = np.concatenate([p[1].reshape(-1, p[1].shape[-1]) for p in pairs]).astype(np.float64)
     report: dict[str, Any] = {"held_out_items": len(sources), "compared": int(len(want))}
     if output == "features":
         cosine = (want * got).sum(-1) / np.maximum(np.linalg.norm(want, axis=-1) * np.linalg.norm(got, axis=-1), 1e-30)
@@ -129,9 +136,12 @@ def compare(fp32, int8, sources: list[Path], output: str, near_tie: float) -> di
     return report
 
 
-def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: str, backend: str) -> dict[str, Any]:
+def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: str, backend: str,
+                   fp32=None) -> dict[str, Any]:
     """Replace ``stage/graph.file`` by its calibrated int8 QDQ graph; returns the manifest's
-    ``quantization`` record. Raises (no file replaced) when the held-out accuracy is short."""
+    ``quantization`` record. Raises (no file replaced) when the held-out accuracy is short.
+    ``fp32``: the stage's fp32 bundle, opened once for all its graphs (once the first graph is
+    replaced, the stage no longer matches its fp32 manifest); default: open it here."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -139,16 +149,18 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     from edgert.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from edgert.runtime.model import Model, load
 
-    fp32 = load(stage, trusted_keys=[])  # the fp32 bundle just written: the runtime's own preprocessing
-    unit = getattr(fp32.plugin, "step_unit", "frame") if graph.state else "clip"
+    if fp32 is None:
+        fp32 = load(stage, trusted_keys=[])  # the fp32 bundle just written: the runtime's own preprocessing
+    twin = not graph.state and graph.name != fp32.graph().name  # a whole stream per run
+    unit = getattr(fp32.plugin, "step_unit", "frame") if graph.state else "stream" if twin else "clip"
     root, sources, files = calibration_sources(data)
     if len(sources) < 2:
         raise EdgertError(f"--calibration {root}: {len(sources)} clip; at least 2 are needed (calibration and a "
                           "held-out accuracy check)")
     calibrate, held_out = split_holdout(sources, knobs["holdout"])
     with step(f"preparing {len(calibrate)} calibration clips from {root} (the runtime's preprocessing)"):
-        inputs = [feeds for source in calibrate for feeds in model_inputs(fp32, source)]
-    size = knobs["calibration_batch"]
+        inputs = [feeds for source in calibrate for feeds in model_inputs(fp32, source, graph)]
+    size = 1 if twin else knobs["calibration_batch"]  # streams differ in length: one per run
     if len(inputs) < size:
         raise EdgertError(f"--calibration {root}: {len(inputs)} {unit}{'s' if len(inputs) != 1 else ''} to calibrate "
                           f"on, fewer than calibration_batch={size}")
@@ -179,7 +191,7 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
         int8 = Model(fp32.bundle, {graph.name: OnnxRuntimeBackend(quantized)}, fp32.plugin)
         output = next(t.name for t in graph.outputs if t.name not in {o for _, o in graph.state})
         with step(f"checking int8 against fp32 on {len(held_out)} held-out clips"):
-            accuracy = compare(fp32, int8, held_out, output, knobs["near_tie"])
+            accuracy = compare(fp32, int8, held_out, output, knobs["near_tie"], graph)
         if "top1_agreement" in accuracy:
             accuracy.update(min_agreement=knobs["min_agreement"], near_tie=knobs["near_tie"])
             if not accuracy["decisive"]:

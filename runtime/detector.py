@@ -183,6 +183,11 @@ class Detector:
         raise EdgertError(f"{self.name}: this model cannot take frames from memory (its plugin has no prepare_clip), "
                           "so it cannot extract features for an online detector")
 
+    def prepare_graph(self, bundle: Bundle, graph: str, source: str) -> dict[str, np.ndarray]:
+        """Inputs of a graph beside the main one from a whole source: an online detector's
+        offline twin takes a video's every step at once (``edgert eval``, int8 calibration)."""
+        raise EdgertError(f"{self.name}: no inputs can be made for graph {graph!r} from a file")
+
     def iter_steps(self, bundle: Bundle, source: str):
         """Streaming detectors: what one step consumes, in order — video frames (H, W, 3) by
         default; feature-based detectors yield one feature vector per chunk."""
