@@ -402,9 +402,14 @@ def cmd_eval(args) -> int:
         features = list(model.plugin.iter_steps(model.bundle, args.features))
         if len(labels) != len(features):
             raise EdgertError(f"{args.labels} has {len(labels)} labels but {args.features} has {len(features)} chunks")
-        session = model.stream(window=1)
-        scores = softmax(np.stack([session.step(model.plugin.prepare_step(model.bundle, f))["scores"][0]
-                                   for f in features]))
+        if "offline" in model.bundle.graphs:  # the paper's protocol: the whole video in one run
+            how = "offline graph, one run"
+            logits = model.run(model.plugin.prepare_graph(model.bundle, "offline", args.features), "offline")["scores"][0]
+        else:
+            how = "streamed, one step per chunk"
+            session = model.stream(window=1)
+            logits = np.stack([session.step(model.plugin.prepare_step(model.bundle, f))["scores"][0] for f in features])
+        scores = softmax(logits)
     else:
         if not args.scores:
             raise EdgertError("eval needs --scores FILE.npy (or a detector bundle with --features)")
@@ -412,7 +417,8 @@ def cmd_eval(args) -> int:
         ambiguous = -1 if ambiguous is None else ambiguous
     result = perframe_metrics(scores, labels, background=background, ambiguous=ambiguous)
     names = names or [f"class {c}" for c in range(scores.shape[1])]
-    print(f"frames: {result.frames} evaluated, {result.ignored_frames} ambiguous left out")
+    print(f"frames: {result.frames} evaluated, {result.ignored_frames} ambiguous left out"
+          + (f" ({how})" if args.bundle else ""))
     print(f"{'class':<24} {'positives':>9} {'AP':>8} {'cAP':>8}")
     for c, positives, ap, cap in result.per_class:
         cell = "no positives" if positives == 0 else f"{ap * 100:8.2f} {cap * 100:8.2f}"

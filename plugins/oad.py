@@ -1,10 +1,12 @@
-"""Runtime-side base of the online action detectors (``oad-trn``, ``oadtr``).
+"""Runtime-side base of the online action detectors (``oad-trn``, ``oadtr``, ``miniroad``).
 
 They consume one feature vector per chunk of video (THUMOS'14 convention: 6 frames at 24 fps,
 RGB 2048 ‖ flow 1024 = 3072), from a precomputed ``.npy`` (T x D, the way public THUMOS /
 TVSeries features are distributed) or from a recognizer bundle exported as a feature
 extractor. The chunking is recorded in the manifest. Each step graph carries its state
-explicitly; ``edgert run --stream`` prints the current action per chunk.
+explicitly; ``edgert run --stream`` prints the current action per chunk. A detector whose
+paper evaluates over a whole video in one pass also exports that as graph ``offline``
+(features [batch, frames, D] -> scores [batch, frames, C]), which ``edgert eval`` runs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ class OnlineDetector(Detector):
         if not np.isfinite(feature).all():
             raise InputError("chunk features contain NaN or inf")
         return {"features": feature}
+
+    def prepare_graph(self, bundle: Bundle, graph: str, source: str) -> dict[str, np.ndarray]:
+        """The offline twin (``offline``: [batch, frames, D] in) takes the whole feature file."""
+        if graph != "offline":
+            return super().prepare_graph(bundle, graph, source)
+        return {"features": load_features(source, int(bundle.preprocessing["feature_dim"]))[None]}
 
     def prepare(self, bundle: Bundle, source: str):
         raise EdgertError(f"{bundle.root}: an online detector; run it with --stream on a feature file")
