@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import sha256_file
+from edgert.runtime.detector import resolve_options
 from edgert.runtime.staging import check_destination, staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
@@ -53,7 +54,9 @@ def _resolve_options(plugin, given: dict[str, str], checkpoint: str | None) -> d
     """The plugin's options: the user's, with what the checkpoint fixes filled in; an explicit
     option that contradicts the checkpoint is an error naming both."""
     found = plugin.checkpoint_options(checkpoint) if checkpoint else {}
-    stated = plugin.resolve_options(given)
+    # each given value converted on its own: the plugin's checks across options (d_model against
+    # heads) wait for the checkpoint's values, or they would judge a given option by a default
+    stated = resolve_options(plugin.name, plugin.options, given) if found else plugin.resolve_options(given)
     for key, fixed in found.items():
         if fixed.strict and key in given and stated[key] != fixed.value:
             raise EdgertError(f"--opt {key}={given[key]} contradicts the checkpoint {checkpoint}: {fixed.evidence} "
