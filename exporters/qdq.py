@@ -166,7 +166,10 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
                           f"on, fewer than calibration_batch={size}")
     trt = backend == "trt"
     keep = set(ALWAYS_FLOAT) | {op.strip() for op in knobs["keep_float"].split(",") if op.strip()}
-    ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - keep)
+    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    if getattr(fp32.plugin, "int8_ops", None):  # the plugin's own limit (a streaming kernel's state arithmetic)
+        keep |= quantizable - set(fp32.plugin.int8_ops)
+    ops = sorted(quantizable - keep)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[knobs["calibration_method"]]
     batches = _batches(inputs, size)
