@@ -266,3 +266,19 @@ def test_two_stream_features_concatenate_both_streams(tmp_path, clip_npy):
     assert json.loads((out / "manifest.json").read_text())["graphs"]["main"]["outputs"][0]["dims"] == ["batch", 1024]
     ran = edgert("run", out, "--input", clip_npy)
     assert ran.returncode == 0 and "features: 1024-d vector" in ran.stdout
+
+
+def test_oadtr_at_fp16_follows_fp32(checkpoints, tmp_path):
+    """fp16 with its LayerNorms kept fp32 (the converter's wrapped ops once left stale types
+    that the checker refused): exports, and streams within 1e-2 of fp32's probabilities."""
+    root, _, _ = checkpoints
+    for precision in ("fp32", "fp16"):
+        result = edgert("export", "oadtr", "--out", tmp_path / precision, "--checkpoint", root / "oadtr.pth",
+                        *OADTR_OPTS, "--precision", precision)
+        assert result.returncode == 0, result.stderr
+    features = np.random.default_rng(7).standard_normal((30, D)).astype(np.float32)
+    probabilities = []
+    for precision in ("fp32", "fp16"):
+        session = load(tmp_path / precision).stream()
+        probabilities.append(softmax(np.stack([session.step({"features": f[None]})["scores"][0] for f in features])))
+    assert np.abs(probabilities[0] - probabilities[1]).max() < 1e-2
