@@ -34,6 +34,11 @@ TTL = 8.0
 OADTR = ["--opt", "feature_dim=512", "--opt", "num_classes=5", "--opt", "window=6", "--opt", "dim=32", "--opt", "layers=2",
          "--opt", "heads=4", "--opt", "dec_layers=2", "--opt", "dec_heads=4", "--opt", "queries=3", "--opt", "mlp_dim=32",
          "--opt", "chunk_frames=4"]
+MINIROAD = ["--opt", "feature_dim=512", "--opt", "num_classes=5", "--opt", "embedding=32", "--opt", "hidden=16"]
+# the long memory slides from chunk 25 on (6 samples every 3 chunks after a work window of 5)
+TESTRA = ["--opt", "feature_dim=512", "--opt", "num_classes=5", "--opt", "d_model=16", "--opt", "heads=4", "--opt", "ff=24",
+          "--opt", "long=6", "--opt", "rate=3", "--opt", "work=5", "--opt", "compressed=4", "--opt", "compressed2=6",
+          "--opt", "kernel=laplace"]
 
 
 def _export(*args) -> None:
@@ -52,7 +57,9 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     _export("tsn", "--out", root / "features", "--opt", "backbone=resnet18", "--opt", "segments=2", "--opt", "size=32",
             "--opt", "output=features")
     _export("oadtr", "--out", root / "oadtr", *OADTR)
-    return {name: root / name for name in ("llama", "tsn", "tsm", "features", "oadtr")}
+    _export("miniroad", "--out", root / "miniroad", *MINIROAD)
+    _export("testra", "--out", root / "testra", *TESTRA)
+    return {name: root / name for name in ("llama", "tsn", "tsm", "features", "oadtr", "miniroad", "testra")}
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +324,27 @@ def test_feature_streams_and_the_extractor_chain(server, bundles):
         assert step["top"][0]["label"] == want.top[0][0] and abs(step["top"][0]["probability"] - want.top[0][1]) < 1e-6
     error_of(call(server, "POST", "/v1/streams/oadtr", {"extractor": "tsn"}), 404, "not a feature extractor")
     assert call(server, "DELETE", f"/v1/streams/{chain['id']}")[0] == 200
+
+
+@pytest.mark.parametrize("name", ["miniroad", "testra"])
+def test_recurrent_and_kernel_state_is_carried_between_requests(server, bundles, name):
+    """MiniROAD's GRU state and TeSTra's memory and running sums (an int64 step count among them)
+    stay on the replica between a session's requests: 40 chunks sent in three requests give the
+    scores of one local stream over the 40."""
+    features = np.random.default_rng(8).standard_normal((40, 512)).astype(np.float32)
+    status, opened = call(server, "POST", f"/v1/streams/{name}", {"top_k": 3})
+    assert status == 200 and opened["step"] == "feature", opened
+    steps = []
+    for part in (features[:7], features[7:29], features[29:]):
+        status, body = call(server, "POST", f"/v1/streams/{opened['id']}/features", data=npy(part))
+        assert status == 200, body
+        steps += body["steps"]
+    session = load(bundles[name]).stream(top_k=3)
+    for step, feature in zip(steps, features, strict=True):
+        want = session.push(feature)
+        assert step["top"][0]["label"] == want.top[0][0] and abs(step["top"][0]["probability"] - want.top[0][1]) < 1e-6
+    error_of(call(server, "POST", f"/v1/streams/{opened['id']}/features", data=npy(features[:, :100])), 400, "512")
+    assert call(server, "DELETE", f"/v1/streams/{opened['id']}")[0] == 200
 
 
 def test_stream_bad_requests_and_expiry(server):
