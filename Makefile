@@ -41,9 +41,10 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo_llm.py
 
 # One worker per core (pytest-xdist); a file's tests stay on one worker, so its module fixtures
-# (an exported bundle, the serving tests' Ray cluster) are made once.
+# (an exported bundle, the serving tests' Ray cluster) are made once. -rs: every skip is listed
+# at the end with its reason, so an unintended one shows.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=15 -n auto --dist loadfile
+	$(PY) -m pytest -q -rs --durations=15 -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tsn.py
