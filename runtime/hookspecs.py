@@ -58,6 +58,15 @@ def edgert_register_detectors():
     a video, a folder of frames or an array into graph inputs at run time with numpy only
     (``prepare``) and how to present the graph's outputs (``postprocess``). Each instance's
     ``name`` is what users type: ``edgert export <name>``.
+
+    A streaming detector declares its graph's state as ``(input, output)`` pairs
+    (``GraphSpec.state``) and consumes one item per step (``iter_steps`` / ``prepare_step``);
+    the runtime starts the state at zero and feeds it back. Graphs beside ``main`` (an online
+    detector's ``offline`` twin over a whole video) get their inputs from ``prepare_graph``.
+    ``checkpoint_options`` says what a checkpoint fixes (sizes, class count), read before
+    ``build``; ``int8_ops`` limits which operator types int8 quantizes in its graphs;
+    options with ``Option(training=True)`` shape training only. ``plugins/oad.py`` is the base
+    the feature-based online detectors share.
     """
 
 
