@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import sha256_file
-from edgert.runtime.detector import resolve_options
-from edgert.runtime.staging import check_destination, staged_bundle, write_manifest
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.host import get_host
+from edgert.runtime.options import resolve_options
 from edgert.runtime.progress import step
+from edgert.runtime.staging import check_destination, staged_bundle, write_manifest
 
 from .graph import export_graph, to_fp16, weights_beside
 from .manifest import bundle_manifest

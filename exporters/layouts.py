@@ -30,8 +30,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from edgert.runtime.detector import Fixed
 from edgert.runtime.errors import EdgertError
+from edgert.runtime.options import Fixed
 
 from .checkpoints import _listing
 

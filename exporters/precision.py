@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from edgert.runtime.bundle import sha256_file
-from edgert.runtime.detector import Option, boolean, positive_int, probability, resolve_options
 from edgert.runtime.errors import EdgertError
+from edgert.runtime.options import Option, boolean, positive_int, probability, resolve_options
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "stored")
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgert.runtime.detector import Option, boolean, positive_int, probability
 from edgert.runtime.errors import InputError
 from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.sampling import Sampler
 from edgert.runtime.llm.tree import Tree
 from edgert.runtime.llm.verify import softmax
+from edgert.runtime.options import Option, boolean, positive_int, probability
 
 
 class DraftModel:

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.hookspecs import hookimpl
 from edgert.runtime.llm.tree import Tree
+from edgert.runtime.options import Option, positive_int
 
 
 def find_draft(tokens: list[int], ngram: int, length: int) -> list[int]:

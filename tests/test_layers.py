@@ -1,7 +1,8 @@
 """The layering, enforced: edgert/ (the CLI) -> runtime/ <- plugins/, exporters/ -> runtime/.
 runtime/ never imports the exporters, the plugins or the CLI (an edge app installs it without
 torch and without them), and it never imports torch (checked at run time by test_cli). The
-server (edgert/serve/) runs bundles like an app does: the runtime only."""
+server (edgert/serve/) runs bundles like an app does: the runtime only. Inside the runtime,
+runtime/llm/ never imports the video contract (detector, model, stream, video, chain)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ FORBIDDEN = {
     "plugins": ("edgert.cli",),
     "exporters": ("edgert.cli", "edgert.plugins"),
     "edgert/serve": ("edgert.exporters", "edgert.plugins", "edgert.cli", "torch", "onnx", "onnxscript", "transformers"),
+    # the LLM side stands on the shared floor (bundle, options, backends, host), not on the
+    # video contract
+    "runtime/llm": ("edgert.runtime.detector", "edgert.runtime.model", "edgert.runtime.stream",
+                    "edgert.runtime.video", "edgert.runtime.chain"),
 }
 
 
@@ -47,6 +52,8 @@ def test_layer_imports_only_what_it_may(layer):
 
 @pytest.mark.parametrize("folder,source,expected", [
     ("runtime/llm", "from ...exporters import driver\nimport torch\n", ["edgert.exporters", "torch"]),
+    ("runtime/llm", "from ..detector import Option\nfrom ..options import Option\n",
+     ["edgert.runtime.detector", "edgert.runtime.options"]),
     ("edgert/serve", "from ..exporters import driver\nfrom .api import Api\n", ["edgert.exporters", "edgert.serve.api"]),
 ])
 def test_the_check_sees_a_violation(folder, source, expected):

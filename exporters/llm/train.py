@@ -241,7 +241,7 @@ def _train(directory: Path, source: Path, kind: str, data: list[str], out: str, 
            save_every: int, resume: bool) -> dict:
     """:func:`train` on the checkpoint directory ``directory``; ``source`` is what the user named
     (the resume file records it)."""
-    from edgert.runtime.detector import resolve_options
+    from edgert.runtime.options import resolve_options
     from edgert.runtime.host import get_host
 
     head = get_host().get("head", kind).obj

@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 
 from edgert.runtime.bundle import GraphSpec, TensorSpec
-from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.llm.contract import decoder_graph
+from edgert.runtime.options import Option, positive_int
 
 GRAPH, FC_GRAPH = "eagle", "eagle_fc"
 

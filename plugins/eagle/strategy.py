@@ -38,10 +38,10 @@ import time
 
 import numpy as np
 
-from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
 from edgert.runtime.llm.tree import Tree
 from edgert.runtime.llm.tune import verify_latency
+from edgert.runtime.options import Option, positive_int
 
 from .tree import Calibration, DraftTree, best_size, grow, select
 

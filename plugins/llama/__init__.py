@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgert.runtime.detector import Option, non_negative_int, resolve_options
 from edgert.runtime.hookspecs import hookimpl
+from edgert.runtime.options import Option, non_negative_int, resolve_options
 
 
 class LlamaFamily:

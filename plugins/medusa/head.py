@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.runtime.bundle import GraphSpec, TensorSpec
-from edgert.runtime.detector import Option, positive_int
+from edgert.runtime.options import Option, positive_int
 
 GRAPH = "medusa"
 

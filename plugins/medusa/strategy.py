@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.errors import InputError
 from edgert.runtime.llm.medusa_trees import TREES, load_choices
 from edgert.runtime.llm.tree import medusa_buffers
+from edgert.runtime.options import Option, positive_int
 
 
 def _mode(text: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgert.runtime.detector import Option, positive_int
 from edgert.runtime.llm.tree import Tree
+from edgert.runtime.options import Option, positive_int
 
 
 class MultiTokenPrediction:

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..bundle import Bundle
-from ..detector import resolve_options
+from ..options import resolve_options
 from ..errors import BundleError, InputError
 from ..host import get_host
 from .contract import heads_of

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ..detector import Option
+    from ..options import Option
     from ..host import Registered
     from .generator import Decoding
     from .session import DecoderSession

@@ -17,7 +17,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BundleError, EdgertError
 from ..host import get_host
-from ..model import open_backend
+from ..backends.opener import open_backend
 from .contract import CONTEXT_KEY, KV_DTYPES, layout
 from .kvcache import InPlaceKVCache, KVCache
 
