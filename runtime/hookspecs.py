@@ -77,7 +77,7 @@ def edgert_register_decoders():
 
     A decoder family turns a checkpoint into a decoder bundle: ``name`` (``edgert export
     <name>``), ``description``, ``paper``, ``options`` (``--opt key=value``, a dict of
-    :class:`edgert.runtime.detector.Option`), ``resolve_options(given)`` and ``export(registered,
+    :class:`edgert.runtime.options.Option`), ``resolve_options(given)`` and ``export(registered,
     out, request)``, which writes the bundle (import torch inside it). ``request`` is an
     :class:`edgert.exporters.llm.export.ExportRequest`: checkpoint, options, precision,
     tolerance, force, seed, ``flavour`` (``"onnx"``: standard ops for ONNX Runtime; ``"trt"``:
@@ -98,7 +98,7 @@ def edgert_register_strategies():
     ``edgert generate --strategy <name>``).
 
     A strategy has a unique ``name``, a ``description``, optionally ``options`` (a dict of
-    :class:`edgert.runtime.detector.Option`, set with ``--strategy-opt key=value``; an option
+    :class:`edgert.runtime.options.Option`, set with ``--strategy-opt key=value``; an option
     whose value names a bundle or a file says so with ``names="bundle"`` / ``names="file"``,
     since ``edgert serve`` never lets a client give such a value itself) and ``decode(d)``: a Python generator that proposes and verifies tokens and yields each list of
     tokens it has decided, in order. ``d`` is a :class:`edgert.runtime.llm.generator.Decoding`,
