@@ -324,9 +324,10 @@ def cmd_info(args) -> int:
 
 def cmd_run(args) -> int:
     from edgert.runtime.model import load
+    from edgert.runtime.usage import usage_of
 
     model = load(args.bundle, backend=args.backend, device=args.device, threads=args.threads)
-    if not hasattr(model.plugin, "prepare"):
+    if usage_of(model.bundle).kind == "decoder":
         raise EdgertError(f"{args.bundle}: a {model.bundle.kind} bundle; use 'edgert generate'")
     if args.stream:
         return _run_stream(model, args)
@@ -351,10 +352,11 @@ def cmd_run(args) -> int:
 
 def _run_stream(model, args) -> int:
     from edgert.runtime.stream import run_stream
+    from edgert.runtime.usage import usage_of
 
     session = model.stream(window=args.window)
     session.top_k = args.top_k
-    unit = getattr(model.plugin, "step_unit", "frame")
+    unit = usage_of(model.bundle).unit
     extractor = None
     if args.features:
         from edgert.runtime.model import load
@@ -468,9 +470,10 @@ def cmd_bench(args) -> int:
 
     threads = args.threads or os.cpu_count() or 1
     from edgert.runtime.bundle import Bundle
+    from edgert.runtime.usage import usage_of
 
     bundle = Bundle.load(args.bundle)
-    if bundle.kind == "decoder":
+    if usage_of(bundle).kind == "decoder":
         return _bench_decoder(bundle, args, threads)
     args.iters = args.iters or 20
     if args.compare == "torch":  # before the ONNX Runtime half, not after it

@@ -38,6 +38,7 @@ import numpy as np
 from edgert.runtime.bundle import GraphSpec
 from edgert.runtime.errors import EdgertError, InputError
 from edgert.runtime.progress import step
+from edgert.runtime.usage import usage_of
 from edgert.runtime.video import IMAGE_EXTENSIONS
 
 from .precision import agreement, calibration_digest, split_holdout
@@ -152,7 +153,7 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     if fp32 is None:
         fp32 = load(stage, trusted_keys=[])  # the fp32 bundle just written: the runtime's own preprocessing
     twin = not graph.state and graph.name != fp32.graph().name  # a whole stream per run
-    unit = getattr(fp32.plugin, "step_unit", "frame") if graph.state else "stream" if twin else "clip"
+    unit = usage_of(fp32.bundle).unit if graph.state else "stream" if twin else "clip"
     root, sources, files = calibration_sources(data)
     if len(sources) < 2:
         raise EdgertError(f"--calibration {root}: {len(sources)} clip; at least 2 are needed (calibration and a "

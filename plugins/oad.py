@@ -61,7 +61,6 @@ class OnlineDetector(Detector):
     """Shared options, labels and the chunk-feature streaming path."""
 
     THUMOS_CLASSES = 22
-    step_unit = "chunk"
 
     def resolve_options(self, given: dict[str, str]) -> dict[str, Any]:
         opts = super().resolve_options(given)

@@ -10,14 +10,15 @@ from typing import Iterator
 import numpy as np
 
 from .errors import EdgertError
+from .usage import usage_of
 from .video import ArrayClip, iter_frames
 
 
 def check_extractor(extractor, detector) -> None:
-    outputs = extractor.graph().outputs
-    if outputs[0].name != "features":
+    given = usage_of(extractor.bundle)
+    if given.kind != "extractor":
         raise EdgertError(f"{extractor.bundle.root}: not a feature extractor (export the recognizer with --opt output=features)")
-    given, expected = outputs[0].dims[-1], int(detector.bundle.preprocessing["feature_dim"])
+    given, expected = given.dim, usage_of(detector.bundle).dim
     if given != expected:
         raise EdgertError(f"{extractor.bundle.root}: extracts {given}-d features, {detector.bundle.root} expects {expected}")
 

@@ -38,7 +38,6 @@ class Detector:
     description: str = ""
     paper: str = ""
     options: dict[str, Option] = {}
-    step_unit = "frame"  # what one streaming step consumes, for messages
     # int8: the operator types calibrated QDQ may quantize in this model's graphs (None: all
     # ONNX Runtime can). A graph that carries running sums in its state limits it to its matrix
     # products: a uint8 Add or Mul on a sum of exponentials loses the sum.

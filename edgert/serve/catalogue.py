@@ -1,6 +1,6 @@
 """Which bundles a server serves, under which names, and what each is served as.
 
-A bundle is served as one of three things, read off its manifest:
+A bundle is served as one of three things, read off its manifest (:func:`edgert.runtime.usage.usage_of`):
 
 * ``decoder``: an LLM decoder, behind the OpenAI-compatible completions and chat routes;
 * ``stream``: a detector whose graph carries state (online TSM, oad-trn, OadTR), behind the
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgert.runtime.bundle import Bundle
 from edgert.runtime.errors import EdgertError
+from edgert.runtime.usage import usage_of
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -47,15 +48,10 @@ def served_model(spec: str | os.PathLike) -> ServedModel:
         raise EdgertError(f"serve: model name {name!r}: use letters, digits, '.', '_' and '-' (at most 64), "
                           "or give one as NAME=PATH")
     bundle = Bundle.load(path, verify="used")  # classified here; each replica checks the bytes it uses
-    plugin = bundle.plugin_name
-    if bundle.kind == "decoder":
-        return ServedModel(name, str(bundle.root.resolve()), "decoder", plugin=plugin)
-    if bundle.graph().state:
-        step = "feature" if "feature_dim" in bundle.preprocessing else "frame"
-        return ServedModel(name, str(bundle.root.resolve()), "stream", step, plugin)
-    outputs = bundle.graph().outputs
-    return ServedModel(name, str(bundle.root.resolve()), "detector", plugin=plugin,
-                       extractor=bool(outputs) and outputs[0].name == "features")
+    usage, root, plugin = usage_of(bundle), str(bundle.root.resolve()), bundle.plugin_name
+    if usage.kind in ("decoder", "stream"):
+        return ServedModel(name, root, usage.kind, usage.step, plugin)
+    return ServedModel(name, root, "detector", plugin=plugin, extractor=usage.kind == "extractor")
 
 
 def catalogue(specs) -> dict[str, ServedModel]:

@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.request_router import MultiplexMixin, RequestRouter
 
 from edgert.runtime.chain import check_extractor, extract_features
+from edgert.runtime.usage import usage_of
 from edgert.runtime.errors import InputError
 from edgert.runtime.model import load
 from edgert.runtime.video import iter_frames
@@ -141,7 +142,7 @@ class StreamReplica:
                 "expires_after_s": self.options.session_ttl_s}
 
     def step_kind(self, chain) -> str:
-        return "feature" if "feature_dim" in self.model.bundle.preprocessing and chain is None else "frame"
+        return usage_of(self.model.bundle).step if chain is None else "frame"
 
     @user_errors
     async def push(self, stream_id: str, what: str, data: bytes) -> dict:
