@@ -182,15 +182,32 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     quantized = path.with_name(path.name + ".int8")
     root_logger = logging.getLogger()
     level, root_logger.level = root_logger.level, logging.ERROR  # its "consider pre-processing" advice is not for users
+    folded = path.with_name(path.name + ".folded.onnx")
     try:
+        source = path
+        if not trt:
+            # ONNX Runtime's pre-processing folds what is computed from weights alone (a slice of a
+            # packed q/k/v projection, a transposed LSTM matrix) into initializers: only those
+            # quantize as weights, stored int8; otherwise the graph keeps the fp32 weight and
+            # quantizes its copy at every run (a paper-size oad-trn's int8 bundle was 1.8 GB, its
+            # fp32 one 1.4 GB). Basic-level folding only (standard ops); the TensorRT flavour's
+            # graph goes as exported, its parser folds for itself.
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            with step(f"folding the constant parts of {graph.file} (onnxruntime's quantization pre-processing)"):
+                quant_pre_process(str(path), str(folded), skip_symbolic_shape=True, save_as_external_data=True,
+                                  external_data_location=folded.name + ".data")
+            source = folded
         with step(f"quantizing {graph.file} to int8 QDQ ({knobs['calibration_method']} calibration, "
                   f"{len(inputs)} {unit}s)"):
-            quantize_static(str(path), str(quantized), _Reader(batches), quant_format=QuantFormat.QDQ,
+            quantize_static(str(source), str(quantized), _Reader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=knobs["per_channel"], op_types_to_quantize=ops, calibrate_method=method,
                             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
                             extra_options=extra)
     finally:
         root_logger.setLevel(level)
+        folded.unlink(missing_ok=True)
+        folded.with_name(folded.name + ".data").unlink(missing_ok=True)
     try:
         int8 = Model(fp32.bundle, {graph.name: OnnxRuntimeBackend(quantized)}, fp32.plugin)
         output = next(t.name for t in graph.outputs if t.name not in {o for _, o in graph.state})

@@ -147,13 +147,14 @@ class TeSTra(nn.Module):
         self.classifier = nn.Linear(d, num_classes)
         self.long, self.work, self.heads = long, work, heads
         self.alpha = decay if kernel == "laplace" else 1.0
+        # the Laplace kernel's log-weights, oldest first, as the official
+        # log(vander([decay] * heads, long) + 1e-10); made here (not a checkpoint's tensor)
+        decay_bias = torch.log(torch.vander(torch.tensor([self.alpha]), N=long)[0] + 1e-10)
+        self.register_buffer("decay_bias", decay_bias, persistent=False)
 
     def kernel_bias(self, n: int) -> torch.Tensor | None:
-        """The Laplace kernel's log-weights over a memory of ``n`` (oldest first), as the official
-        ``log(vander([decay] * heads, n) + 1e-10)``; None for the box kernel."""
-        if self.alpha == 1.0:
-            return None
-        return torch.log(torch.vander(torch.tensor([self.alpha]), N=n)[0] + 1e-10)
+        """The kernel's log-weights over a memory of ``n`` (at most ``long``); None for the box kernel."""
+        return None if self.alpha == 1.0 else self.decay_bias[self.long - n:]
 
     def compress(self, long_memory: torch.Tensor, long_bias: torch.Tensor) -> torch.Tensor:
         """(B, long, d) long-head features and (B, long) additive mask -> (B, 32, d) compressed."""
