@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -182,7 +183,7 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
     quantized = path.with_name(path.name + ".int8")
     root_logger = logging.getLogger()
     level, root_logger.level = root_logger.level, logging.ERROR  # its "consider pre-processing" advice is not for users
-    folded = path.with_name(path.name + ".folded.onnx")
+    scratch = tempfile.TemporaryDirectory(prefix="edgert-int8-")  # the folded copy: never in the bundle
     try:
         source = path
         if not trt:
@@ -194,10 +195,10 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
             # graph goes as exported, its parser folds for itself.
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
+            source = Path(scratch.name) / path.name
             with step(f"folding the constant parts of {graph.file} (onnxruntime's quantization pre-processing)"):
-                quant_pre_process(str(path), str(folded), skip_symbolic_shape=True, save_as_external_data=True,
-                                  external_data_location=folded.name + ".data")
-            source = folded
+                quant_pre_process(str(path), str(source), skip_symbolic_shape=True, save_as_external_data=True,
+                                  all_tensors_to_one_file=True, external_data_location=source.name + ".data")
         with step(f"quantizing {graph.file} to int8 QDQ ({knobs['calibration_method']} calibration, "
                   f"{len(inputs)} {unit}s)"):
             quantize_static(str(source), str(quantized), _Reader(batches), quant_format=QuantFormat.QDQ,
@@ -206,8 +207,7 @@ def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: s
                             extra_options=extra)
     finally:
         root_logger.setLevel(level)
-        folded.unlink(missing_ok=True)
-        folded.with_name(folded.name + ".data").unlink(missing_ok=True)
+        scratch.cleanup()
     try:
         int8 = Model(fp32.bundle, {graph.name: OnnxRuntimeBackend(quantized)}, fp32.plugin)
         output = next(t.name for t in graph.outputs if t.name not in {o for _, o in graph.state})

@@ -177,6 +177,9 @@ def test_detection_is_real_and_holds_at_int8(tmp_path):
     result = edgert("export", "miniroad", "--out", int8, "--checkpoint", tmp_path / "model.pth",
                     "--precision", "int8", "--calibration", calibration)
     assert result.returncode == 0, result.stderr
+    # the bundle holds its graphs and their weights only (the quantizer's folded copy stays outside)
+    assert sorted(f.name for f in int8.iterdir()) == ["manifest.json", "model.onnx", "model.onnx.data", "offline.onnx",
+                                                     "offline.onnx.data"]
     quantization = json.loads((int8 / "manifest.json").read_text())["quantization"]
     for graph in ("main", "offline"):  # both graphs, each checked on the held-out stream's 120 chunks
         assert quantization[graph]["accuracy"]["compared"] == 120, quantization[graph]
