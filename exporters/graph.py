@@ -125,8 +125,12 @@ def weights_beside(path: Path, props: dict[str, str] | None = None) -> None:
         del model.metadata_props[:]
         model.metadata_props.extend(kept + [onnx.StringStringEntryProto(key=k, value=v) for k, v in props.items()])
     external = any(uses_external_data(t) for t in model.graph.initializer)
+    data = path.with_name(f"{path.name}.data")
+    if not external:
+        # onnx appends to the file it writes the weights to: one left by an earlier version of this
+        # graph (the fp32 export a quantized graph replaced) would stay in the bundle as dead bytes
+        data.unlink(missing_ok=True)
     onnx.save(model, str(path), save_as_external_data=not external, all_tensors_to_one_file=True,
               location=f"{path.name}.data", size_threshold=1024)
-    data = path.with_name(f"{path.name}.data")
     if data.is_file():  # onnx writes it owner-only; the bundle's files are read by whoever may read the bundle
         data.chmod(path.stat().st_mode & 0o777)

@@ -170,3 +170,33 @@ def test_refuses_to_replace_a_non_bundle(tmp_path):
         with staged_bundle(tmp_path, overwrite=True):
             pass
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_replaced_graph_leaves_no_dead_weights(tmp_path):
+    """A graph exported with its weights in model.onnx.data, then replaced by one that holds its
+    own (an int8 graph quantized from it): model.onnx.data ends up with the new weights only.
+    onnx appends to that file, and a paper-size oad-trn's int8 bundle once carried its fp32
+    weights as dead bytes (1.8 GB for 0.36 GB of int8)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgert.exporters.graph import weights_beside
+
+    def model(weight: np.ndarray) -> onnx.ModelProto:
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, weight.shape[0]])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, weight.shape[1]])],
+                                  [numpy_helper.from_array(weight, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    path = tmp_path / "model.onnx"
+    onnx.save(model(np.ones((512, 512), np.float32)), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    assert (tmp_path / "model.onnx.data").stat().st_size == 512 * 512 * 4
+    small = np.full((64, 64), 2.0, np.float32)
+    onnx.save(model(small), str(path))  # the replacement holds its weights itself
+    weights_beside(path)
+    assert (tmp_path / "model.onnx.data").stat().st_size == small.nbytes
+    loaded = onnx.load(str(path))
+    np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), small)
