@@ -180,6 +180,7 @@ def cmd_serve(args) -> int:
     options = ServeOptions(replicas=counts.pop(""), replicas_of=counts, cpus_per_replica=args.cpus_per_replica, api_key=api_key,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                            max_upload_bytes=int(args.max_upload_mb * (1 << 20)), session_ttl_s=args.session_ttl,
+                           max_queued=args.max_queued,
                            strategy=args.strategy, strategy_options=_parse_opts(args.strategy_opt, "--strategy-opt"),
                            drafts=drafts, backend=args.backend, device=args.device,
                            trusted_keys=tuple(str(p) for p in trusted_key_files()))
@@ -672,6 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body in MiB (default 64)")
     p.add_argument("--session-ttl", type=_float(0, 1e7, low_open=True), default=300.0,
                    help="streams idle this many seconds are closed (default 300)")
+    p.add_argument("--max-queued", type=_int(-1, 1 << 20), default=64,
+                   help="requests a model holds waiting beyond those its replicas serve; past it, 429 with Retry-After "
+                        "at once (-1: no bound; default 64)")
     p.add_argument("--strategy", default="ar", help="decoding strategy of requests that name none (default ar)")
     p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE", help="its options (repeatable)")
     p.add_argument("--draft", action="append", default=[], metavar="NAME=BUNDLE",

@@ -362,3 +362,76 @@ def test_stream_bad_requests_and_expiry(server):
     error_of(call(server, "POST", f"/v1/streams/{stream_id}/frames", data=npy(np.zeros((1, 8, 8, 3), np.uint8))), 404,
              "expired")
     error_of(call(server, "DELETE", f"/v1/streams/{stream_id}"), 404, "expired")
+
+
+def test_probes_and_metrics(server):
+    """The probes answer without the key; /metrics needs it and holds, in Prometheus' format, the
+    series of what was asked: a completion, a detection, a stream's steps, a refused key."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert call(server, "POST", "/v1/completions", {"model": "llama", "prompt": "the", "max_tokens": 4})[0] == 200
+    clip = np.random.default_rng(9).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    assert call(server, "POST", "/v1/detect/tsn", data=npy(clip))[0] == 200
+    opened = call(server, "POST", "/v1/streams/oadtr", {})[1]
+    features = np.random.default_rng(9).standard_normal((7, 512)).astype(np.float32)
+    assert call(server, "POST", f"/v1/streams/{opened['id']}/features", data=npy(features))[0] == 200
+    assert call(server, "GET", "/v1/models", key="wrong")[0] == 401
+    assert call(server, "GET", "/health/live", key=None) == (200, {"status": "live"})
+    assert call(server, "GET", "/health/ready", key=None) == (200, {"status": "ready"})
+    error_of(call(server, "GET", "/metrics", key=None), 401, "API key")
+    request = urllib.request.Request(server + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(f.name, s.name): s for f in families.values() for s in f.samples}
+
+    def value(name: str, **labels) -> float:
+        """A counter's or gauge's value summed over the samples with ``labels``."""
+        return sum(s.value for s in families[name].samples
+                   if s.name in (name, name + "_total") and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("edgert_requests", route="completions", status="200") >= 1
+    assert value("edgert_requests", route="detect", model="tsn", status="200") >= 1
+    assert value("edgert_requests", route="models", status="401") >= 1
+    assert value("edgert_tokens", model="llama", kind="generated") >= 1
+    assert value("edgert_stream_steps", model="oadtr") >= 7
+    count = [s for s in families["edgert_time_to_first_token_seconds"].samples
+             if s.name.endswith("_count") and s.labels["model"] == "llama"]
+    assert count and count[0].value >= 1
+    batches = [s for s in families["edgert_detect_batch_size"].samples if s.name.endswith("_bucket")]
+    assert batches and ("edgert_request_seconds", "edgert_request_seconds_bucket") in samples
+    assert value("edgert_requests_in_flight", model="llama") == 0  # nothing left held
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after(server, bundles):
+    """A decoder deployment that queues 1 request (--max-queued 1): of 10 sent at once, those
+    past its queue are 429 with Retry-After at once, and those served are whole completions."""
+    options = ServeOptions(replicas=1, cpus_per_replica=0.5, api_key=KEY, max_queued=1)
+    serve.run(app([f"busy={bundles['llama']}"], options), name="edgert-busy", route_prefix="/busy")
+    try:
+        body = {"model": "busy", "prompt": "the", "max_tokens": 200, "temperature": 0}
+        with ThreadPoolExecutor(10) as pool:
+            replies = list(pool.map(lambda _: call(server + "/busy", "POST", "/v1/completions", body), range(10)))
+        statuses = sorted(status for status, _ in replies)
+        # how many get in depends on when Serve's router has probed the replica: at least one
+        assert statuses.count(200) >= 1 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
+        for status, reply in replies:
+            if status == 429:
+                error_of((status, reply), 429, "busy", "queue is full")
+                assert reply["error"]["code"] == "queue_full"
+            else:
+                assert reply["object"] == "text_completion" and reply["usage"]["completion_tokens"] >= 1
+        request = urllib.request.Request(server + "/busy/v1/completions", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {KEY}"})
+        with ThreadPoolExecutor(6) as pool:  # the header too, on one refused request
+            futures = [pool.submit(urllib.request.urlopen, request, timeout=60) for _ in range(6)]
+            headers = []
+            for future in futures:
+                try:
+                    future.result().read()
+                except urllib.error.HTTPError as err:
+                    headers.append(err.headers.get("Retry-After"))
+        assert headers and set(headers) == {"1"}, headers
+    finally:
+        serve.delete("edgert-busy")

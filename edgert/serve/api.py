@@ -14,27 +14,39 @@ Routes::
     POST   /v1/streams/{id}/frames        frames -> one prediction per step
     POST   /v1/streams/{id}/features      feature vectors -> one prediction per step
     DELETE /v1/streams/{id}               close it
+    GET    /metrics                       Prometheus text format (see .metrics)
+    GET    /health/live, /health/ready    probes: the API answers; every deployment has a replica up
+
+Every route goes through :func:`route`: the key (the probes need none), then the request counted
+by route, model and status and timed. A model whose queue is full (``--max-queued``) answers 429
+with ``Retry-After`` at once.
 """
 
 
 # No `from __future__ import annotations` in this module: FastAPI reads the routes' parameter
 # annotations (Request) as classes when Serve wraps the class.
+import asyncio
+import functools
 import hmac
 import json
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgert.runtime.errors import EdgertError, InputError
 
 from .catalogue import ServedModel
 from .completions import Reply, parse_request
-from .errors import Failure, NotFound, PayloadTooLarge, SessionLost, Unauthorized, Unavailable, error_body, unwrap
+from .errors import (Busy, Failure, NotFound, PayloadTooLarge, SessionLost, Unauthorized, Unavailable, error_body,
+                     unwrap)
+from .metrics import Metrics
 from .options import ServeOptions
 from .streams import OPEN, parse_stream_id
 
@@ -46,7 +58,41 @@ def _error(err: BaseException) -> JSONResponse:
     status, body = error_body(err)
     if status >= 500:
         log.error("edgert: request failed", exc_info=err)
-    return JSONResponse(body, status_code=status)
+    retry = getattr(unwrap(err), "retry_after_s", None)
+    return JSONResponse(body, status_code=status, headers={"Retry-After": str(retry)} if retry else None)
+
+
+def route(name: str, public: bool = False):
+    """A route's one wrapper: the API key (``public``: none, for the probes), then the request
+    counted by route, model and final status, and timed to its response's start."""
+    def wrap(method):
+        @functools.wraps(method)  # FastAPI and Serve read the method's own signature through it
+        async def handler(self, *args, **kwargs):
+            model = kwargs.get("name") or (kwargs.get("stream_id") or "").partition("~")[0]
+            t0, status = time.perf_counter(), 500
+            try:
+                if not public:
+                    self._auth(kwargs["request"])
+                response = await method(self, *args, **kwargs)
+                status = getattr(response, "status_code", 200)
+                return response
+            except Exception as err:
+                status = error_body(err)[0]  # what the exception handlers answer
+                raise
+            finally:
+                model = model if model in self.models else ""  # a label per served model, not per client's typo
+                self.metrics.requests.labels(name, model, str(status)).inc()
+                self.metrics.latency.labels(name, model).observe(time.perf_counter() - t0)
+        return handler
+    return wrap
+
+
+def not_ready(status, app: str) -> list[str]:
+    """The deployments of application ``app`` without a healthy replica, from ``serve.status()``."""
+    application = status.applications.get(app)
+    if application is None:
+        return [app]
+    return sorted(name for name, d in application.deployments.items() if getattr(d.status, "value", d.status) != "HEALTHY")
 
 
 @api.exception_handler(EdgertError)
@@ -79,6 +125,7 @@ class Api:
     def __init__(self, models: dict[str, ServedModel], options: ServeOptions, handles: dict):
         self.models, self.options, self.handles = models, options, handles
         self.key = f"Bearer {options.api_key}".encode() if options.api_key else None
+        self.metrics = Metrics()
 
     # ---- helpers -------------------------------------------------------------------------
     def _auth(self, request: Request) -> None:
@@ -141,52 +188,66 @@ class Api:
             raise InputError(f"model {name!r} is a {model.kind} model; use {route}")
         return model
 
-    async def _call(self, response, lost: str | None = None):
-        """A replica's answer; its death becomes 410 for a session (``lost``) or 503."""
+    async def _call(self, model: str, response, lost: str | None = None):
+        """A replica's answer; its death becomes 410 for a session (``lost``) or 503; a full
+        queue, 429."""
+        gauge = self.metrics.in_flight.labels(model)
+        gauge.inc()
         try:
             result = await response
+        except BackPressureError:
+            self.metrics.rejected.labels(model).inc()
+            raise Busy(f"model {model!r} is busy: its queue is full ({self.options.max_queued} waiting); retry "
+                       f"after {Busy.retry_after_s} s") from None
         except RayActorError:
+            self.metrics.replica_failures.labels(model).inc()
             if lost:
                 raise SessionLost(f"stream {lost!r}: session lost (its replica died); open a new stream") from None
             raise Unavailable("the replica serving this request died; retry") from None
         except Exception as err:
             raise unwrap(err) from None
+        finally:
+            gauge.dec()
         if isinstance(result, Failure):
             raise result.error
         return result
 
     # ---- models ----------------------------------------------------------------------------
     @api.get("/v1/models")
+    @route("models")
     async def list_models(self, request: Request):
-        self._auth(request)
         return {"object": "list", "data": [m.to_json() for m in self.models.values()]}
 
     # ---- decoders ----------------------------------------------------------------------------
     @api.post("/v1/completions")
+    @route("completions")
     async def completions(self, request: Request):
         return await self._complete(request, chat=False)
 
     @api.post("/v1/chat/completions")
+    @route("chat")
     async def chat_completions(self, request: Request):
         return await self._complete(request, chat=True)
 
     async def _complete(self, request: Request, chat: bool):
-        self._auth(request)
         req = parse_request(await self._json(request), chat)
         model = self._model(req.model, "decoder")
         handle, reply = self.handles[model.name], Reply(req)
         if not req.stream:
-            out = await self._call(handle.complete.remote(req))
+            out = await self._call(model.name, handle.complete.remote(req))
+            self.metrics.generation(model.name, out)
             return reply.whole(out["text"], out["reason"], out["prompt_tokens"], out["completion_tokens"])
         pieces = handle.options(stream=True).stream.remote(req)
-        await self._call(pieces.__anext__())  # checked: a bad request is a 4xx, not a broken stream
-        return StreamingResponse(self._events(reply, pieces), media_type="text/event-stream",
+        await self._call(model.name, pieces.__anext__())  # checked: a bad request is a 4xx, not a broken stream
+        return StreamingResponse(self._events(model.name, reply, pieces), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _events(self, reply: Reply, pieces):
+    async def _events(self, model: str, reply: Reply, pieces):
         def event(body: dict) -> str:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+        gauge = self.metrics.in_flight.labels(model)  # the sequence is held until its last event
+        gauge.inc()
         try:
             if reply.request.chat:
                 yield event(reply.chunk(first=True))
@@ -194,27 +255,32 @@ class Api:
                 if "text" in item:
                     yield event(reply.chunk(item["text"]))
                 else:
+                    self.metrics.generation(model, item)
                     yield event(reply.chunk(reason=item["reason"]))
                     if reply.request.include_usage:
                         yield event(reply.usage_chunk(item["prompt_tokens"], item["completion_tokens"]))
         except Exception as err:  # the status line went out already: the error travels as an event
             yield event(error_body(err)[1])
+        finally:
+            gauge.dec()
         yield "data: [DONE]\n\n"
 
     # ---- detection -------------------------------------------------------------------------
     @api.post("/v1/detect/{name}")
+    @route("detect")
     async def detect(self, name: str, request: Request, top_k: int = 5):
-        self._auth(request)
         model = self._model(name, "detector")
         if not 1 <= top_k <= 1000:
             raise InputError(f"top_k: must be in [1, 1000], given {top_k}")
         data = await self._upload(request)
-        return await self._call(self.handles[model.name].detect.remote(data, top_k))
+        result = await self._call(model.name, self.handles[model.name].detect.remote(data, top_k))
+        self.metrics.batch.labels(model.name).observe(result["timings"]["batch_size"])
+        return result
 
     # ---- streaming sessions ----------------------------------------------------------------
     @api.post("/v1/streams/{name}")
+    @route("stream_open")
     async def open_stream(self, name: str, request: Request):
-        self._auth(request)
         model = self._model(name, "stream")
         body = await self._json(request, optional=True)
         window, top_k, extractor = body.get("window"), body.get("top_k", 5), body.get("extractor")
@@ -225,7 +291,9 @@ class Api:
         if extractor is not None and not isinstance(extractor, str):
             raise InputError("extractor: expected the name of a served feature extractor")
         handle = self.handles[model.name].options(multiplexed_model_id=OPEN)
-        return await self._call(handle.open.remote(window, top_k, extractor))
+        opened = await self._call(model.name, handle.open.remote(window, top_k, extractor))
+        self.metrics.sessions.labels(model.name).inc()
+        return opened
 
     def _stream_handle(self, stream_id: str):
         name, holder = parse_stream_id(stream_id)
@@ -234,16 +302,44 @@ class Api:
         return self.handles[name].options(multiplexed_model_id=holder)
 
     @api.post("/v1/streams/{stream_id}/{what}")
+    @route("stream_push")
     async def push(self, stream_id: str, what: str, request: Request):
-        self._auth(request)
         if what not in ("frames", "features"):
             raise NotFound(f"no route POST /v1/streams/ID/{what} (frames or features)")
         handle = self._stream_handle(stream_id)
         data = await self._upload(request)
-        return await self._call(handle.push.remote(stream_id, what, data), lost=stream_id)
+        t0 = time.perf_counter()
+        model = stream_id.partition("~")[0]
+        result = await self._call(model, handle.push.remote(stream_id, what, data), lost=stream_id)
+        if result["steps"]:
+            per_step = (time.perf_counter() - t0) / len(result["steps"])
+            self.metrics.steps.labels(model).inc(len(result["steps"]))
+            for _ in result["steps"]:
+                self.metrics.step_latency.labels(model).observe(per_step)
+        return result
 
     @api.delete("/v1/streams/{stream_id}")
+    @route("stream_close")
     async def close_stream(self, stream_id: str, request: Request):
-        self._auth(request)
         handle = self._stream_handle(stream_id)
-        return await self._call(handle.close.remote(stream_id), lost=stream_id)
+        return await self._call(stream_id.partition("~")[0], handle.close.remote(stream_id), lost=stream_id)
+
+    # ---- operators ---------------------------------------------------------------------------
+    @api.get("/metrics")
+    @route("metrics")
+    async def metrics_text(self, request: Request):
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @api.get("/health/live")
+    @route("health", public=True)
+    async def live(self, request: Request):
+        return {"status": "live"}
+
+    @api.get("/health/ready")
+    @route("health", public=True)
+    async def ready(self, request: Request):
+        waiting = await asyncio.to_thread(lambda: not_ready(serve.status(), serve.get_replica_context().app_name))
+        if waiting:
+            return JSONResponse({"status": "starting", "waiting_for": waiting}, status_code=503)
+        return {"status": "ready"}

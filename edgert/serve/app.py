@@ -52,7 +52,8 @@ def app(bundles, options: ServeOptions | None = None, *, models: dict[str, Serve
     check_replicas(models, options)
     handles = {}
     for name, model in models.items():
-        replica = {"num_replicas": options.replicas_for(name), "ray_actor_options": {"num_cpus": options.cpus_per_replica}}
+        replica = {"num_replicas": options.replicas_for(name), "ray_actor_options": {"num_cpus": options.cpus_per_replica},
+                   "max_queued_requests": options.max_queued}  # beyond it the API answers 429
         if model.kind == "decoder":
             # a replica decodes one sequence at a time; one more waits on it, the rest in the router
             deployment = serve.deployment(DecoderReplica, name=f"decoder-{name}", max_ongoing_requests=2, **replica)

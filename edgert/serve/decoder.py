@@ -54,8 +54,9 @@ class DecoderReplica:
         self.lock = asyncio.Lock()
 
     def _open(self, request: CompletionRequest):
-        """The request's TextStream; everything about it is checked here, before any token (an
-        unknown strategy, a bad option, a prompt longer than the context)."""
+        """The request's TextStream and the strategy it decodes with; everything about it is
+        checked here, before any token (an unknown strategy, a bad option, a prompt longer than
+        the context)."""
         gen = self.generator
         prompt = gen.encode_messages(request.messages) if request.chat else request.prompt
         if request.strategy is None:  # the server's own decoding: the operator's options, paths and all
@@ -63,20 +64,21 @@ class DecoderReplica:
         else:
             strategy, options = request.strategy, served_options(request.strategy, request.strategy_options or {},
                                                                  self.options.drafts)
-        return gen.stream(prompt, request.sampling(gen.context), strategy=strategy, strategy_options=options or {})
+        stream = gen.stream(prompt, request.sampling(gen.context), strategy=strategy, strategy_options=options or {})
+        return stream, strategy
 
     @user_errors
     async def complete(self, request: CompletionRequest) -> dict:
         """The whole generation: text, why it ended, and the token counts."""
         async with self.lock:
             def run():
-                stream = self._open(request)
+                stream, strategy = self._open(request)
                 text = "".join(stream)
-                return stream.result, text
+                return stream.result, text, strategy
 
-            result, text = await asyncio.to_thread(run)
+            result, text, strategy = await asyncio.to_thread(run)
         return {"text": text, "reason": result.stop_reason, "prompt_tokens": result.stats.prompt_tokens,
-                "completion_tokens": len(result.tokens)}
+                "completion_tokens": len(result.tokens), "stats": _stats(result, strategy)}
 
     async def stream(self, request: CompletionRequest):
         """An async generator: ``{"accepted"}`` (or a Failure) once the request is checked (so that a bad
@@ -84,7 +86,7 @@ class DecoderReplica:
         "completion_tokens"}``. A client that goes away cancels it; the strategy is closed."""
         async with self.lock:
             try:
-                stream = await asyncio.to_thread(self._open, request)
+                stream, strategy = await asyncio.to_thread(self._open, request)
             except EdgertError as err:
                 yield Failure(err)
                 return
@@ -104,4 +106,11 @@ class DecoderReplica:
                 stream.close()
         result = stream.result
         yield {"reason": result.stop_reason, "prompt_tokens": result.stats.prompt_tokens,
-               "completion_tokens": len(result.tokens)}
+               "completion_tokens": len(result.tokens), "stats": _stats(result, strategy)}
+
+
+def _stats(result, strategy: str) -> dict:
+    """What the API's metrics take from a finished generation (never sent to the client)."""
+    s = result.stats
+    return {"ttft_s": s.ttft_s, "decode_s": s.decode_s, "new_tokens": s.new_tokens, "forward_calls": s.forward_calls,
+            "tokens_per_pass": s.tokens_per_step, "strategy": strategy}

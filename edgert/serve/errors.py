@@ -3,8 +3,8 @@
 The runtime raises :class:`~edgert.runtime.errors.EdgertError` with one line naming the problem;
 here that line becomes ``{"error": {"message": ..., "type": ..., "code": ...}}`` (the shape the
 ``openai`` client parses) with a 4xx status. The few failures only a server has (an unknown
-route, a lost session, an upload too large, a missing key) are EdgertErrors that carry their
-status.
+route, a lost session, an upload too large, a missing key, a full queue) are EdgertErrors that
+carry their status.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ class PayloadTooLarge(ServeError):
 
 class UnsupportedMedia(ServeError):
     status, code = 415, "unsupported_media"
+
+
+class Busy(ServeError):
+    """The model's queue is full (``--max-queued``): refused at once, to be retried."""
+
+    status, type, code = 429, "rate_limit_error", "queue_full"
+    retry_after_s = 1
 
 
 class Unavailable(ServeError):

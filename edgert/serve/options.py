@@ -22,7 +22,9 @@ class ServeOptions:
     only ones a request's ``strategy_options`` may pick (a served client names nothing on the
     server's disk). ``api_key``: when set, every request needs ``Authorization: Bearer <key>``.
     ``trusted_keys``: public key files every bundle must be signed by, drafts included (empty:
-    the trust store configured on each node)."""
+    the trust store configured on each node). ``max_queued``: requests a model's deployment holds
+    waiting beyond those its replicas serve; past it a request is refused at once with 429 and
+    ``Retry-After`` (-1: no bound)."""
 
     replicas: int = 1
     replicas_of: dict = field(default_factory=dict)
@@ -38,6 +40,7 @@ class ServeOptions:
     backend: str = "onnxruntime"
     device: str = "cpu"
     trusted_keys: tuple[str, ...] = ()
+    max_queued: int = 64
 
     def __post_init__(self):
         def bad(text: str):
@@ -58,6 +61,9 @@ class ServeOptions:
             bad(f"max_upload_bytes must be a positive integer, got {self.max_upload_bytes!r}")
         if not self.session_ttl_s > 0:
             bad(f"session_ttl_s must be > 0, got {self.session_ttl_s!r}")
+        if not isinstance(self.max_queued, int) or isinstance(self.max_queued, bool) or not (
+                self.max_queued == -1 or 1 <= self.max_queued <= 1 << 20):
+            bad(f"max_queued must be -1 (no bound) or an integer in [1, 1048576], got {self.max_queued!r}")
         if self.api_key is not None and not self.api_key.strip():
             bad("the API key is empty")
         for name, path in self.drafts.items():
