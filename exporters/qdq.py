@@ -139,20 +139,18 @@ def compare(fp32, int8, sources: list[Path], output: str, near_tie: float, graph
 
 
 def quantize_graph(stage: Path, graph: GraphSpec, knobs: dict[str, Any], data: str, backend: str,
-                   fp32=None) -> dict[str, Any]:
+                   fp32) -> dict[str, Any]:
     """Replace ``stage/graph.file`` by its calibrated int8 QDQ graph; returns the manifest's
     ``quantization`` record. Raises (no file replaced) when the held-out accuracy is short.
-    ``fp32``: the stage's fp32 bundle, opened once for all its graphs (once the first graph is
-    replaced, the stage no longer matches its fp32 manifest); default: open it here."""
+    ``fp32``: the stage's fp32 bundle (:func:`edgert.runtime.model.load`), opened once for all
+    its graphs: once the first graph is replaced, the stage no longer matches its fp32 manifest."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     from edgert.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgert.runtime.model import Model, load
+    from edgert.runtime.model import Model
 
-    if fp32 is None:
-        fp32 = load(stage, trusted_keys=[])  # the fp32 bundle just written: the runtime's own preprocessing
     twin = not graph.state and graph.name != fp32.graph().name  # a whole stream per run
     unit = usage_of(fp32.bundle).unit if graph.state else "stream" if twin else "clip"
     root, sources, files = calibration_sources(data)

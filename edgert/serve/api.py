@@ -296,20 +296,20 @@ class Api:
         return opened
 
     def _stream_handle(self, stream_id: str):
+        """The served model a stream id names, and the handle that reaches the replica holding it."""
         name, holder = parse_stream_id(stream_id)
         if self.models.get(name) is None or self.models[name].kind != "stream":
             raise NotFound(f"no stream {stream_id!r}")
-        return self.handles[name].options(multiplexed_model_id=holder)
+        return name, self.handles[name].options(multiplexed_model_id=holder)
 
     @api.post("/v1/streams/{stream_id}/{what}")
     @route("stream_push")
     async def push(self, stream_id: str, what: str, request: Request):
         if what not in ("frames", "features"):
             raise NotFound(f"no route POST /v1/streams/ID/{what} (frames or features)")
-        handle = self._stream_handle(stream_id)
+        model, handle = self._stream_handle(stream_id)
         data = await self._upload(request)
         t0 = time.perf_counter()
-        model = stream_id.partition("~")[0]
         result = await self._call(model, handle.push.remote(stream_id, what, data), lost=stream_id)
         if result["steps"]:
             per_step = (time.perf_counter() - t0) / len(result["steps"])
@@ -321,8 +321,8 @@ class Api:
     @api.delete("/v1/streams/{stream_id}")
     @route("stream_close")
     async def close_stream(self, stream_id: str, request: Request):
-        handle = self._stream_handle(stream_id)
-        return await self._call(stream_id.partition("~")[0], handle.close.remote(stream_id), lost=stream_id)
+        model, handle = self._stream_handle(stream_id)
+        return await self._call(model, handle.close.remote(stream_id), lost=stream_id)
 
     # ---- operators ---------------------------------------------------------------------------
     @api.get("/metrics")
